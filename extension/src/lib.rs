@@ -1,0 +1,27 @@
+//! tradebars: exact 1-minute OHLCV bars from Databento trades, inside PostgreSQL.
+//!
+//! The way a trade travels here: staging (schema.sql, staging.rs) -> rollup.rs (using the
+//! ohlcv aggregate of ohlc.rs) -> price_bars -> bars.rs; migration/ holds the DBA's
+//! functions for moving from the old quote-built bars, roles.rs the least-privilege roles.
+
+pgrx::pg_module_magic!(name, version);
+
+pub mod bars;
+pub mod checks;
+pub mod migration;
+pub mod ohlc;
+pub mod roles;
+pub mod rollup;
+pub mod staging;
+
+pgrx::extension_sql_file!("../../sql/schema.sql", name = "tradebars_schema", bootstrap);
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

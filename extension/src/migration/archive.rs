@@ -1,0 +1,208 @@
+//! Phase 7 of the plan and the way back: soft delete (option A), archive (option B), hard
+//! delete (option C), restore, and the rollback of trades bars. Nothing here deletes a legacy
+//! bar that is not held in the archive or a named backup table, unless the DBA confirms.
+
+pgrx::extension_sql!(
+    r#"
+-- The columns of price_bars that can be written, quoted, in table order.
+CREATE FUNCTION price_bars_columns(rel regclass DEFAULT 'price_bars') RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+    FROM pg_attribute
+    WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+$fn$;
+
+CREATE FUNCTION soft_delete_legacy() RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready('soft_delete_legacy');
+    UPDATE price_bars SET deleted_at = now() WHERE is_legacy AND deleted_at IS NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RAISE NOTICE 'soft_delete_legacy: % legacy bars marked deleted; restore_legacy() brings them back', n;
+    RETURN n;
+END
+$fn$;
+
+-- How many of the legacy bars chosen by `deleted_before` (NULL: every legacy bar) are held
+-- neither in price_bars_legacy nor in `backup`, matched by (symbol, timestamp, data_source).
+CREATE FUNCTION legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format(
+        'SELECT count(*) FROM price_bars p
+         WHERE p.is_legacy AND ($1 IS NULL OR p.deleted_at < $1)
+           AND NOT EXISTS (SELECT 1 FROM %s a WHERE a.symbol = p.symbol AND a."timestamp" = p."timestamp"
+                           AND a.data_source IS NOT DISTINCT FROM p.data_source)
+           AND NOT EXISTS (SELECT 1 FROM %s b WHERE b.symbol = p.symbol AND b."timestamp" = p."timestamp"
+                           AND b.data_source IS NOT DISTINCT FROM p.data_source)',
+        coalesce(to_regclass('price_bars_legacy')::text, '(SELECT NULL::text AS symbol, NULL::timestamptz AS "timestamp", NULL::text AS data_source) '),
+        coalesce(backup::text, '(SELECT NULL::text AS symbol, NULL::timestamptz AS "timestamp", NULL::text AS data_source) '))
+    INTO n USING deleted_before;
+    RETURN n;
+END
+$fn$;
+
+CREATE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
+                              confirm boolean DEFAULT false) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cutoff timestamptz := now() - checked_age('older_than', older_than);
+    unprotected bigint;
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready('purge_deleted');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    unprotected := legacy_bars_unprotected(cutoff, backup_table);
+    IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
+        RAISE EXCEPTION 'purge_deleted: % soft-deleted legacy bars are in no archive or backup table; nothing deleted', unprotected
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'run archive_legacy() first, pass backup_table => ''your_copy'', or confirm => true to delete them for good';
+    END IF;
+    DELETE FROM price_bars WHERE is_legacy AND deleted_at < cutoff;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RAISE NOTICE 'purge_deleted: deleted % legacy bars soft-deleted before %', n, cutoff;
+    RETURN n;
+END
+$fn$;
+
+CREATE FUNCTION archive_legacy() RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text;
+    to_move bigint;
+    copied bigint;
+    differing bigint;
+    deleted bigint;
+BEGIN
+    PERFORM require_price_bars_ready('archive_legacy');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('price_bars_legacy') IS NULL THEN
+        CREATE TABLE price_bars_legacy (LIKE price_bars);
+        CREATE UNIQUE INDEX price_bars_legacy_symbol_timestamp_source
+            ON price_bars_legacy (symbol, "timestamp", data_source);
+        COMMENT ON TABLE price_bars_legacy IS 'tradebars: legacy bars moved out of price_bars by archive_legacy()';
+    END IF;
+    cols := price_bars_columns();
+    IF EXISTS (SELECT unnest(string_to_array(cols, ', '))
+               EXCEPT SELECT unnest(string_to_array(price_bars_columns('price_bars_legacy'), ', '))) THEN
+        RAISE EXCEPTION 'archive_legacy: price_bars_legacy lacks columns price_bars has; nothing moved'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT count(*) INTO to_move FROM price_bars WHERE is_legacy;
+    EXECUTE format('INSERT INTO price_bars_legacy (%1$s) SELECT %1$s FROM price_bars WHERE is_legacy', cols);
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars WHERE is_legacy
+                                          EXCEPT ALL SELECT %1$s FROM price_bars_legacy) d', cols)
+        INTO differing;
+    IF copied <> to_move OR differing <> 0 THEN
+        RAISE EXCEPTION 'archive_legacy: copied % of % legacy bars (% differ); nothing moved', copied, to_move, differing;
+    END IF;
+    DELETE FROM price_bars WHERE is_legacy;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    IF deleted <> to_move THEN
+        RAISE EXCEPTION 'archive_legacy: would delete % bars but verified %; nothing moved', deleted, to_move;
+    END IF;
+    RAISE NOTICE 'archive_legacy: moved % legacy bars to price_bars_legacy (verified identical)', to_move;
+    RETURN to_move;
+END
+$fn$;
+
+CREATE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text;
+    archived bigint := 0;
+    restored bigint := 0;
+    missing bigint;
+    undeleted bigint := 0;
+BEGIN
+    PERFORM require_price_bars_ready('restore_legacy');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('price_bars_legacy') IS NOT NULL THEN
+        LOCK TABLE price_bars_legacy IN SHARE ROW EXCLUSIVE MODE;
+        cols := price_bars_columns('price_bars_legacy');
+        SELECT count(*) INTO archived FROM price_bars_legacy;
+        EXECUTE format('INSERT INTO price_bars (%1$s) OVERRIDING SYSTEM VALUE SELECT %1$s FROM price_bars_legacy', cols);
+        GET DIAGNOSTICS restored = ROW_COUNT;
+        EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars_legacy
+                                              EXCEPT ALL SELECT %1$s FROM price_bars WHERE is_legacy) d', cols)
+            INTO missing;
+        IF restored <> archived OR missing <> 0 THEN
+            RAISE EXCEPTION 'restore_legacy: restored % of % archived bars (% differ); nothing changed', restored, archived, missing;
+        END IF;
+        DELETE FROM price_bars_legacy;
+    END IF;
+    IF coalesce(undelete, true) THEN
+        UPDATE price_bars SET deleted_at = NULL WHERE is_legacy AND deleted_at IS NOT NULL;
+        GET DIAGNOSTICS undeleted = ROW_COUNT;
+    END IF;
+    RAISE NOTICE 'restore_legacy: % bars back from the archive, % soft-deleted bars undeleted', restored, undeleted;
+    RETURN restored + undeleted;
+END
+$fn$;
+
+CREATE FUNCTION hard_delete_legacy(backup_table regclass DEFAULT NULL, confirm boolean DEFAULT false) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    unprotected bigint;
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready('hard_delete_legacy');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    unprotected := legacy_bars_unprotected(NULL, backup_table);
+    IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
+        RAISE EXCEPTION 'hard_delete_legacy: % legacy bars are in no archive or backup table; nothing deleted', unprotected
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
+    END IF;
+    DELETE FROM price_bars WHERE is_legacy;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RAISE NOTICE 'hard_delete_legacy: deleted % legacy bars; run VACUUM (FULL) price_bars to return the space', n;
+    RETURN n;
+END
+$fn$;
+
+-- The plan's rollback: trades bars go, legacy bars stay exactly as they are.
+CREATE FUNCTION rollback_trades(include_staging boolean DEFAULT false) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready('rollback_trades');
+    PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
+    DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF coalesce(include_staging, false) THEN
+        TRUNCATE trades_staging_0, trades_staging_1, trades_rejected;
+        DELETE FROM ingest_ledger;
+        RAISE NOTICE 'rollback_trades: removed % trades bars, staged trades and the ingest ledger', n;
+    ELSE
+        RAISE NOTICE 'rollback_trades: removed % trades bars; legacy bars untouched', n;
+    END IF;
+    RETURN n;
+END
+$fn$;
+"#,
+    name = "migration_archive",
+    requires = ["migration_legacy", checked_age],
+);

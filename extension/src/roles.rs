@@ -1,0 +1,35 @@
+//! Least-privilege roles: the feeder may only stage trades, keep its ledger and heartbeat,
+//! and call the rollup; a reader may only read bars. Roles are cluster-wide, so they are
+//! created only where missing and left in place by DROP EXTENSION.
+
+pgrx::extension_sql!(
+    r#"
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tradebars_feeder') THEN
+        CREATE ROLE tradebars_feeder NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tradebars_reader') THEN
+        CREATE ROLE tradebars_reader NOLOGIN;
+    END IF;
+END
+$do$;
+
+-- bars_rollup() runs as the extension's owner, so the feeder needs no right on price_bars.
+REVOKE EXECUTE ON FUNCTION bars_rollup() FROM PUBLIC;
+GRANT USAGE ON SCHEMA @extschema@ TO tradebars_feeder, tradebars_reader;
+GRANT INSERT ON trades_staging_0, trades_staging_1 TO tradebars_feeder;
+GRANT SELECT ON staging_epoch TO tradebars_feeder;
+GRANT SELECT, INSERT, UPDATE ON ingest_ledger, feeder_status TO tradebars_feeder;
+GRANT EXECUTE ON FUNCTION bars_rollup(), staging_slot() TO tradebars_feeder;
+GRANT SELECT ON rollup_stats TO tradebars_feeder, tradebars_reader;
+GRANT SELECT ON price_bars TO tradebars_reader;
+
+-- The DBA's functions change or remove bars: not for everyone.
+REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_deleted(interval, regclass, boolean),
+    archive_legacy(), restore_legacy(boolean), hard_delete_legacy(regclass, boolean),
+    rollback_trades(boolean), prepare_price_bars() FROM PUBLIC;
+"#,
+    name = "roles",
+    requires = ["migration_archive", "migration_verify", "bars_query", "staging_functions", bars_rollup],
+);

@@ -1,0 +1,353 @@
+//! `bars_rollup()`: claim the quiet staging slot, aggregate it per symbol and minute with
+//! `ohlcv`, merge the bars into `price_bars`, set aside what cannot be counted, TRUNCATE.
+//!
+//! Exactly once: everything happens in the caller's transaction, so bars appear if and only
+//! if the staged trades they count are consumed. Rollups are serialized by an advisory lock;
+//! the feeder keeps writing to the other slot meanwhile (see sql/schema.sql).
+
+use pgrx::prelude::*;
+
+/// Advisory lock keys: (TRADEBARS_LOCK_CLASS, one of these).
+pub const TRADEBARS_LOCK_CLASS: i32 = 0x7462; // "tb"
+pub const ROLLUP_LOCK: i32 = 2;
+
+pub const SLOTS: [&str; 2] = ["trades_staging_0", "trades_staging_1"];
+
+/// The slot the feeder is not writing to after the epoch moved to `epoch`.
+pub fn quiet_slot(epoch: i64) -> &'static str {
+    SLOTS[((epoch + 1).rem_euclid(2)) as usize]
+}
+
+/// Plausible event times, in minutes since the epoch: from 1980 to a day past now.
+/// A trade outside is kept in trades_rejected ('ts_event out of range'), not counted.
+const MIN_MINUTE: i64 = 315_532_800 / 60;
+
+fn merge_sql(slot: &str) -> String {
+    format!(
+        r#"
+WITH agg AS MATERIALIZED (
+    SELECT symbol, ts_event / 60000000000 AS minute,
+           ohlcv(ts_event, sequence, publisher_id, price, size) AS b
+    FROM {slot}
+    GROUP BY 1, 2
+), graded AS MATERIALIZED (
+    SELECT symbol, minute, b,
+           symbol <> '' AND minute >= $1 AND minute < $2 AND (b).trade_count > 0 AS good
+    FROM agg
+), ins AS (
+    INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
+                                 vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
+                                 is_legacy, data_source)
+    SELECT symbol, to_timestamp(minute * 60),
+           fixed_to_numeric((b).open_px), fixed_to_numeric((b).high_px),
+           fixed_to_numeric((b).low_px), fixed_to_numeric((b).close_px),
+           (b).volume, (b).trade_count,
+           trim_scale(round(fixed_to_numeric((b).notional_px) / (b).volume, 9)),
+           fixed_to_numeric((b).notional_px),
+           (b).open_ts, (b).open_seq, (b).close_ts, (b).close_seq,
+           false, 'trades'
+    FROM graded WHERE good
+    ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
+        open = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
+                       < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open ELSE p.open END,
+        open_ts_ns = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
+                       < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open_ts_ns ELSE p.open_ts_ns END,
+        open_seq = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
+                       < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open_seq ELSE p.open_seq END,
+        close = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
+                       > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close ELSE p.close END,
+        close_ts_ns = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
+                       > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close_ts_ns ELSE p.close_ts_ns END,
+        close_seq = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
+                       > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close_seq ELSE p.close_seq END,
+        high = GREATEST(p.high, EXCLUDED.high),
+        low = LEAST(p.low, EXCLUDED.low),
+        volume = p.volume + EXCLUDED.volume,
+        trade_count = p.trade_count + EXCLUDED.trade_count,
+        notional = p.notional + EXCLUDED.notional,
+        vwap = trim_scale(round((p.notional + EXCLUDED.notional) / (p.volume + EXCLUDED.volume), 9))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins)::bigint,
+       coalesce(sum((b).trade_count) FILTER (WHERE good), 0)::bigint,
+       coalesce(sum((b).rejected + CASE WHEN good THEN 0 ELSE (b).trade_count END), 0)::bigint
+FROM graded
+"#
+    )
+}
+
+fn reject_sql(slot: &str) -> String {
+    format!(
+        r#"
+INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
+                             price, size, side, flags, reason)
+SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags,
+       CASE WHEN symbol = '' THEN 'no symbol mapping'
+            WHEN ts_event / 60000000000 < $1 OR ts_event / 60000000000 >= $2 THEN 'ts_event out of range'
+            WHEN price = 9223372036854775807 THEN 'undefined price'
+            ELSE 'size not positive' END
+FROM {slot}
+WHERE symbol = '' OR ts_event / 60000000000 < $1 OR ts_event / 60000000000 >= $2
+   OR price = 9223372036854775807 OR size <= 0
+"#
+    )
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RollupResult {
+    pub trades: i64,
+    pub bars: i64,
+    pub rejected: i64,
+}
+
+fn run_rollup() -> RollupResult {
+    Spi::connect_mut(|client| {
+        let isolation = client
+            .select("SELECT current_setting('transaction_isolation')", None, &[])
+            .and_then(|t| t.first().get_one::<String>())
+            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
+            .unwrap_or_default();
+        if isolation != "read committed" {
+            pgrx::error!(
+                "bars_rollup() needs READ COMMITTED isolation (this transaction is {isolation}): \
+                 it must see every trade committed before it consumes staging"
+            );
+        }
+        let ready = client
+            .select("SELECT price_bars_is_ready()", None, &[])
+            .and_then(|t| t.first().get_one::<bool>())
+            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
+            .unwrap_or(false);
+        if !ready {
+            pgrx::error!(
+                "price_bars was made by another application and lacks the columns trades bars need: \
+                 run SELECT mark_legacy(); first (it keeps every existing bar, marked legacy)"
+            );
+        }
+        let step = |client: &mut pgrx::spi::SpiClient<'_>, sql: &str, what: &str| {
+            if let Err(e) = client.update(sql, None, &[]) {
+                pgrx::error!("bars_rollup: {what}: {e}");
+            }
+        };
+        step(
+            client,
+            &format!("SELECT pg_advisory_xact_lock({TRADEBARS_LOCK_CLASS}, {ROLLUP_LOCK})"),
+            "waiting for another rollup",
+        );
+        let epoch = client
+            .update("SELECT nextval('staging_epoch')", None, &[])
+            .and_then(|t| t.first().get_one::<i64>())
+            .unwrap_or_else(|e| pgrx::error!("bars_rollup: moving the feeder to the other slot: {e}"))
+            .unwrap_or_else(|| pgrx::error!("bars_rollup: staging_epoch returned NULL"));
+        let quiet = quiet_slot(epoch);
+        let other = SLOTS.iter().copied().find(|s| *s != quiet).unwrap_or(quiet);
+        let now_minute = client
+            .select("SELECT (extract(epoch FROM now())::bigint / 60)", None, &[])
+            .and_then(|t| t.first().get_one::<i64>())
+            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
+            .unwrap_or_default();
+        let bounds = [MIN_MINUTE, now_minute + 24 * 60];
+        let mut result = RollupResult::default();
+        for slot in [quiet, other] {
+            if slot == other {
+                // The slot now being written holds only stragglers (a batch that began before
+                // the switch, or a rolled-back rollup's trades). Take them too when no one is
+                // writing there, so one call rolls up everything committed before it.
+                let idle = client
+                    .select(
+                        &format!(
+                            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '{slot}'::regclass \
+                             AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM {slot})"
+                        ),
+                        None,
+                        &[],
+                    )
+                    .and_then(|t| t.first().get_one::<bool>())
+                    .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
+                    .unwrap_or(false);
+                if !idle {
+                    continue;
+                }
+            }
+            // Waits for a COPY still writing to this slot; later writers of it wait for us.
+            step(client, &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"), "claiming staging");
+            let args = bounds.map(|b| b.into());
+            let merged = client
+                .update(merge_sql(slot).as_str(), None, &args)
+                .and_then(|t| t.first().get_three::<i64, i64, i64>())
+                .unwrap_or_else(|e| pgrx::error!("bars_rollup: merging bars: {e}"));
+            let rejected = merged.2.unwrap_or(0);
+            result.bars += merged.0.unwrap_or(0);
+            result.trades += merged.1.unwrap_or(0);
+            result.rejected += rejected;
+            if rejected > 0 {
+                let args = bounds.map(|b| b.into());
+                if let Err(e) = client.update(reject_sql(slot).as_str(), None, &args) {
+                    pgrx::error!("bars_rollup: keeping rejected trades: {e}");
+                }
+            }
+            step(client, &format!("TRUNCATE {slot}"), "consuming staging");
+        }
+        let stats = format!(
+            "UPDATE rollup_stats SET rollups = rollups + 1, trades = trades + {t}, \
+             bars_written = bars_written + {b}, rejected = rejected + {r}, \
+             last_rollup_at = clock_timestamp(), last_trades = {t}",
+            t = result.trades,
+            b = result.bars,
+            r = result.rejected
+        );
+        step(client, &stats, "recording totals");
+        result
+    })
+}
+
+/// Rolls every staged trade into 1-minute bars. Returns what it did.
+#[pg_extern(volatile, security_definer, requires = ["tradebars_schema", "staging_functions", "migration_legacy", "ohlcv_aggregate"])]
+#[search_path(@extschema@, pg_temp)]
+fn bars_rollup() -> TableIterator<
+    'static,
+    (
+        name!(trades_rolled_up, i64),
+        name!(bars_written, i64),
+        name!(trades_rejected, i64),
+    ),
+> {
+    let r = run_rollup();
+    TableIterator::once((r.trades, r.bars, r.rejected))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    /// Stages trades: (symbol, ts_event ns, sequence, publisher, price fixed, size).
+    pub fn stage(trades: &[(&str, i64, i64, i32, i64, i64)]) {
+        // Tests share staging; one at a time (the lock lasts until the test's transaction ends).
+        Spi::run("SELECT pg_advisory_xact_lock(1, 1)").unwrap();
+        for (symbol, ts, seq, publisher, price, size) in trades {
+            let sql = format!(
+                "INSERT INTO trades_staging_{} VALUES ($1, 1, $2, $3, $3, $4, $5, $6, 'B', 0)",
+                Spi::get_one::<i64>("SELECT last_value % 2 FROM staging_epoch").unwrap().unwrap()
+            );
+            Spi::run_with_args(
+                &sql,
+                &[
+                    (*symbol).into(),
+                    (*publisher).into(),
+                    (*ts).into(),
+                    (*seq).into(),
+                    (*price).into(),
+                    (*size).into(),
+                ],
+            )
+            .unwrap();
+        }
+    }
+
+    pub fn rollup() -> (i64, i64, i64) {
+        let (t, b, r) = Spi::get_three::<i64, i64, i64>("SELECT * FROM bars_rollup()").unwrap();
+        (t.unwrap(), b.unwrap(), r.unwrap())
+    }
+
+    /// Every bar as text: symbol, minute, open, high, low, close, volume, count, vwap.
+    pub fn bars_text() -> String {
+        Spi::get_one::<String>(
+            "SELECT coalesce(string_agg(format('%s %s %s %s %s %s %s %s %s', symbol,
+                    to_char(\"timestamp\" AT TIME ZONE 'UTC', 'HH24:MI'), open, high, low, close,
+                    volume, trade_count, vwap), E'\\n' ORDER BY symbol, \"timestamp\"), '')
+             FROM price_bars WHERE data_source = 'trades'",
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    const MIN: i64 = 60_000_000_000;
+    const T0: i64 = 1_700_000_040 * 1_000_000_000; // 2023-11-14 22:14:00 UTC, a minute boundary
+
+    fn sample() -> Vec<(&'static str, i64, i64, i32, i64, i64)> {
+        vec![
+            ("ESH4", T0 + 5, 10, 1, 4_783_250_000_000, 2),
+            ("ESH4", T0 + 1, 11, 1, 4_783_000_000_000, 1), // earlier event, later arrival: the open
+            ("ESH4", T0 + 9, 12, 1, 4_784_000_000_000, 5),
+            ("ESH4", T0 + MIN + 3, 13, 1, 4_782_500_000_000, 4),
+            ("QQQ", T0 + 7, 87442, 2, 310_100_000_000, 700), // same ts and price, two trades
+            ("QQQ", T0 + 7, 87443, 2, 310_100_000_000, 200),
+        ]
+    }
+
+    const EXPECTED: &str = "ESH4 22:14 4783 4784 4783 4784 8 3 4783.6875\n\
+                            ESH4 22:15 4782.5 4782.5 4782.5 4782.5 4 1 4782.5\n\
+                            QQQ 22:14 310.1 310.1 310.1 310.1 900 2 310.1";
+
+    #[pg_test]
+    fn rollup_builds_exact_bars() {
+        stage(&sample());
+        assert_eq!(rollup(), (6, 3, 0));
+        assert_eq!(bars_text(), EXPECTED);
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM trades_staging").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn rollup_in_pieces_equals_one_rollup() {
+        for trade in sample() {
+            stage(&[trade]);
+            rollup();
+        }
+        assert_eq!(bars_text(), EXPECTED);
+        // nothing staged: nothing changes
+        assert_eq!(rollup(), (0, 0, 0));
+        assert_eq!(bars_text(), EXPECTED);
+    }
+
+    #[pg_test]
+    fn late_trade_becomes_the_open_by_event_time() {
+        stage(&sample()[..1]);
+        rollup();
+        stage(&[("ESH4", T0, 1, 1, 4_700_000_000_000, 1)]); // arrives last, happened first
+        rollup();
+        let open = Spi::get_one::<String>("SELECT open::text FROM price_bars WHERE symbol = 'ESH4'").unwrap();
+        assert_eq!(open.as_deref(), Some("4700"));
+    }
+
+    #[pg_test]
+    fn bad_trades_are_kept_aside_and_counted() {
+        stage(&[
+            ("ESH4", T0, 1, 1, i64::MAX, 1),
+            ("ESH4", T0, 2, 1, 4_000_000_000_000, 0),
+            ("", T0, 3, 1, 4_000_000_000_000, 1),
+            ("ESH4", 5, 4, 1, 4_000_000_000_000, 1),
+            ("SPREAD", T0, 5, 1, -2_500_000_000, 3),
+        ]);
+        assert_eq!(rollup(), (1, 1, 4));
+        let reasons = Spi::get_one::<String>(
+            "SELECT string_agg(reason, ',' ORDER BY reason) FROM trades_rejected",
+        )
+        .unwrap();
+        assert_eq!(
+            reasons.as_deref(),
+            Some("no symbol mapping,size not positive,ts_event out of range,undefined price")
+        );
+        assert_eq!(bars_text(), "SPREAD 22:14 -2.5 -2.5 -2.5 -2.5 3 1 -2.5");
+    }
+
+
+    #[test]
+    fn the_quiet_slot_is_the_one_the_feeder_just_left() {
+        // staging_slot() writes to epoch % 2; after nextval the old epoch's slot is quiet
+        for epoch in 1..6 {
+            assert_eq!(quiet_slot(epoch), SLOTS[((epoch - 1) % 2) as usize]);
+            assert_ne!(quiet_slot(epoch), SLOTS[(epoch % 2) as usize]);
+        }
+    }
+
+    #[test]
+    fn rollup_sql_reads_only_the_named_slot() {
+        for slot in SLOTS {
+            let sql = merge_sql(slot) + &reject_sql(slot);
+            let other = SLOTS.iter().find(|s| **s != slot).copied().unwrap_or_default();
+            assert!(sql.contains(slot));
+            assert!(!sql.contains(other));
+        }
+    }
+}

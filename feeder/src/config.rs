@@ -1,0 +1,119 @@
+//! Command-line flags and environment, validated once. The database URL may carry a
+//! password: it is read from DATABASE_URL (or --database-url) and never printed.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tradebars-feeder",
+    version,
+    about = "Streams Databento trades into the tradebars staging table of PostgreSQL",
+    long_about = "Streams Databento trades into the tradebars staging table of PostgreSQL, where the \
+                  tradebars extension's bars_rollup() turns them into exact 1-minute OHLCV bars.\n\n\
+                  Exit codes: 0 done, 1 failed (the message says what and where), 2 bad usage, \
+                  3 another feeder already feeds the database."
+)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load trades from DBN files into staging (each file whole and exactly once).
+    ///
+    /// Reads DBN versions 1-3, plain or zstd, of schema trades, tbbo, mbp-1 or mbo. Only trade
+    /// events count: every TRADES record and the 'T' records of the others (MBO fills are the
+    /// resting side of a trade and are not counted again). Symbols come from the file's
+    /// symbology. A file already loaded (same content) is skipped.
+    Replay(ReplayArgs),
+    /// Write a synthetic TRADES file (real DBN with symbology) for demos and benchmarks.
+    Generate(GenerateArgs),
+    /// Roll staged trades into bars once: SELECT * FROM bars_rollup().
+    Rollup(DbArgs),
+    /// Show bars by source, the pipeline, the feeder and the migration's success criteria.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL (postgres://user@host:port/db).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// DBN files to load, in order.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Call bars_rollup() after loading.
+    #[arg(long)]
+    pub rollup: bool,
+    /// If another feeder holds the database, wait for it instead of failing.
+    #[arg(long)]
+    pub standby: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of symbols (the first is WGRX).
+    #[arg(long, default_value_t = 50)]
+    pub symbols: usize,
+    /// Number of trades.
+    #[arg(long, default_value_t = 100_000)]
+    pub trades: u64,
+    /// Output file; a name ending in .zst is zstd-compressed.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the random generator: the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Trading day (UTC date, YYYY-MM-DD); trades fall in 14:30-21:00 UTC.
+    #[arg(long, default_value = "2025-10-24", value_parser = parse_date)]
+    pub date: time::Date,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Print again every SECONDS seconds until interrupted.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+}
+
+fn parse_date(s: &str) -> Result<time::Date, String> {
+    time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|e| format!("{s:?} is not a date like 2025-10-24 ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dates_are_checked() {
+        assert!(parse_date("2025-10-24").is_ok());
+        assert!(parse_date("24/10/2025").is_err());
+    }
+}

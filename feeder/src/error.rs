@@ -1,0 +1,60 @@
+//! The feeder's errors: each says what went wrong and where, on one line.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeederError {
+    #[error("{}: {source}", file.display())]
+    Io { file: PathBuf, source: std::io::Error },
+    #[error("{}: not a readable DBN file: {msg}", file.display())]
+    Decode { file: PathBuf, msg: String },
+    #[error("{}: schema {schema} carries no trade events (tradebars-feeder reads trades, tbbo, mbp-1 or mbo)", file.display())]
+    Schema { file: PathBuf, schema: String },
+    #[error("cannot connect to PostgreSQL at {target}: {msg}")]
+    Connect { target: String, msg: String },
+    #[error("PostgreSQL: {context}: {msg}")]
+    Db { context: String, msg: String },
+    #[error("{0}")]
+    FeederRunning(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl FeederError {
+    pub fn io(file: &Path, source: std::io::Error) -> Self {
+        FeederError::Io { file: file.to_path_buf(), source }
+    }
+
+    pub fn db(context: impl Into<String>, e: tokio_postgres::Error) -> Self {
+        FeederError::Db { context: context.into(), msg: describe_db_error(&e) }
+    }
+
+    /// The process exit code: 3 when another feeder holds the database, 2 for usage, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            FeederError::FeederRunning(_) => 3,
+            FeederError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The server's message (and hint) rather than tokio-postgres's generic "db error".
+pub fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(hint) => format!("{} (hint: {hint})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            msg
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! One feeder per database: a session advisory lock, with who holds it in feeder_status.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::error::FeederError;
+
+/// (class, key) of the feeder lock; the extension's migration_check() counts its holders.
+pub const FEEDER_LOCK: (i32, i32) = (0x7462, 3);
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+async fn holder(client: &Client) -> String {
+    let row = client
+        .query_opt(
+            "SELECT pid, host, mode, to_char(started_at, 'YYYY-MM-DD HH24:MI:SS TZ') FROM feeder_status",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(Some(r)) => format!(
+            "pid {} on {} ({}), running since {}",
+            r.get::<_, i32>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(3)
+        ),
+        _ => "a process that has not reported itself".into(),
+    }
+}
+
+/// Takes the lock, or fails naming the holder; with `standby`, waits for it instead.
+pub async fn acquire(client: &Client, mode: &str, standby: bool) -> Result<(), FeederError> {
+    let mut waited = false;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&FEEDER_LOCK.0, &FEEDER_LOCK.1])
+            .await
+            .map_err(|e| FeederError::db("taking the feeder lock", e))?
+            .get(0);
+        if got {
+            break;
+        }
+        let who = holder(client).await;
+        if !standby {
+            return Err(FeederError::FeederRunning(format!(
+                "another tradebars-feeder is feeding this database: {who}; stop it first, or pass --standby to wait for it"
+            )));
+        }
+        if !waited {
+            tracing::info!(holder = %who, "standing by: another feeder holds this database");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    client
+        .execute(
+            "INSERT INTO feeder_status (id, pid, host, mode, started_at, last_seen)
+             VALUES (1, $1, $2, $3, now(), now())
+             ON CONFLICT (id) DO UPDATE SET pid = $1, host = $2, mode = $3, started_at = now(),
+                 last_seen = now(), trades_received = 0, trades_written = 0, reconnects = 0",
+            &[&pid, &host_name(), &mode],
+        )
+        .await
+        .map_err(|e| FeederError::db("recording the feeder in feeder_status", e))?;
+    Ok(())
+}
+
+/// Counts what this feeder did, for status and migration_check().
+pub async fn report(client: &Client, received: i64, written: i64) -> Result<(), FeederError> {
+    client
+        .execute(
+            "UPDATE feeder_status SET last_seen = now(), trades_received = trades_received + $1,
+                 trades_written = trades_written + $2",
+            &[&received, &written],
+        )
+        .await
+        .map_err(|e| FeederError::db("updating feeder_status", e))?;
+    Ok(())
+}
+
+/// Records an error where a DBA (and migration_check()) will see it. Best effort.
+pub async fn report_error(client: &Client, error: &str) {
+    let _ = client
+        .execute(
+            "UPDATE feeder_status SET errors = errors + 1, last_error = $1, last_error_at = now()",
+            &[&error],
+        )
+        .await;
+}

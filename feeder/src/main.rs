@@ -1,0 +1,226 @@
+//! tradebars-feeder: Databento trades -> source -> COPY -> staging -> bars_rollup().
+
+mod config;
+mod copy;
+mod db;
+mod error;
+mod lock;
+mod sink;
+mod source;
+mod status;
+mod trade;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use config::{Cli, Command, GenerateArgs, LogFormat, ReplayArgs};
+use error::FeederError;
+use source::file::{DbnFile, FileSummary};
+
+const APP: &str = "tradebars-feeder";
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} {{msg}} [{{bar:30}}] {{percent}}% {{{unit}}} ({{eta}} left)"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::new(len).with_style(style)
+}
+
+fn describe_skipped(summary: &FileSummary) -> String {
+    if summary.skipped.is_empty() {
+        return "none".into();
+    }
+    summary
+        .skipped
+        .iter()
+        .map(|(kind, n)| format!("{n} {}", kind.describe()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn replay_file(client: &mut Client, path: &Path) -> Result<(u64, u64), FeederError> {
+    let file = DbnFile::open(path)?;
+    let bar = progress_bar(file.size, "bytes");
+    bar.set_message(path.display().to_string());
+    let (tx, rx) = mpsc::channel(8);
+    let bytes_read = file.bytes_read.clone();
+    let decoder = tokio::task::spawn_blocking(move || file.decode_into(tx));
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(bytes_read.load(Ordering::Relaxed));
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let summary = std::sync::Arc::new(std::sync::Mutex::new(FileSummary::default()));
+    let kept = summary.clone();
+    let end = async move {
+        let s = decoder.await.ok().flatten().ok_or_else(|| FeederError::Decode {
+            file: path.to_path_buf(),
+            msg: "decoding stopped".into(),
+        })?;
+        let end = sink::SourceEnd {
+            source: s.source_id.clone(),
+            last_ts_event: i64::try_from(s.last_ts_event).unwrap_or(-1),
+        };
+        if let Ok(mut k) = kept.lock() {
+            *k = s;
+        }
+        Ok(end)
+    };
+    let loaded = sink::load_source(client, "file", rx, end).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let s = summary.lock().map(|s| s.clone()).unwrap_or_default();
+    match loaded? {
+        sink::Loaded::Before { trades, at } => {
+            println!(
+                "{}: these {} trades were already loaded at {at}; nothing staged",
+                path.display(),
+                trades
+            );
+            Ok((s.trades, 0))
+        }
+        sink::Loaded::Now { rows } => {
+            println!(
+                "{}: {} records read, {} trades staged ({} without a symbol mapping); not trades: {}",
+                path.display(),
+                s.records,
+                rows,
+                s.unmapped_trades,
+                describe_skipped(&s)
+            );
+            Ok((s.trades, rows))
+        }
+    }
+}
+
+async fn rollup(client: &Client) -> Result<(), FeederError> {
+    let row = client
+        .query_one("SELECT * FROM bars_rollup()", &[])
+        .await
+        .map_err(|e| FeederError::db("bars_rollup()", e))?;
+    println!(
+        "rollup: {} trades rolled up into {} bars written, {} trades rejected (see trades_rejected)",
+        row.get::<_, i64>(0),
+        row.get::<_, i64>(1),
+        row.get::<_, i64>(2)
+    );
+    Ok(())
+}
+
+/// Checks every file's schema before loading any, so a wrong file in the list loads nothing.
+fn preflight(files: &[PathBuf]) -> Result<(), FeederError> {
+    use dbn::decode::{DbnMetadata, DynDecoder};
+    for path in files {
+        DbnFile::open(path)?;
+        let decoder = DynDecoder::from_file(path, dbn::VersionUpgradePolicy::UpgradeToV3).map_err(|e| {
+            FeederError::Decode { file: path.clone(), msg: e.to_string() }
+        })?;
+        if let Some(schema) = decoder.metadata().schema {
+            if !source::file::TRADE_SCHEMAS.contains(&schema) {
+                return Err(FeederError::Schema { file: path.clone(), schema: schema.to_string() });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> Result<(), FeederError> {
+    preflight(&args.files)?;
+    let mut client = db::connect(&args.db.database_url, APP).await?;
+    lock::acquire(&client, "replay", args.standby).await?;
+    let mut result = Ok(());
+    for path in &args.files {
+        match replay_file(&mut client, path).await {
+            Ok((received, written)) => {
+                lock::report(&client, received as i64, written as i64).await?;
+            }
+            Err(e) => {
+                lock::report_error(&client, &e.to_string()).await;
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    result?;
+    if args.rollup {
+        rollup(&client).await?;
+    }
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<(), FeederError> {
+    let spec = source::generate::GenerateSpec {
+        symbols: args.symbols,
+        trades: args.trades,
+        seed: args.seed,
+        date: args.date,
+    };
+    let bar = progress_bar(args.trades, "pos");
+    bar.set_message("generating");
+    let made = source::generate::generate(&spec, &args.out, |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    println!(
+        "{}: {} trades of {} symbols ({} {}), {} to {} UTC",
+        args.out.display(),
+        made.trades,
+        made.symbols,
+        source::generate::DATASET,
+        args.date,
+        fmt_ns(made.first_ts),
+        fmt_ns(made.last_ts)
+    );
+    Ok(())
+}
+
+fn fmt_ns(ns: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns));
+    match t {
+        Ok(t) => format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()),
+        Err(_) => ns.to_string(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), FeederError> {
+    match cli.command {
+        Command::Replay(args) => replay(args).await,
+        Command::Generate(args) => tokio::task::spawn_blocking(move || generate(args))
+            .await
+            .map_err(|e| FeederError::Usage(format!("generator stopped: {e}")))?,
+        Command::Rollup(args) => rollup(&db::connect(&args.database_url, APP).await?).await,
+        Command::Status(args) => status::run(&db::connect(&args.db.database_url, APP).await?, args.watch).await,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Err(e) = run(cli).await {
+        eprintln!("{APP}: error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

@@ -1,0 +1,224 @@
+//! DBN files (plain or zstd, DBN versions 1-3) of schema trades, tbbo, mbp-1 or mbo.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
+use dbn::{Record, Schema, TsSymbolMap, VersionUpgradePolicy};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::copy;
+use crate::error::FeederError;
+use crate::trade::{classify, RecordKind};
+
+/// Schemas whose records can carry trade events.
+pub const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, Schema::Mbo];
+
+/// Staging rows are handed over in chunks of about this many bytes.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// What reading one file found.
+#[derive(Debug, Default, Clone)]
+pub struct FileSummary {
+    pub records: u64,
+    pub trades: u64,
+    pub unmapped_trades: u64,
+    pub last_ts_event: u64,
+    /// Identity for the ingest ledger: a hash of the staged rows themselves, so the same
+    /// trades are recognised whatever the file's name, DBN version or compression.
+    pub source_id: String,
+    pub skipped: BTreeMap<RecordKind, u64>,
+}
+
+/// Counts the bytes read, for progress.
+struct CountingReader<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// The DBN decoder takes an early end of input for the end of the data. A zstd stream that
+/// stops inside a frame is a truncated file, so that end is made an error it reports.
+struct StrictEof<R>(R);
+
+impl<R: Read> Read for StrictEof<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(io::ErrorKind::InvalidData, "the zstd stream is truncated")
+            } else {
+                e
+            }
+        })
+    }
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+/// "DBN", a version byte, and the metadata's length as u32 little-endian.
+const DBN_PREFIX_LEN: u64 = 8;
+
+pub struct DbnFile {
+    pub path: PathBuf,
+    pub bytes_read: Arc<AtomicU64>,
+    pub size: u64,
+}
+
+impl DbnFile {
+    pub fn open(path: &Path) -> Result<Self, FeederError> {
+        let size = std::fs::metadata(path).map_err(|e| FeederError::io(path, e))?.len();
+        if size == 0 {
+            return Err(FeederError::Decode {
+                file: path.to_path_buf(),
+                msg: "the file is empty".into(),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            bytes_read: Arc::new(AtomicU64::new(0)),
+            size,
+        })
+    }
+
+    /// Decodes the whole file, sending staging rows in COPY format (no header or trailer).
+    /// Runs on a blocking thread. An error is sent down the channel too, so the writer aborts
+    /// its COPY and nothing of this file is committed.
+    pub fn decode_into(&self, tx: mpsc::Sender<Result<Bytes, FeederError>>) -> Option<FileSummary> {
+        match self.decode(&tx) {
+            Ok(summary) => Some(summary),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                None
+            }
+        }
+    }
+
+    fn decode_err(&self, e: impl std::fmt::Display) -> FeederError {
+        FeederError::Decode {
+            file: self.path.clone(),
+            msg: e.to_string(),
+        }
+    }
+
+    fn dbn_err(&self, e: dbn::Error) -> FeederError {
+        match e {
+            dbn::Error::Io { source, context } => self.decode_err(format!("{source} ({context})")),
+            other => self.decode_err(other),
+        }
+    }
+
+    /// The file's DBN bytes, decompressed if it is zstd; `consumed` counts the raw bytes.
+    fn dbn_stream(&self, consumed: Arc<AtomicU64>) -> Result<Box<dyn Read + Send>, FeederError> {
+        let mut file = File::open(&self.path).map_err(|e| FeederError::io(&self.path, e))?;
+        let mut magic = [0u8; 4];
+        let n = file.read(&mut magic).map_err(|e| FeederError::io(&self.path, e))?;
+        let raw = io::Cursor::new(magic[..n].to_vec()).chain(file);
+        let counted = CountingReader { inner: raw, read: consumed };
+        if magic == ZSTD_MAGIC {
+            let z = zstd::stream::read::Decoder::new(counted).map_err(|e| FeederError::io(&self.path, e))?;
+            Ok(Box::new(StrictEof(z)))
+        } else if magic.starts_with(b"DBN") {
+            Ok(Box::new(counted))
+        } else {
+            Err(self.decode_err("neither DBN nor zstd-compressed DBN"))
+        }
+    }
+
+    /// How long the metadata section is: the decoder's byte count must end exactly after the
+    /// metadata and whole records, or the file stops inside a record.
+    fn metadata_len(&self) -> Result<u64, FeederError> {
+        let mut prefix = [0u8; DBN_PREFIX_LEN as usize];
+        self.dbn_stream(Arc::new(AtomicU64::new(0)))?
+            .read_exact(&mut prefix)
+            .map_err(|e| self.decode_err(format!("reading the DBN header: {e}")))?;
+        let len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+        Ok(DBN_PREFIX_LEN + u64::from(len))
+    }
+
+    fn decode(&self, tx: &mpsc::Sender<Result<Bytes, FeederError>>) -> Result<FileSummary, FeederError> {
+        let metadata_len = self.metadata_len()?;
+        let delivered = Arc::new(AtomicU64::new(0));
+        let reader = CountingReader {
+            inner: self.dbn_stream(self.bytes_read.clone())?,
+            read: delivered.clone(),
+        };
+        let mut decoder = DynDecoder::with_buffer(
+            io::BufReader::new(reader),
+            dbn::Compression::None,
+            VersionUpgradePolicy::UpgradeToV3,
+        )
+        .map_err(|e| self.dbn_err(e))?;
+        let mut record_bytes = 0u64;
+        let metadata = decoder.metadata().clone();
+        if let Some(schema) = metadata.schema {
+            if !TRADE_SCHEMAS.contains(&schema) {
+                return Err(FeederError::Schema {
+                    file: self.path.clone(),
+                    schema: schema.to_string(),
+                });
+            }
+        }
+        let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
+        let mut summary = FileSummary::default();
+        let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 4096);
+        let mut hasher = Sha256::new();
+        while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
+            summary.records += 1;
+            record_bytes += rec.record_size() as u64;
+            let (kind, event) = classify(&rec);
+            match event {
+                Some(ev) => {
+                    let symbol = symbols
+                        .get_for_ts(ev.ts_event, ev.instrument_id)
+                        .map(String::as_str)
+                        .unwrap_or("");
+                    if symbol.is_empty() {
+                        summary.unmapped_trades += 1;
+                    }
+                    summary.trades += 1;
+                    summary.last_ts_event = summary.last_ts_event.max(ev.ts_event);
+                    copy::encode_trade(&mut buf, &ev.with_symbol(symbol));
+                    if buf.len() >= CHUNK_BYTES {
+                        let chunk = buf.split().freeze();
+                        hasher.update(&chunk);
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            return Ok(summary); // the writer stopped; it reports why
+                        }
+                    }
+                }
+                None => {
+                    if kind == RecordKind::SymbolMapping {
+                        symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
+                    }
+                    *summary.skipped.entry(kind).or_default() += 1;
+                }
+            }
+        }
+        let read = delivered.load(Ordering::Relaxed);
+        if read != metadata_len + record_bytes {
+            return Err(self.decode_err(format!(
+                "the file is truncated: it ends inside a record ({} bytes after the last whole record)",
+                read.saturating_sub(metadata_len + record_bytes)
+            )));
+        }
+        if !buf.is_empty() {
+            hasher.update(&buf);
+            let _ = tx.blocking_send(Ok(buf.freeze()));
+        }
+        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        summary.source_id = format!("trades:sha256:{digest}");
+        Ok(summary)
+    }
+}

@@ -1,0 +1,86 @@
+//! `tradebars-feeder status`: the migration monitor from the command line.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::error::FeederError;
+
+/// Runs `sql` and prints its rows as an aligned table under `title`.
+pub async fn print_query(client: &Client, title: &str, sql: &str) -> Result<(), FeederError> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| FeederError::db(title.to_string(), e))?;
+    let mut header: Vec<String> = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for m in messages {
+        if let SimpleQueryMessage::Row(row) = m {
+            if header.is_empty() {
+                header = row.columns().iter().map(|c| c.name().to_string()).collect();
+            }
+            rows.push((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect());
+        }
+    }
+    println!("{title}");
+    if rows.is_empty() {
+        println!("  (none)");
+        return Ok(());
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("  {}", padded.join("  ").trim_end());
+    };
+    line(&header);
+    line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
+    for r in &rows {
+        line(r);
+    }
+    Ok(())
+}
+
+async fn print_status(client: &Client) -> Result<(), FeederError> {
+    print_query(
+        client,
+        "Bars by source",
+        "SELECT location, coalesce(data_source, '-') AS data_source, is_legacy, soft_deleted, bars,
+                total_volume, first_bar, last_bar FROM migration_status()",
+    )
+    .await?;
+    print_query(
+        client,
+        "Pipeline",
+        "SELECT (SELECT count(*) FROM trades_staging) AS staged_trades,
+                s.rollups, s.trades AS trades_rolled_up, s.bars_written, s.rejected AS trades_rejected,
+                coalesce(to_char(s.last_rollup_at, 'YYYY-MM-DD HH24:MI:SS TZ'), 'never') AS last_rollup
+         FROM rollup_stats s",
+    )
+    .await?;
+    print_query(
+        client,
+        "Feeder",
+        "SELECT pid, host, mode, started_at, last_seen, trades_received, trades_written, reconnects,
+                errors, coalesce(last_error, '') AS last_error,
+                (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND classid = 29794 AND objid = 3 AND objsubid = 2) AS running
+         FROM feeder_status",
+    )
+    .await?;
+    print_query(client, "Success criteria", "SELECT criterion, passed, measured FROM migration_check()").await
+}
+
+pub async fn run(client: &Client, watch: Option<u64>) -> Result<(), FeederError> {
+    loop {
+        print_status(client).await?;
+        match watch {
+            Some(secs) => {
+                println!();
+                tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
+            }
+            None => return Ok(()),
+        }
+    }
+}
