@@ -135,12 +135,19 @@ impl Bar {
         if bytes.len() != Self::SERIAL_LEN {
             return None;
         }
-        let word = |i: usize| i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let word =
+            |i: usize| i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         let notional = i128::from_le_bytes(bytes[88..104].try_into().ok()?);
         Some(Bar {
-            open_key: TradeKey { ts_event: word(0), seq: word(1) },
+            open_key: TradeKey {
+                ts_event: word(0),
+                seq: word(1),
+            },
             open: word(2),
-            close_key: TradeKey { ts_event: word(3), seq: word(4) },
+            close_key: TradeKey {
+                ts_event: word(3),
+                seq: word(4),
+            },
             close: word(5),
             high: word(6),
             low: word(7),
@@ -154,7 +161,7 @@ impl Bar {
 
 // The aggregate's functions. `internal` state lives in the aggregate's memory context.
 
-unsafe fn state_mut<'a>(state: &'a mut Internal, fcinfo: pg_sys::FunctionCallInfo) -> &'a mut Bar {
+unsafe fn state_mut(state: &mut Internal, fcinfo: pg_sys::FunctionCallInfo) -> &mut Bar {
     let mut agg_context: pg_sys::MemoryContext = std::ptr::null_mut();
     if unsafe { pg_sys::AggCheckCallContext(fcinfo, &mut agg_context) } == 0 {
         pgrx::error!("ohlcv state functions can only be called by the ohlcv aggregate");
@@ -181,7 +188,11 @@ fn ohlcv_trans(
     let bar = unsafe { state_mut(&mut state, fcinfo) };
     match (ts_event, price, size) {
         (Some(ts), Some(px), Some(sz)) => bar.add(
-            TradeKey::new(ts, sequence.unwrap_or(0), i64::from(publisher_id.unwrap_or(0))),
+            TradeKey::new(
+                ts,
+                sequence.unwrap_or(0),
+                i64::from(publisher_id.unwrap_or(0)),
+            ),
             px,
             sz,
         ),
@@ -207,14 +218,20 @@ fn ohlcv_combine(
 
 #[pg_extern(immutable, parallel_safe, strict)]
 fn ohlcv_serialize(state: Internal) -> Vec<u8> {
-    unsafe { state.get::<Bar>() }.copied().unwrap_or_default().to_bytes()
+    unsafe { state.get::<Bar>() }
+        .copied()
+        .unwrap_or_default()
+        .to_bytes()
 }
 
 #[pg_extern(immutable, parallel_safe, strict)]
 fn ohlcv_deserialize(bytes: &[u8], _unused: Internal) -> Internal {
     match Bar::from_bytes(bytes) {
         Some(bar) => Internal::new(bar),
-        None => pgrx::error!("ohlcv: serialized state has {} bytes, not a bar", bytes.len()),
+        None => pgrx::error!(
+            "ohlcv: serialized state has {} bytes, not a bar",
+            bytes.len()
+        ),
     }
 }
 
@@ -223,10 +240,11 @@ fn ohlcv_final(state: Internal) -> Option<pgrx::composite_type!('static, "ohlcv_
     let bar = unsafe { state.get::<Bar>() }.copied()?;
     let mut row = PgHeapTuple::new_composite_type("ohlcv_bar")
         .unwrap_or_else(|e| pgrx::error!("ohlcv: composite type ohlcv_bar: {e}"));
-    let set = |row: &mut PgHeapTuple<'static, pgrx::AllocatedByRust>, name: &str, v: Option<i64>| {
-        row.set_by_name(name, v)
-            .unwrap_or_else(|e| pgrx::error!("ohlcv: field {name}: {e}"))
-    };
+    let set =
+        |row: &mut PgHeapTuple<'static, pgrx::AllocatedByRust>, name: &str, v: Option<i64>| {
+            row.set_by_name(name, v)
+                .unwrap_or_else(|e| pgrx::error!("ohlcv: field {name}: {e}"))
+        };
     let valid = bar.count > 0;
     let when = |v: i64| valid.then_some(v);
     set(&mut row, "open_px", when(bar.open));
@@ -272,7 +290,13 @@ CREATE AGGREGATE ohlcv(bigint, bigint, integer, bigint, bigint) (
 );
 "#,
     name = "ohlcv_aggregate",
-    requires = [ohlcv_trans, ohlcv_final, ohlcv_combine, ohlcv_serialize, ohlcv_deserialize],
+    requires = [
+        ohlcv_trans,
+        ohlcv_final,
+        ohlcv_combine,
+        ohlcv_serialize,
+        ohlcv_deserialize
+    ],
 );
 
 #[cfg(test)]
@@ -344,13 +368,24 @@ mod tests {
         let mut merged = Bar::default();
         merged.merge(&bar);
         merged.merge(&bar_of(&[(3, 1, 1, 7, 2)]));
-        assert_eq!((merged.open, merged.close, merged.count, merged.rejected), (7, 7, 1, 2));
+        assert_eq!(
+            (merged.open, merged.close, merged.count, merged.rejected),
+            (7, 7, 1, 2)
+        );
     }
 
     #[test]
     fn negative_prices_are_valid() {
         let bar = bar_of(&[(1, 1, 1, -2_500_000_000, 4), (2, 1, 1, -1_000_000_000, 1)]);
-        assert_eq!((bar.open, bar.low, bar.high, bar.close), (-2_500_000_000, -2_500_000_000, -1_000_000_000, -1_000_000_000));
+        assert_eq!(
+            (bar.open, bar.low, bar.high, bar.close),
+            (
+                -2_500_000_000,
+                -2_500_000_000,
+                -1_000_000_000,
+                -1_000_000_000
+            )
+        );
         assert_eq!(bar.notional, -11_000_000_000);
     }
 
@@ -363,7 +398,13 @@ mod tests {
 
     #[test]
     fn notional_does_not_overflow_on_extreme_trades() {
-        let bar = bar_of(&[(1, 1, 1, i64::MAX - 1, u32::MAX as i64), (2, 1, 1, i64::MAX - 1, u32::MAX as i64)]);
-        assert_eq!(bar.notional, 2 * i128::from(i64::MAX - 1) * i128::from(u32::MAX));
+        let bar = bar_of(&[
+            (1, 1, 1, i64::MAX - 1, u32::MAX as i64),
+            (2, 1, 1, i64::MAX - 1, u32::MAX as i64),
+        ]);
+        assert_eq!(
+            bar.notional,
+            2 * i128::from(i64::MAX - 1) * i128::from(u32::MAX)
+        );
     }
 }

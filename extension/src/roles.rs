@@ -31,5 +31,11 @@ REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_delete
     rollback_trades(boolean), prepare_price_bars() FROM PUBLIC;
 "#,
     name = "roles",
-    requires = ["migration_archive", "migration_verify", "bars_query", "staging_functions", bars_rollup],
+    requires = [
+        "migration_archive",
+        "migration_verify",
+        "bars_query",
+        "staging_functions",
+        bars_rollup
+    ],
 );

@@ -137,7 +137,9 @@ fn run_rollup() -> RollupResult {
         let epoch = client
             .update("SELECT nextval('staging_epoch')", None, &[])
             .and_then(|t| t.first().get_one::<i64>())
-            .unwrap_or_else(|e| pgrx::error!("bars_rollup: moving the feeder to the other slot: {e}"))
+            .unwrap_or_else(|e| {
+                pgrx::error!("bars_rollup: moving the feeder to the other slot: {e}")
+            })
             .unwrap_or_else(|| pgrx::error!("bars_rollup: staging_epoch returned NULL"));
         let quiet = quiet_slot(epoch);
         let other = SLOTS.iter().copied().find(|s| *s != quiet).unwrap_or(quiet);
@@ -170,7 +172,11 @@ fn run_rollup() -> RollupResult {
                 }
             }
             // Waits for a COPY still writing to this slot; later writers of it wait for us.
-            step(client, &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"), "claiming staging");
+            step(
+                client,
+                &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
+                "claiming staging",
+            );
             let args = bounds.map(|b| b.into());
             let merged = client
                 .update(merge_sql(slot).as_str(), None, &args)
@@ -228,7 +234,9 @@ mod tests {
         for (symbol, ts, seq, publisher, price, size) in trades {
             let sql = format!(
                 "INSERT INTO trades_staging_{} VALUES ($1, 1, $2, $3, $3, $4, $5, $6, 'B', 0)",
-                Spi::get_one::<i64>("SELECT last_value % 2 FROM staging_epoch").unwrap().unwrap()
+                Spi::get_one::<i64>("SELECT last_value % 2 FROM staging_epoch")
+                    .unwrap()
+                    .unwrap()
             );
             Spi::run_with_args(
                 &sql,
@@ -285,7 +293,10 @@ mod tests {
         stage(&sample());
         assert_eq!(rollup(), (6, 3, 0));
         assert_eq!(bars_text(), EXPECTED);
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM trades_staging").unwrap(), Some(0));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM trades_staging").unwrap(),
+            Some(0)
+        );
     }
 
     #[pg_test]
@@ -306,7 +317,9 @@ mod tests {
         rollup();
         stage(&[("ESH4", T0, 1, 1, 4_700_000_000_000, 1)]); // arrives last, happened first
         rollup();
-        let open = Spi::get_one::<String>("SELECT open::text FROM price_bars WHERE symbol = 'ESH4'").unwrap();
+        let open =
+            Spi::get_one::<String>("SELECT open::text FROM price_bars WHERE symbol = 'ESH4'")
+                .unwrap();
         assert_eq!(open.as_deref(), Some("4700"));
     }
 
@@ -331,7 +344,6 @@ mod tests {
         assert_eq!(bars_text(), "SPREAD 22:14 -2.5 -2.5 -2.5 -2.5 3 1 -2.5");
     }
 
-
     #[test]
     fn the_quiet_slot_is_the_one_the_feeder_just_left() {
         // staging_slot() writes to epoch % 2; after nextval the old epoch's slot is quiet
@@ -345,7 +357,11 @@ mod tests {
     fn rollup_sql_reads_only_the_named_slot() {
         for slot in SLOTS {
             let sql = merge_sql(slot) + &reject_sql(slot);
-            let other = SLOTS.iter().find(|s| **s != slot).copied().unwrap_or_default();
+            let other = SLOTS
+                .iter()
+                .find(|s| **s != slot)
+                .copied()
+                .unwrap_or_default();
             assert!(sql.contains(slot));
             assert!(!sql.contains(other));
         }

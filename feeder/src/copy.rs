@@ -34,7 +34,11 @@ fn ts(v: u64) -> i64 {
 
 pub fn encode_trade(buf: &mut BytesMut, t: &Trade) {
     // A NUL cannot be stored in text; such a symbol is as good as none.
-    let symbol = if t.symbol.as_bytes().contains(&0) { "" } else { t.symbol };
+    let symbol = if t.symbol.as_bytes().contains(&0) {
+        ""
+    } else {
+        t.symbol
+    };
     buf.put_i16(10);
     buf.put_i32(symbol.len() as i32);
     buf.put_slice(symbol.as_bytes());
@@ -79,7 +83,10 @@ mod tests {
         assert_eq!(buf.len(), 2 + (4 + 4) + 6 * 12 + 8 + 5 + 6);
         // the undefined ts_event is staged as -1
         assert_eq!(&buf[26..34], &(-1i64).to_be_bytes());
-        let nul = Trade { symbol: "A\0B", ..t };
+        let nul = Trade {
+            symbol: "A\0B",
+            ..t
+        };
         let mut buf = BytesMut::new();
         encode_trade(&mut buf, &nul);
         assert_eq!(&buf[2..6], &0i32.to_be_bytes());

@@ -16,21 +16,29 @@ pub fn describe_target(config: &Config) -> String {
         })
         .unwrap_or_else(|| "localhost".into());
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
     format!("{host}:{port}/{db}")
 }
 
 pub async fn connect(url: &str, application: &str) -> Result<Client, FeederError> {
-    let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| FeederError::Connect {
-        target: "the given database URL".into(),
-        msg: format!("the URL is not valid ({})", describe_db_error(&e)),
-    })?;
+    let mut config: Config =
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| FeederError::Connect {
+                target: "the given database URL".into(),
+                msg: format!("the URL is not valid ({})", describe_db_error(&e)),
+            })?;
     config.application_name(application);
     let target = describe_target(&config);
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| FeederError::Connect {
-        target: target.clone(),
-        msg: describe_db_error(&e),
-    })?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| FeederError::Connect {
+            target: target.clone(),
+            msg: describe_db_error(&e),
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(target = %target, error = %describe_db_error(&e), "PostgreSQL connection closed");
@@ -45,7 +53,9 @@ mod tests {
 
     #[test]
     fn the_target_never_shows_the_password() {
-        let config: Config = "postgres://app:s3cret@db.example:6543/bars".parse().unwrap_or_default();
+        let config: Config = "postgres://app:s3cret@db.example:6543/bars"
+            .parse()
+            .unwrap_or_default();
         let shown = describe_target(&config);
         assert_eq!(shown, "db.example:6543/bars");
         assert!(!shown.contains("s3cret"));

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum FeederError {
     #[error("{}: {source}", file.display())]
-    Io { file: PathBuf, source: std::io::Error },
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: not a readable DBN file: {msg}", file.display())]
     Decode { file: PathBuf, msg: String },
     #[error("{}: schema {schema} carries no trade events (tradebars-feeder reads trades, tbbo, mbp-1 or mbo)", file.display())]
@@ -22,11 +25,17 @@ pub enum FeederError {
 
 impl FeederError {
     pub fn io(file: &Path, source: std::io::Error) -> Self {
-        FeederError::Io { file: file.to_path_buf(), source }
+        FeederError::Io {
+            file: file.to_path_buf(),
+            source,
+        }
     }
 
     pub fn db(context: impl Into<String>, e: tokio_postgres::Error) -> Self {
-        FeederError::Db { context: context.into(), msg: describe_db_error(&e) }
+        FeederError::Db {
+            context: context.into(),
+            msg: describe_db_error(&e),
+        }
     }
 
     /// The process exit code: 3 when another feeder holds the database, 2 for usage, else 1.

@@ -39,7 +39,10 @@ pub async fn acquire(client: &Client, mode: &str, standby: bool) -> Result<(), F
     let mut waited = false;
     loop {
         let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&FEEDER_LOCK.0, &FEEDER_LOCK.1])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&FEEDER_LOCK.0, &FEEDER_LOCK.1],
+            )
             .await
             .map_err(|e| FeederError::db("taking the feeder lock", e))?
             .get(0);

@@ -28,7 +28,9 @@ const APP: &str = "tradebars-feeder";
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -77,10 +79,14 @@ async fn replay_file(client: &mut Client, path: &Path) -> Result<(u64, u64), Fee
     let summary = std::sync::Arc::new(std::sync::Mutex::new(FileSummary::default()));
     let kept = summary.clone();
     let end = async move {
-        let s = decoder.await.ok().flatten().ok_or_else(|| FeederError::Decode {
-            file: path.to_path_buf(),
-            msg: "decoding stopped".into(),
-        })?;
+        let s = decoder
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| FeederError::Decode {
+                file: path.to_path_buf(),
+                msg: "decoding stopped".into(),
+            })?;
         let end = sink::SourceEnd {
             source: s.source_id.clone(),
             last_ts_event: i64::try_from(s.last_ts_event).unwrap_or(-1),
@@ -136,12 +142,19 @@ fn preflight(files: &[PathBuf]) -> Result<(), FeederError> {
     use dbn::decode::{DbnMetadata, DynDecoder};
     for path in files {
         DbnFile::open(path)?;
-        let decoder = DynDecoder::from_file(path, dbn::VersionUpgradePolicy::UpgradeToV3).map_err(|e| {
-            FeederError::Decode { file: path.clone(), msg: e.to_string() }
-        })?;
+        let decoder =
+            DynDecoder::from_file(path, dbn::VersionUpgradePolicy::UpgradeToV3).map_err(|e| {
+                FeederError::Decode {
+                    file: path.clone(),
+                    msg: e.to_string(),
+                }
+            })?;
         if let Some(schema) = decoder.metadata().schema {
             if !source::file::TRADE_SCHEMAS.contains(&schema) {
-                return Err(FeederError::Schema { file: path.clone(), schema: schema.to_string() });
+                return Err(FeederError::Schema {
+                    file: path.clone(),
+                    schema: schema.to_string(),
+                });
             }
         }
     }
@@ -211,7 +224,9 @@ async fn run(cli: Cli) -> Result<(), FeederError> {
             .await
             .map_err(|e| FeederError::Usage(format!("generator stopped: {e}")))?,
         Command::Rollup(args) => rollup(&db::connect(&args.database_url, APP).await?).await,
-        Command::Status(args) => status::run(&db::connect(&args.db.database_url, APP).await?, args.watch).await,
+        Command::Status(args) => {
+            status::run(&db::connect(&args.db.database_url, APP).await?, args.watch).await
+        }
     }
 }
 

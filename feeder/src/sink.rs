@@ -12,8 +12,13 @@ use crate::error::FeederError;
 #[derive(Debug)]
 pub enum Loaded {
     /// The ledger already holds this source: nothing was written.
-    Before { trades: i64, at: String },
-    Now { rows: u64 },
+    Before {
+        trades: i64,
+        at: String,
+    },
+    Now {
+        rows: u64,
+    },
 }
 
 /// The staging table to COPY into, as the extension names it for this batch.
@@ -21,7 +26,12 @@ async fn staging_slot(client: &tokio_postgres::Transaction<'_>) -> Result<String
     let slot: String = client
         .query_one("SELECT staging_slot()", &[])
         .await
-        .map_err(|e| FeederError::db("asking for the staging table (is the tradebars extension installed?)", e))?
+        .map_err(|e| {
+            FeederError::db(
+                "asking for the staging table (is the tradebars extension installed?)",
+                e,
+            )
+        })?
         .get(0);
     // Only ever one of the extension's two slots, whatever the function says.
     let table = slot.rsplit('.').next().unwrap_or("");
@@ -55,22 +65,37 @@ pub async fn load_source(
         .map_err(|e| FeederError::db("starting the load", e))?;
     let slot = staging_slot(&tx).await?;
     let sink = tx
-        .copy_in::<_, Bytes>(&format!("COPY {slot} ({}) FROM STDIN (FORMAT binary)", copy::COLUMNS))
+        .copy_in::<_, Bytes>(&format!(
+            "COPY {slot} ({}) FROM STDIN (FORMAT binary)",
+            copy::COLUMNS
+        ))
         .await
         .map_err(|e| FeederError::db("starting COPY into staging", e))?;
     futures_util::pin_mut!(sink);
     let mut header = BytesMut::new();
     copy::encode_header(&mut header);
-    sink.send(header.freeze()).await.map_err(|e| FeederError::db("COPY into staging", e))?;
+    sink.send(header.freeze())
+        .await
+        .map_err(|e| FeederError::db("COPY into staging", e))?;
     while let Some(chunk) = chunks.recv().await {
         let chunk = chunk?; // dropping the sink aborts the COPY, dropping tx rolls back
-        sink.send(chunk).await.map_err(|e| FeederError::db("COPY into staging", e))?;
+        sink.send(chunk)
+            .await
+            .map_err(|e| FeederError::db("COPY into staging", e))?;
     }
-    let SourceEnd { source, last_ts_event } = end.await?;
+    let SourceEnd {
+        source,
+        last_ts_event,
+    } = end.await?;
     let mut trailer = BytesMut::new();
     copy::encode_trailer(&mut trailer);
-    sink.send(trailer.freeze()).await.map_err(|e| FeederError::db("COPY into staging", e))?;
-    let rows = sink.finish().await.map_err(|e| FeederError::db("finishing COPY into staging", e))?;
+    sink.send(trailer.freeze())
+        .await
+        .map_err(|e| FeederError::db("COPY into staging", e))?;
+    let rows = sink
+        .finish()
+        .await
+        .map_err(|e| FeederError::db("finishing COPY into staging", e))?;
     if rows == 0 {
         return Ok(Loaded::Now { rows }); // no trades: nothing to stage or to remember
     }
@@ -91,7 +116,10 @@ pub async fn load_source(
             )
             .await
             .map_err(|e| FeederError::db("reading ingest_ledger", e))?;
-        return Ok(Loaded::Before { trades: row.get(0), at: row.get(1) }); // tx rolls back
+        return Ok(Loaded::Before {
+            trades: row.get(0),
+            at: row.get(1),
+        }); // tx rolls back
     }
     let rows_i64 = i64::try_from(rows).unwrap_or(i64::MAX);
     tx.execute(
@@ -100,6 +128,8 @@ pub async fn load_source(
     )
     .await
     .map_err(|e| FeederError::db("recording the load in ingest_ledger", e))?;
-    tx.commit().await.map_err(|e| FeederError::db("committing the load", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| FeederError::db("committing the load", e))?;
     Ok(Loaded::Now { rows })
 }

@@ -19,7 +19,11 @@ pub async fn print_query(client: &Client, title: &str, sql: &str) -> Result<(), 
             if header.is_empty() {
                 header = row.columns().iter().map(|c| c.name().to_string()).collect();
             }
-            rows.push((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect());
+            rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("").to_string())
+                    .collect(),
+            );
         }
     }
     println!("{title}");
@@ -28,10 +32,20 @@ pub async fn print_query(client: &Client, title: &str, sql: &str) -> Result<(), 
         return Ok(());
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: &[String]| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("  {}", padded.join("  ").trim_end());
     };
     line(&header);
@@ -69,7 +83,12 @@ async fn print_status(client: &Client) -> Result<(), FeederError> {
          FROM feeder_status",
     )
     .await?;
-    print_query(client, "Success criteria", "SELECT criterion, passed, measured FROM migration_check()").await
+    print_query(
+        client,
+        "Success criteria",
+        "SELECT criterion, passed, measured FROM migration_check()",
+    )
+    .await
 }
 
 pub async fn run(client: &Client, watch: Option<u64>) -> Result<(), FeederError> {

@@ -85,16 +85,43 @@ impl RecordKind {
 /// whose action is 'T'. An MBO fill ('F') is the resting side of the same execution.
 pub fn classify(rec: &RecordRef) -> (RecordKind, Option<TradeEvent>) {
     if let Some(t) = rec.get::<TradeMsg>() {
-        return (RecordKind::Trade, Some(event(&t.hd, t.ts_recv, t.sequence, t.price, t.size, t.side, t.flags.raw())));
+        return (
+            RecordKind::Trade,
+            Some(event(
+                &t.hd,
+                t.ts_recv,
+                t.sequence,
+                t.price,
+                t.size,
+                t.side,
+                t.flags.raw(),
+            )),
+        );
     }
     if let Some(m) = rec.get::<Mbp1Msg>() {
         return book(m.action as u8, || {
-            event(&m.hd, m.ts_recv, m.sequence, m.price, m.size, m.side, m.flags.raw())
+            event(
+                &m.hd,
+                m.ts_recv,
+                m.sequence,
+                m.price,
+                m.size,
+                m.side,
+                m.flags.raw(),
+            )
         });
     }
     if let Some(m) = rec.get::<MboMsg>() {
         return book(m.action as u8, || {
-            event(&m.hd, m.ts_recv, m.sequence, m.price, m.size, m.side, m.flags.raw())
+            event(
+                &m.hd,
+                m.ts_recv,
+                m.sequence,
+                m.price,
+                m.size,
+                m.side,
+                m.flags.raw(),
+            )
         });
     }
     let rtype = rec.header().rtype;
@@ -160,7 +187,10 @@ mod tests {
         let (kind, ev) = classify(&RecordRef::from(&t));
         assert_eq!(kind, RecordKind::Trade);
         let ev = ev.expect("a trade");
-        assert_eq!((ev.instrument_id, ev.price, ev.size, ev.side), (17077, 4_783_250_000_000, 3, b'B'));
+        assert_eq!(
+            (ev.instrument_id, ev.price, ev.size, ev.side),
+            (17077, 4_783_250_000_000, 3, b'B')
+        );
         for action in [b'F', b'A', b'C', b'M'] {
             let r = mbo(action);
             let (kind, ev) = classify(&RecordRef::from(&r));
@@ -180,6 +210,9 @@ mod tests {
         };
         let (kind, ev) = classify(&RecordRef::from(&t));
         assert_eq!(kind, RecordKind::Trade);
-        assert_eq!(ev.map(|e| (e.publisher_id, e.ts_event, e.sequence)), Some((2, 99, 7)));
+        assert_eq!(
+            ev.map(|e| (e.publisher_id, e.ts_event, e.sequence)),
+            Some((2, 99, 7))
+        );
     }
 }

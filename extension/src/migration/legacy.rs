@@ -84,13 +84,13 @@ BEGIN
     LOOP
         IF col.name IN ('open', 'high', 'low', 'close', 'vwap', 'notional')
            AND (col.type <> 'numeric' OR col.typmod <> -1) THEN
-            changes := changes || format('ALTER COLUMN %1$I TYPE numeric USING %1$I::text::numeric', col.name);
+            changes := array_append(changes, format('ALTER COLUMN %1$I TYPE numeric USING %1$I::text::numeric', col.name));
         ELSIF col.name IN ('volume', 'trade_count') AND col.type IN ('smallint', 'integer') THEN
-            changes := changes || format('ALTER COLUMN %1$I TYPE bigint', col.name);
+            changes := array_append(changes, format('ALTER COLUMN %1$I TYPE bigint', col.name));
         ELSIF col.name = 'timestamp' AND col.type = 'timestamp without time zone' THEN
-            changes := changes || 'ALTER COLUMN "timestamp" TYPE timestamptz USING "timestamp" AT TIME ZONE ''UTC''';
+            changes := array_append(changes, 'ALTER COLUMN "timestamp" TYPE timestamptz USING "timestamp" AT TIME ZONE ''UTC''');
         ELSIF col.name IN ('symbol', 'data_source') AND col.type IN ('character varying', 'character') THEN
-            changes := changes || format('ALTER COLUMN %1$I TYPE text', col.name);
+            changes := array_append(changes, format('ALTER COLUMN %1$I TYPE text', col.name));
         END IF;
     END LOOP;
     IF cardinality(changes) > 0 THEN

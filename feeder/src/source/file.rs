@@ -78,7 +78,9 @@ pub struct DbnFile {
 
 impl DbnFile {
     pub fn open(path: &Path) -> Result<Self, FeederError> {
-        let size = std::fs::metadata(path).map_err(|e| FeederError::io(path, e))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|e| FeederError::io(path, e))?
+            .len();
         if size == 0 {
             return Err(FeederError::Decode {
                 file: path.to_path_buf(),
@@ -123,11 +125,17 @@ impl DbnFile {
     fn dbn_stream(&self, consumed: Arc<AtomicU64>) -> Result<Box<dyn Read + Send>, FeederError> {
         let mut file = File::open(&self.path).map_err(|e| FeederError::io(&self.path, e))?;
         let mut magic = [0u8; 4];
-        let n = file.read(&mut magic).map_err(|e| FeederError::io(&self.path, e))?;
+        let n = file
+            .read(&mut magic)
+            .map_err(|e| FeederError::io(&self.path, e))?;
         let raw = io::Cursor::new(magic[..n].to_vec()).chain(file);
-        let counted = CountingReader { inner: raw, read: consumed };
+        let counted = CountingReader {
+            inner: raw,
+            read: consumed,
+        };
         if magic == ZSTD_MAGIC {
-            let z = zstd::stream::read::Decoder::new(counted).map_err(|e| FeederError::io(&self.path, e))?;
+            let z = zstd::stream::read::Decoder::new(counted)
+                .map_err(|e| FeederError::io(&self.path, e))?;
             Ok(Box::new(StrictEof(z)))
         } else if magic.starts_with(b"DBN") {
             Ok(Box::new(counted))
@@ -147,7 +155,10 @@ impl DbnFile {
         Ok(DBN_PREFIX_LEN + u64::from(len))
     }
 
-    fn decode(&self, tx: &mpsc::Sender<Result<Bytes, FeederError>>) -> Result<FileSummary, FeederError> {
+    fn decode(
+        &self,
+        tx: &mpsc::Sender<Result<Bytes, FeederError>>,
+    ) -> Result<FileSummary, FeederError> {
         let metadata_len = self.metadata_len()?;
         let delivered = Arc::new(AtomicU64::new(0));
         let reader = CountingReader {
@@ -217,7 +228,11 @@ impl DbnFile {
             hasher.update(&buf);
             let _ = tx.blocking_send(Ok(buf.freeze()));
         }
-        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         summary.source_id = format!("trades:sha256:{digest}");
         Ok(summary)
     }

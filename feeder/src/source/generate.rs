@@ -9,7 +9,9 @@ use std::path::Path;
 
 use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
-use dbn::{FlagSet, MappingInterval, Metadata, RecordHeader, SType, Schema, SymbolMapping, TradeMsg};
+use dbn::{
+    FlagSet, MappingInterval, Metadata, RecordHeader, SType, Schema, SymbolMapping, TradeMsg,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -43,7 +45,9 @@ pub fn symbols(count: usize, rng: &mut StdRng) -> Vec<String> {
     let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
     while out.len() < count {
         let len = rng.gen_range(3..=4);
-        let s: String = (0..len).map(|_| char::from(b'A' + rng.gen_range(0..26u8))).collect();
+        let s: String = (0..len)
+            .map(|_| char::from(b'A' + rng.gen_range(0..26u8)))
+            .collect();
         if seen.insert(s.clone()) {
             out.push(s);
         }
@@ -57,9 +61,15 @@ fn session_start_ns(date: time::Date) -> i64 {
     (midnight + SESSION_OPEN_SECS) * 1_000_000_000
 }
 
-pub fn generate(spec: &GenerateSpec, out: &Path, progress: impl Fn(u64)) -> Result<Generated, FeederError> {
+pub fn generate(
+    spec: &GenerateSpec,
+    out: &Path,
+    progress: impl Fn(u64),
+) -> Result<Generated, FeederError> {
     if spec.symbols == 0 || spec.trades == 0 {
-        return Err(FeederError::Usage("--symbols and --trades must be at least 1".into()));
+        return Err(FeederError::Usage(
+            "--symbols and --trades must be at least 1".into(),
+        ));
     }
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let names = symbols(spec.symbols, &mut rng);
@@ -91,9 +101,13 @@ pub fn generate(spec: &GenerateSpec, out: &Path, progress: impl Fn(u64)) -> Resu
     let file = File::create(out).map_err(|e| FeederError::io(out, e))?;
     let writer = BufWriter::with_capacity(1 << 20, file);
     let zstd = out.extension().is_some_and(|e| e == "zst");
-    let enc_err = |e: dbn::Error| FeederError::Decode { file: out.to_path_buf(), msg: format!("writing DBN: {e}") };
+    let enc_err = |e: dbn::Error| FeederError::Decode {
+        file: out.to_path_buf(),
+        msg: format!("writing DBN: {e}"),
+    };
     let sink: Box<dyn Write> = if zstd {
-        let z = zstd::stream::write::Encoder::new(writer, 3).map_err(|e| FeederError::io(out, e))?;
+        let z =
+            zstd::stream::write::Encoder::new(writer, 3).map_err(|e| FeederError::io(out, e))?;
         Box::new(z.auto_finish())
     } else {
         Box::new(writer)
@@ -101,7 +115,9 @@ pub fn generate(spec: &GenerateSpec, out: &Path, progress: impl Fn(u64)) -> Resu
     let mut encoder = Encoder::new(sink, &metadata).map_err(enc_err)?;
 
     // Activity is skewed: symbol k trades about 1/(k+1)^0.8 as often as the first.
-    let weights: Vec<f64> = (0..names.len()).map(|k| 1.0 / ((k + 1) as f64).powf(0.8)).collect();
+    let weights: Vec<f64> = (0..names.len())
+        .map(|k| 1.0 / ((k + 1) as f64).powf(0.8))
+        .collect();
     let total: f64 = weights.iter().sum();
     let mut cumulative = Vec::with_capacity(weights.len());
     let mut acc = 0.0;
@@ -122,7 +138,10 @@ pub fn generate(spec: &GenerateSpec, out: &Path, progress: impl Fn(u64)) -> Resu
     let mut sequence: u32 = 1_000;
     let mut sweep_left = 0u32;
     let mut symbol = 0usize;
-    let mut made = Generated { symbols: names.len(), ..Default::default() };
+    let mut made = Generated {
+        symbols: names.len(),
+        ..Default::default()
+    };
     for i in 0..spec.trades {
         if sweep_left > 0 {
             sweep_left -= 1; // same symbol, same nanosecond
@@ -164,7 +183,12 @@ pub fn generate(spec: &GenerateSpec, out: &Path, progress: impl Fn(u64)) -> Resu
         };
         sequence = sequence.wrapping_add(1);
         let rec = TradeMsg {
-            hd: RecordHeader::new::<TradeMsg>(dbn::rtype::MBP_0, PUBLISHER_ID, 1000 + symbol as u32, ts_event as u64),
+            hd: RecordHeader::new::<TradeMsg>(
+                dbn::rtype::MBP_0,
+                PUBLISHER_ID,
+                1000 + symbol as u32,
+                ts_event as u64,
+            ),
             price,
             size,
             action: b'T' as std::ffi::c_char,

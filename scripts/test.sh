@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every test: formatting and lints, the extension's unit and #[pg_test] tests (in PostgreSQL),
+# the feeder's unit tests, and the end-to-end tests (the feeder binary against a private
+# cluster with the extension installed). Real Databento samples are read from ../shared/data
+# when present; tests that need them say so when they skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== extension: unit and #[pg_test] tests in PostgreSQL 15"
+PGTEST_DIR=${TMPDIR:-/tmp}/tradebars-pgtest
+rm -rf "$PGTEST_DIR"
+(cd extension && cargo pgrx test pg15 --runas postgres --pgdata "$PGTEST_DIR")
+
+echo "== install the extension for the end-to-end tests"
+cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config -p tradebars >/dev/null
+
+echo "== feeder unit tests and end-to-end tests"
+# The end-to-end tests start their cluster in target/e2e-pgdata; stop it however they end.
+trap 'bash scripts/cluster.sh stop "${CARGO_TARGET_DIR:-target}/e2e-pgdata"' EXIT
+cargo build -p tradebars-feeder --quiet
+cargo test -p tradebars-feeder -p tradebars-tests

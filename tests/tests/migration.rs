@@ -1,0 +1,292 @@
+//! The DBA's migration on a database built the way the old app built it, through every
+//! phase of the plan and back.
+
+use tradebars_tests::*;
+
+const OLD_APP: &str = r#"
+CREATE TABLE price_bars (
+    id          serial PRIMARY KEY,
+    symbol      varchar(10) NOT NULL,
+    "timestamp" timestamp NOT NULL,
+    open        double precision NOT NULL,
+    high        double precision NOT NULL,
+    low         double precision NOT NULL,
+    close       double precision NOT NULL,
+    volume      integer NOT NULL DEFAULT 0,
+    trade_count integer NOT NULL DEFAULT 0,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (symbol, "timestamp")
+);
+CREATE INDEX idx_price_bars_symbol ON price_bars (symbol);
+-- the quote-built bars: one per minute, volume 0, prices as floats (0.1 + 0.2 included)
+INSERT INTO price_bars (symbol, "timestamp", open, high, low, close)
+SELECT s, timestamp '2025-10-24 14:30' + m * interval '1 minute',
+       1.2 + m * 0.01, 1.25 + m * 0.01, 1.15 + m * 0.01, (0.1::float8 + 0.2::float8) + m
+FROM unnest(ARRAY['WGRX', 'ABCD']) AS s, generate_series(0, 59) AS m;
+"#;
+
+fn sql<T: for<'a> postgres::types::FromSql<'a>>(db: &str, q: &str) -> T {
+    connect(db)
+        .query_one(q, &[])
+        .unwrap_or_else(|e| panic!("{q}: {e:?}"))
+        .get(0)
+}
+
+fn error_of(db: &str, q: &str) -> String {
+    let e = connect(db).batch_execute(q).expect_err(q);
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[test]
+fn the_old_apps_database_goes_through_every_phase_and_back() {
+    let db = fresh_db("old_app", OLD_APP);
+    // CREATE EXTENSION kept the table as it was
+    assert_eq!(sql::<i64>(&db, "SELECT count(*) FROM price_bars"), 120);
+    assert_eq!(sql::<String>(&db, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'price_bars'::regclass AND attname = 'open'"), "double precision");
+    let floats_before: Vec<(i32, f64, f64)> = connect(&db)
+        .query("SELECT id, open, close FROM price_bars ORDER BY id", &[])
+        .expect("read")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+
+    // out of order: a rollup before the table is migrated is refused, nothing changes
+    assert!(error_of(&db, "SELECT bars_rollup()").contains("run SELECT mark_legacy(); first"));
+
+    // Phase 1: mark legacy; a second call changes nothing
+    assert_eq!(sql::<i64>(&db, "SELECT mark_legacy()"), 120);
+    assert_eq!(sql::<i64>(&db, "SELECT mark_legacy()"), 0);
+    assert!(
+        error_of(&db, "SELECT mark_legacy('x''); DROP TABLE price_bars; --')")
+            .contains("source must be")
+    );
+    assert!(error_of(&db, "SELECT mark_legacy(NULL)").contains("source must be"));
+    let floats_after: Vec<(i32, f64, f64)> = connect(&db)
+        .query(
+            "SELECT id, open::float8, close::float8 FROM price_bars ORDER BY id",
+            &[],
+        )
+        .expect("read")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        floats_before, floats_after,
+        "every price converts back to the very same double"
+    );
+    assert_eq!(
+        sql::<i64>(
+            &db,
+            "SELECT count(*) FROM price_bars WHERE is_legacy AND data_source = 'mbp-1'"
+        ),
+        120
+    );
+
+    // Phase 2-5: trades bars arrive for the same minutes; both coexist, trades win in bars()
+    let file = scratch("old_app.dbn.zst");
+    let out = feeder(
+        &[
+            "generate",
+            "--symbols",
+            "5",
+            "--trades",
+            "20000",
+            "--out",
+            &file.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let wgrx_minutes = "('WGRX', '2025-10-24 14:30+00', '2025-10-24 15:30+00'";
+    assert_eq!(
+        sql::<i64>(
+            &db,
+            &format!("SELECT count(*) FROM bars{wgrx_minutes}) WHERE data_source <> 'trades'")
+        ),
+        0
+    );
+    // with legacy: one bar per minute, the trades bar wherever there is one
+    assert_eq!(
+        sql::<i64>(
+            &db,
+            &format!("SELECT count(*) FROM bars{wgrx_minutes}, include_legacy => true)")
+        ),
+        60
+    );
+    assert_eq!(
+        sql::<i64>(&db, &format!("SELECT count(*) FROM bars{wgrx_minutes}, include_legacy => true) WHERE NOT is_legacy")),
+        sql::<i64>(&db, "SELECT count(*) FROM price_bars WHERE symbol = 'WGRX' AND data_source = 'trades' AND \"timestamp\" < '2025-10-24 15:30+00'")
+    );
+    assert_eq!(
+        sql::<i64>(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        120
+    );
+    let status: i64 = sql(&db, "SELECT count(*) FROM migration_status()");
+    assert_eq!(status, 2);
+    let passed: Vec<(String, bool)> = connect(&db)
+        .query("SELECT criterion, passed FROM migration_check()", &[])
+        .expect("check")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        passed.contains(&("new bars have volume > 0".to_string(), true)),
+        "{passed:?}"
+    );
+    assert!(
+        passed.contains(&("at least 1,000 new bars".to_string(), true)),
+        "{passed:?}"
+    );
+    assert!(
+        passed.contains(&("API returns data".to_string(), true)),
+        "{passed:?}"
+    );
+
+    // Option A: soft delete, and back
+    let legacy_digest = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM (SELECT id, symbol, \"timestamp\", open, high, low, close, volume, trade_count, created_at, is_legacy, data_source, migrated_at FROM price_bars WHERE is_legacy) t";
+    let digest: String = sql(&db, legacy_digest);
+    assert_eq!(sql::<i64>(&db, "SELECT soft_delete_legacy()"), 120);
+    assert_eq!(
+        sql::<i64>(
+            &db,
+            &format!(
+                "SELECT count(*) FROM bars{wgrx_minutes}, include_legacy => true) WHERE is_legacy"
+            )
+        ),
+        0
+    );
+    assert!(error_of(&db, "SELECT purge_deleted('0 seconds')")
+        .contains("in no archive or backup table"));
+    assert!(error_of(&db, "SELECT purge_deleted('-1 day')").contains("must not be negative"));
+    assert!(error_of(&db, "SELECT purge_deleted(NULL)").contains("must not be NULL"));
+    assert_eq!(sql::<i64>(&db, "SELECT restore_legacy()"), 120);
+    assert_eq!(sql::<String>(&db, legacy_digest), digest);
+
+    // Option C refuses without a copy; Option B archives and restores identically
+    assert!(error_of(&db, "SELECT hard_delete_legacy()").contains("in no archive or backup table"));
+    assert_eq!(sql::<i64>(&db, "SELECT archive_legacy()"), 120);
+    assert_eq!(
+        sql::<i64>(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        0
+    );
+    assert_eq!(
+        sql::<i64>(&db, "SELECT count(*) FROM price_bars_legacy"),
+        120
+    );
+    assert_eq!(sql::<i64>(&db, "SELECT restore_legacy()"), 120);
+    assert_eq!(sql::<String>(&db, legacy_digest), digest);
+
+    // Rollback: trades bars go, every legacy bar stays as it was
+    let trades_bars: i64 = sql(
+        &db,
+        "SELECT count(*) FROM price_bars WHERE data_source = 'trades'",
+    );
+    assert!(trades_bars > 1000);
+    assert_eq!(sql::<i64>(&db, "SELECT rollback_trades()"), trades_bars);
+    assert_eq!(sql::<String>(&db, legacy_digest), digest);
+
+    // Option C with a backup table the DBA made
+    connect(&db)
+        .batch_execute("CREATE TABLE price_bars_backup AS SELECT * FROM price_bars")
+        .expect("backup");
+    assert_eq!(
+        sql::<i64>(&db, "SELECT hard_delete_legacy('price_bars_backup')"),
+        120
+    );
+    assert_eq!(sql::<i64>(&db, "SELECT count(*) FROM price_bars"), 0);
+}
+
+#[test]
+fn bars_buckets_roll_minutes_up_exactly() {
+    let db = fresh_db("buckets", "");
+    let file = scratch("buckets.dbn.zst");
+    assert!(feeder(
+        &[
+            "generate",
+            "--symbols",
+            "3",
+            "--trades",
+            "30000",
+            "--out",
+            &file.display().to_string()
+        ],
+        None
+    )
+    .status
+    .success());
+    assert!(feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db)
+    )
+    .status
+    .success());
+    let range = "'WGRX', '2025-10-24 14:30+00', '2025-10-24 21:00+00'";
+    // an hour bucket equals its minute bars: first open, last close, max, min, sums
+    let mismatches: i64 = sql(
+        &db,
+        &format!(
+            "WITH m AS (SELECT * FROM bars({range})),
+                  h AS (SELECT * FROM bars({range}, bucket => '1 hour'))
+             SELECT count(*) FROM h WHERE
+                open <> (SELECT open FROM m WHERE m.\"timestamp\" >= h.\"timestamp\" ORDER BY \"timestamp\" LIMIT 1)
+             OR close <> (SELECT close FROM m WHERE m.\"timestamp\" < h.\"timestamp\" + interval '1 hour' ORDER BY \"timestamp\" DESC LIMIT 1)
+             OR high <> (SELECT max(high) FROM m WHERE m.\"timestamp\" >= h.\"timestamp\" AND m.\"timestamp\" < h.\"timestamp\" + interval '1 hour')
+             OR volume <> (SELECT sum(volume) FROM m WHERE m.\"timestamp\" >= h.\"timestamp\" AND m.\"timestamp\" < h.\"timestamp\" + interval '1 hour')"
+        ),
+    );
+    assert_eq!(mismatches, 0);
+    assert_eq!(
+        sql::<i64>(
+            &db,
+            &format!("SELECT count(*) FROM bars({range}, bucket => '1 hour')")
+        ),
+        7
+    );
+    assert_eq!(
+        sql::<i64>(
+            &db,
+            &format!("SELECT sum(volume)::bigint FROM bars({range}, bucket => '1 day')")
+        ),
+        sql::<i64>(
+            &db,
+            "SELECT sum(volume)::bigint FROM price_bars WHERE symbol = 'WGRX'"
+        )
+    );
+    for (bad, says) in [
+        ("'1 month'", "months"),
+        ("'30 seconds'", "at least 1 minute"),
+        ("'90 seconds'", "whole number of minutes"),
+        ("NULL", "must not be NULL"),
+    ] {
+        assert!(
+            error_of(
+                &db,
+                &format!("SELECT * FROM bars({range}, bucket => {bad})")
+            )
+            .contains(says),
+            "{bad}"
+        );
+    }
+    assert!(error_of(&db, "SELECT * FROM bars(NULL, now(), now())").contains("must not be NULL"));
+    assert!(error_of(
+        &db,
+        "SELECT * FROM bars('WGRX', now(), now() - interval '1 day')"
+    )
+    .contains("before start"));
+    // a symbol holding SQL is just a symbol that has no bars
+    assert_eq!(
+        sql::<i64>(
+            &db,
+            "SELECT count(*) FROM bars('x''; DROP TABLE price_bars; --', '-infinity', 'infinity')"
+        ),
+        0
+    );
+    assert!(sql::<i64>(&db, "SELECT count(*) FROM price_bars") > 0);
+}

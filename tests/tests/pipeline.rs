@@ -1,0 +1,319 @@
+//! DBN trades -> staging -> bars_rollup() -> price_bars, through the feeder binary.
+
+use std::thread;
+
+use tradebars_tests::*;
+
+fn generate(name: &str, symbols: &str, trades: &str, seed: &str) -> std::path::PathBuf {
+    let path = scratch(name);
+    let out = feeder(
+        &[
+            "generate",
+            "--symbols",
+            symbols,
+            "--trades",
+            trades,
+            "--seed",
+            seed,
+            "--out",
+            &path.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    path
+}
+
+#[test]
+fn generated_trades_give_exactly_the_oracles_bars() {
+    let db = fresh_db("oracle", "");
+    let file = generate("oracle.dbn.zst", "30", "60000", "11");
+    let out = feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("60000 trades staged"), "{}", text(&out));
+    let expected = oracle(&file);
+    assert!(expected.len() > 1000, "the sample should make many bars");
+    assert_eq!(stored_bars(&db), expected);
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    // VWAP is exact: notional / volume
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM price_bars WHERE vwap <> trim_scale(round(notional / volume, 9)) OR vwap < low OR vwap > high"),
+        0
+    );
+}
+
+#[test]
+fn replaying_the_same_trades_again_counts_nothing_twice() {
+    let db = fresh_db("replay_twice", "");
+    let file = generate("twice.dbn", "5", "5000", "3");
+    let f = file.display().to_string();
+    assert!(feeder(&["replay", &f, "--rollup"], Some(&db))
+        .status
+        .success());
+    let first = stored_bars(&db);
+    let again = feeder(&["replay", &f, &f, "--rollup"], Some(&db));
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("already loaded"), "{}", text(&again));
+    assert_eq!(stored_bars(&db), first);
+    assert_eq!(first, oracle(&file));
+}
+
+#[test]
+fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
+    let db = fresh_db("concurrent", "");
+    let files: Vec<_> = (0..4)
+        .map(|i| {
+            generate(
+                &format!("part{i}.dbn.zst"),
+                "40",
+                "40000",
+                &format!("{}", 100 + i),
+            )
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rollers: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, stop, started) = (db.clone(), stop.clone(), started.clone());
+            thread::spawn(move || {
+                let mut c = connect(&db);
+                let mut calls = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.execute("SELECT bars_rollup()", &[]).expect("bars_rollup");
+                    if calls == 0 {
+                        started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    while started.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for f in &files {
+        let out = feeder(&["replay", &f.display().to_string()], Some(&db));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls: i32 = rollers.into_iter().map(|h| h.join().expect("roller")).sum();
+    assert!(calls >= 2, "both rollup sessions ran ({calls} calls)");
+    assert!(feeder(&["rollup"], Some(&db)).status.success());
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    // Each file's trades are its own, so the bars of all four are the merge of four oracles.
+    let mut expected = std::collections::BTreeMap::new();
+    for f in &files {
+        for (k, v) in oracle(f) {
+            expected
+                .entry(k)
+                .and_modify(|e: &mut BarVal| *e = merge(*e, v))
+                .or_insert(v);
+        }
+    }
+    let stored = stored_bars(&db);
+    assert_eq!(stored.len(), expected.len());
+    let volume =
+        |m: &std::collections::BTreeMap<BarKey, BarVal>| m.values().map(|v| v.4).sum::<i64>();
+    let trades =
+        |m: &std::collections::BTreeMap<BarKey, BarVal>| m.values().map(|v| v.5).sum::<i64>();
+    assert_eq!(trades(&stored), 160_000);
+    assert_eq!(volume(&stored), volume(&expected));
+    for (k, v) in &expected {
+        let s = stored[k];
+        assert_eq!((s.1, s.2, s.4, s.5), (v.1, v.2, v.4, v.5), "bar {k:?}");
+    }
+}
+
+/// High, low, volume and count of two bars of the same minute (open/close need the order,
+/// which the oracle of each file alone does not know).
+fn merge(a: BarVal, b: BarVal) -> BarVal {
+    (a.0, a.1.max(b.1), a.2.min(b.2), a.3, a.4 + b.4, a.5 + b.5)
+}
+
+#[test]
+fn real_cme_mbo_trades_give_the_oracles_bars_and_fills_are_not_counted() {
+    let Some(file) = sample("esh4-glbx-mdp3-20231225.mbo.dbn.zst") else {
+        return;
+    };
+    let db = fresh_db("esh4", "");
+    let out = feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("68792 records read, 2973 trades staged"), "{t}");
+    assert!(t.contains("6371 fills"), "{t}");
+    assert_eq!(stored_bars(&db), oracle(&file));
+    assert_eq!(
+        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
+        2973
+    );
+}
+
+#[test]
+fn real_samples_of_every_version_and_schema_load_once() {
+    let names = [
+        "dbn-test_data.trades.v1.dbn.zst",
+        "dbn-test_data.trades.v2.dbn.zst",
+        "dbn-test_data.trades.v3.dbn.zst",
+        "dbn-test_data.trades.dbn",
+        "dbpy-EQUS.MINI.trades.dbn.zst",
+        "dbpy-OPRA.PILLAR.trades.dbn.zst",
+        "dbpy-XNAS.ITCH.tbbo.dbn.zst",
+        "dbpy-XNAS.ITCH.mbp-1.dbn.zst",
+    ];
+    let files: Option<Vec<_>> = names.iter().map(|n| sample(n)).collect();
+    let Some(files) = files else { return };
+    let db = fresh_db("samples", "");
+    let mut args = vec!["replay".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.push("--rollup".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = feeder(&args, Some(&db));
+    assert!(out.status.success(), "{}", text(&out));
+    // v1, v2, v3 and plain hold the same 2 trades: loaded once
+    assert_eq!(
+        text(&out).matches("already loaded").count(),
+        3,
+        "{}",
+        text(&out)
+    );
+    // 2 + QQQ 4 + OPRA 4 + NVDA tbbo 4 (the NVDA mbp-1 sample has no trades)
+    assert_eq!(
+        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
+        14
+    );
+    // QQQ: two trades share ts_event, ts_recv and price; both count
+    let mut expected_qqq = oracle(&files[4]);
+    let stored = stored_bars(&db);
+    expected_qqq.retain(|k, _| k.0 == "QQQ");
+    for (k, v) in &expected_qqq {
+        assert_eq!(stored.get(k), Some(v));
+    }
+    assert!(
+        count(
+            &db,
+            "SELECT count(*) FROM price_bars WHERE symbol = 'AAPL  250221C00250000'"
+        ) > 0
+    );
+}
+
+#[test]
+fn bad_files_fail_with_one_line_and_stage_nothing() {
+    let db = fresh_db("bad_files", "");
+    let good = generate("good.dbn.zst", "3", "3000", "5");
+    let bytes = std::fs::read(&good).expect("read");
+    let truncated = scratch("truncated.dbn.zst");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).expect("write");
+    let empty = scratch("empty.dbn");
+    std::fs::write(&empty, b"").expect("write");
+    let garbage = scratch("garbage.dbn");
+    std::fs::write(&garbage, b"this is not market data").expect("write");
+    for (file, says) in [
+        (&truncated, "truncated"),
+        (&empty, "empty"),
+        (&garbage, "not a readable DBN file"),
+    ] {
+        let out = feeder(&["replay", &file.display().to_string()], Some(&db));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(says) && err.contains(&file.display().to_string()),
+            "{err}"
+        );
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 0);
+    if let Some(ohlcv) = sample("dbn-test_data.ohlcv-1m.v3.dbn.zst") {
+        // a refused schema anywhere in the list loads nothing, not even the good file before it
+        let out = feeder(
+            &[
+                "replay",
+                &good.display().to_string(),
+                &ohlcv.display().to_string(),
+            ],
+            Some(&db),
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out).contains("schema ohlcv-1m carries no trade events"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    }
+}
+
+#[test]
+fn an_unreachable_database_is_one_clear_line_without_the_password() {
+    let file = generate("unreach.dbn", "2", "10", "1");
+    let out = feeder(
+        &[
+            "replay",
+            &file.display().to_string(),
+            "--database-url",
+            "postgres://app:hunter2@127.0.0.1:1/bars",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to PostgreSQL at 127.0.0.1:1/bars"),
+        "{err}"
+    );
+    assert!(!text(&out).contains("hunter2"));
+}
+
+#[test]
+fn a_second_feeder_is_refused_and_named() {
+    let db = fresh_db("second", "");
+    let file = generate("second.dbn", "2", "10", "1");
+    let mut holder = connect(&db);
+    holder
+        .batch_execute(
+            "SELECT pg_advisory_lock(29794, 3);
+             INSERT INTO feeder_status (pid, host, mode, started_at, last_seen)
+             VALUES (4242, 'box-a', 'live', now(), now())",
+        )
+        .expect("holding the feeder lock");
+    let out = feeder(&["replay", &file.display().to_string()], Some(&db));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("pid 4242 on box-a"), "{}", text(&out));
+    let check: bool = holder
+        .query_one(
+            "SELECT passed FROM migration_check() WHERE criterion = 'exactly one feeder running'",
+            &[],
+        )
+        .expect("migration_check")
+        .get(0);
+    assert!(check);
+    drop(holder);
+    let out = feeder(&["replay", &file.display().to_string()], Some(&db));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn rollup_refuses_a_snapshot_that_could_miss_trades() {
+    let db = fresh_db("isolation", "");
+    let mut c = connect(&db);
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .expect("tx");
+    let err = tx
+        .execute("SELECT bars_rollup()", &[])
+        .expect_err("must refuse");
+    assert!(
+        err.to_string().contains("READ COMMITTED") || format!("{err:?}").contains("READ COMMITTED"),
+        "{err:?}"
+    );
+}
