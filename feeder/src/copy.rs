@@ -82,7 +82,7 @@ mod tests {
         // symbol + 6 int8 + int4 + "char" + int2, each with its length word
         assert_eq!(buf.len(), 2 + (4 + 4) + 6 * 12 + 8 + 5 + 6);
         // the undefined ts_event is staged as -1
-        assert_eq!(&buf[26..34], &(-1i64).to_be_bytes());
+        assert_eq!(&buf[34..42], &(-1i64).to_be_bytes());
         let nul = Trade {
             symbol: "A\0B",
             ..t

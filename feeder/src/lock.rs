@@ -75,6 +75,17 @@ pub async fn acquire(client: &Client, mode: &str, standby: bool) -> Result<(), F
     Ok(())
 }
 
+/// Gives the lock back before the connection closes, so a feeder started right after this
+/// one exits does not find it still held by a backend that has not noticed the exit yet.
+pub async fn release(client: &Client) {
+    let _ = client
+        .execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&FEEDER_LOCK.0, &FEEDER_LOCK.1],
+        )
+        .await;
+}
+
 /// Counts what this feeder did, for status and migration_check().
 pub async fn report(client: &Client, received: i64, written: i64) -> Result<(), FeederError> {
     client

@@ -178,11 +178,11 @@ async fn replay(args: ReplayArgs) -> Result<(), FeederError> {
             }
         }
     }
-    result?;
-    if args.rollup {
-        rollup(&client).await?;
+    if result.is_ok() && args.rollup {
+        result = rollup(&client).await;
     }
-    Ok(())
+    lock::release(&client).await;
+    result
 }
 
 fn generate(args: GenerateArgs) -> Result<(), FeederError> {
