@@ -25,7 +25,7 @@ FEEDER=target/release/tradebars-feeder
 
 mkdir -p "$DEMO_DIR"
 bash scripts/cluster.sh start "$DEMO_DIR/pgdata" "$PORT"
-psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "DROP DATABASE IF EXISTS tradebars" -c "CREATE DATABASE tradebars"
+PGOPTIONS="-c client_min_messages=warning" psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "DROP DATABASE IF EXISTS tradebars" -c "CREATE DATABASE tradebars"
 psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d tradebars -c "CREATE EXTENSION tradebars"
 
 echo

@@ -6,11 +6,18 @@ pgrx::extension_sql!(
     r#"
 DO $do$
 BEGIN
+    -- Two databases may create the extension at once: the loser of that race finds the role.
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tradebars_feeder') THEN
-        CREATE ROLE tradebars_feeder NOLOGIN;
+        BEGIN
+            CREATE ROLE tradebars_feeder NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tradebars_reader') THEN
-        CREATE ROLE tradebars_reader NOLOGIN;
+        BEGIN
+            CREATE ROLE tradebars_reader NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
     END IF;
 END
 $do$;
@@ -28,7 +35,8 @@ GRANT SELECT ON price_bars TO tradebars_reader;
 -- The DBA's functions change or remove bars: not for everyone.
 REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_deleted(interval, regclass, boolean),
     archive_legacy(), restore_legacy(boolean), hard_delete_legacy(regclass, boolean),
-    rollback_trades(boolean), prepare_price_bars() FROM PUBLIC;
+    rollback_trades(boolean), prepare_price_bars(),
+    delete_legacy_bars(text, timestamptz, regclass, boolean) FROM PUBLIC;
 "#,
     name = "roles",
     requires = [

@@ -32,13 +32,14 @@ fn ts(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(-1)
 }
 
-pub fn encode_trade(buf: &mut BytesMut, t: &Trade) {
+pub fn encode_trade(buf: &mut BytesMut, trade: &Trade) {
     // A NUL cannot be stored in text; such a symbol is as good as none.
-    let symbol = if t.symbol.as_bytes().contains(&0) {
+    let symbol = if trade.symbol.as_bytes().contains(&0) {
         ""
     } else {
-        t.symbol
+        trade.symbol
     };
+    let t = &trade.event;
     buf.put_i16(10);
     buf.put_i32(symbol.len() as i32);
     buf.put_slice(symbol.as_bytes());
@@ -64,15 +65,17 @@ mod tests {
     fn a_row_has_ten_fields_of_the_right_widths() {
         let t = Trade {
             symbol: "WGRX",
-            instrument_id: 7,
-            publisher_id: 2,
-            ts_event: u64::MAX,
-            ts_recv: 5,
-            sequence: 9,
-            price: -1,
-            size: 3,
-            side: b'A',
-            flags: 130,
+            event: crate::trade::TradeEvent {
+                instrument_id: 7,
+                publisher_id: 2,
+                ts_event: u64::MAX,
+                ts_recv: 5,
+                sequence: 9,
+                price: -1,
+                size: 3,
+                side: b'A',
+                flags: 130,
+            },
         };
         let mut buf = BytesMut::new();
         encode_trade(&mut buf, &t);

@@ -3,22 +3,14 @@
 use dbn::{MboMsg, Mbp1Msg, RecordRef, TradeMsg};
 
 /// A trade as staged: Databento's own fields and units (prices fixed-point 1e-9, times in
-/// nanoseconds since the UNIX epoch, UTC). `symbol` borrows from the symbol map.
+/// nanoseconds since the UNIX epoch, UTC), and its symbol, borrowed from the symbol map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trade<'a> {
     pub symbol: &'a str,
-    pub instrument_id: u32,
-    pub publisher_id: u16,
-    pub ts_event: u64,
-    pub ts_recv: u64,
-    pub sequence: u32,
-    pub price: i64,
-    pub size: u32,
-    pub side: u8,
-    pub flags: u8,
+    pub event: TradeEvent,
 }
 
-/// The fields of a trade event before its symbol is known.
+/// The fields of a trade event, before its symbol is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TradeEvent {
     pub instrument_id: u32,
@@ -36,15 +28,7 @@ impl TradeEvent {
     pub fn with_symbol(self, symbol: &str) -> Trade<'_> {
         Trade {
             symbol,
-            instrument_id: self.instrument_id,
-            publisher_id: self.publisher_id,
-            ts_event: self.ts_event,
-            ts_recv: self.ts_recv,
-            sequence: self.sequence,
-            price: self.price,
-            size: self.size,
-            side: self.side,
-            flags: self.flags,
+            event: self,
         }
     }
 }
@@ -84,45 +68,28 @@ impl RecordKind {
 /// Only trade events count: every TRADES record, and the records of TBBO, MBP-1 and MBO data
 /// whose action is 'T'. An MBO fill ('F') is the resting side of the same execution.
 pub fn classify(rec: &RecordRef) -> (RecordKind, Option<TradeEvent>) {
+    // MBP-1 (and TBBO) and MBO records carry a trade's fields under the same names.
+    macro_rules! trade_of {
+        ($m:expr) => {
+            event(
+                &$m.hd,
+                $m.ts_recv,
+                $m.sequence,
+                $m.price,
+                $m.size,
+                $m.side,
+                $m.flags.raw(),
+            )
+        };
+    }
     if let Some(t) = rec.get::<TradeMsg>() {
-        return (
-            RecordKind::Trade,
-            Some(event(
-                &t.hd,
-                t.ts_recv,
-                t.sequence,
-                t.price,
-                t.size,
-                t.side,
-                t.flags.raw(),
-            )),
-        );
+        return (RecordKind::Trade, Some(trade_of!(t)));
     }
     if let Some(m) = rec.get::<Mbp1Msg>() {
-        return book(m.action as u8, || {
-            event(
-                &m.hd,
-                m.ts_recv,
-                m.sequence,
-                m.price,
-                m.size,
-                m.side,
-                m.flags.raw(),
-            )
-        });
+        return book(m.action as u8, || trade_of!(m));
     }
     if let Some(m) = rec.get::<MboMsg>() {
-        return book(m.action as u8, || {
-            event(
-                &m.hd,
-                m.ts_recv,
-                m.sequence,
-                m.price,
-                m.size,
-                m.side,
-                m.flags.raw(),
-            )
-        });
+        return book(m.action as u8, || trade_of!(m));
     }
     let rtype = rec.header().rtype;
     let kind = match rtype {

@@ -52,30 +52,38 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
-                              confirm boolean DEFAULT false) RETURNS bigint
+-- Deletes legacy bars for good: those soft-deleted before `deleted_before`, or all of them
+-- when it is NULL. Refuses unless each is held in the archive or `backup`, or `confirm`.
+CREATE FUNCTION delete_legacy_bars(caller text, deleted_before timestamptz, backup regclass,
+                                   confirm boolean) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
-    cutoff timestamptz := now() - checked_age('older_than', older_than);
     unprotected bigint;
     n bigint;
 BEGIN
-    PERFORM require_price_bars_ready('purge_deleted');
+    PERFORM require_price_bars_ready(caller);
     LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
-    unprotected := legacy_bars_unprotected(cutoff, backup_table);
+    unprotected := legacy_bars_unprotected(deleted_before, backup);
     IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
-        RAISE EXCEPTION 'purge_deleted: % soft-deleted legacy bars are in no archive or backup table; nothing deleted', unprotected
+        RAISE EXCEPTION '%: % legacy bars are in no archive or backup table; nothing deleted', caller, unprotected
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'run archive_legacy() first, pass backup_table => ''your_copy'', or confirm => true to delete them for good';
+                  HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
     END IF;
-    DELETE FROM price_bars WHERE is_legacy AND deleted_at < cutoff;
+    DELETE FROM price_bars WHERE is_legacy AND (deleted_before IS NULL OR deleted_at < deleted_before);
     GET DIAGNOSTICS n = ROW_COUNT;
-    RAISE NOTICE 'purge_deleted: deleted % legacy bars soft-deleted before %', n, cutoff;
+    RAISE NOTICE '%: deleted % legacy bars; VACUUM (FULL) price_bars returns the space', caller, n;
     RETURN n;
 END
 $fn$;
+
+-- Option A's last step: soft-deleted legacy bars older than `older_than` go for good.
+CREATE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
+                              confirm boolean DEFAULT false) RETURNS bigint
+    LANGUAGE sql VOLATILE
+    SET search_path = @extschema@, pg_temp
+RETURN delete_legacy_bars('purge_deleted', now() - checked_age('older_than', older_than), backup_table, confirm);
 
 CREATE FUNCTION archive_legacy() RETURNS bigint
     LANGUAGE plpgsql VOLATILE
@@ -157,28 +165,11 @@ BEGIN
 END
 $fn$;
 
+-- Option C: every legacy bar goes for good.
 CREATE FUNCTION hard_delete_legacy(backup_table regclass DEFAULT NULL, confirm boolean DEFAULT false) RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE sql VOLATILE
     SET search_path = @extschema@, pg_temp
-AS $fn$
-DECLARE
-    unprotected bigint;
-    n bigint;
-BEGIN
-    PERFORM require_price_bars_ready('hard_delete_legacy');
-    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
-    unprotected := legacy_bars_unprotected(NULL, backup_table);
-    IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
-        RAISE EXCEPTION 'hard_delete_legacy: % legacy bars are in no archive or backup table; nothing deleted', unprotected
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
-    END IF;
-    DELETE FROM price_bars WHERE is_legacy;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RAISE NOTICE 'hard_delete_legacy: deleted % legacy bars; run VACUUM (FULL) price_bars to return the space', n;
-    RETURN n;
-END
-$fn$;
+RETURN delete_legacy_bars('hard_delete_legacy', NULL, backup_table, confirm);
 
 -- The plan's rollback: trades bars go, legacy bars stay exactly as they are.
 CREATE FUNCTION rollback_trades(include_staging boolean DEFAULT false) RETURNS bigint
