@@ -118,10 +118,15 @@ BEGIN
         RAISE NOTICE 'mark_legacy: replaced unique key % on (symbol, timestamp) by one on (symbol, timestamp, data_source)',
             coalesce(old_key.conname, old_key.indname);
     END LOOP;
-    CREATE UNIQUE INDEX IF NOT EXISTS price_bars_symbol_timestamp_source
-        ON price_bars (symbol, "timestamp", data_source);
-    CREATE INDEX IF NOT EXISTS price_bars_is_legacy_idx ON price_bars (is_legacy);
-    CREATE INDEX IF NOT EXISTS price_bars_data_source_idx ON price_bars (data_source);
+    IF to_regclass('price_bars_symbol_timestamp_source') IS NULL THEN
+        CREATE UNIQUE INDEX price_bars_symbol_timestamp_source ON price_bars (symbol, "timestamp", data_source);
+    END IF;
+    IF to_regclass('price_bars_is_legacy_idx') IS NULL THEN
+        CREATE INDEX price_bars_is_legacy_idx ON price_bars (is_legacy);
+    END IF;
+    IF to_regclass('price_bars_data_source_idx') IS NULL THEN
+        CREATE INDEX price_bars_data_source_idx ON price_bars (data_source);
+    END IF;
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
     COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
 END
