@@ -139,26 +139,9 @@ async fn rollup(client: &Client) -> Result<(), FeederError> {
 
 /// Checks every file's schema before loading any, so a wrong file in the list loads nothing.
 fn preflight(files: &[PathBuf]) -> Result<(), FeederError> {
-    use dbn::decode::{DbnMetadata, DynDecoder};
-    for path in files {
-        DbnFile::open(path)?;
-        let decoder =
-            DynDecoder::from_file(path, dbn::VersionUpgradePolicy::UpgradeToV3).map_err(|e| {
-                FeederError::Decode {
-                    file: path.clone(),
-                    msg: e.to_string(),
-                }
-            })?;
-        if let Some(schema) = decoder.metadata().schema {
-            if !source::file::TRADE_SCHEMAS.contains(&schema) {
-                return Err(FeederError::Schema {
-                    file: path.clone(),
-                    schema: schema.to_string(),
-                });
-            }
-        }
-    }
-    Ok(())
+    files
+        .iter()
+        .try_for_each(|path| DbnFile::open(path)?.check())
 }
 
 async fn replay(args: ReplayArgs) -> Result<(), FeederError> {

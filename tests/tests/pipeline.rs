@@ -218,7 +218,7 @@ fn bad_files_fail_with_one_line_and_stage_nothing() {
     for (file, says) in [
         (&truncated, "truncated"),
         (&empty, "empty"),
-        (&garbage, "not a readable DBN file"),
+        (&garbage, "neither DBN nor zstd"),
     ] {
         let out = feeder(&["replay", &file.display().to_string()], Some(&db));
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -18,7 +18,7 @@ use crate::error::FeederError;
 use crate::trade::{classify, RecordKind};
 
 /// Schemas whose records can carry trade events.
-pub const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, Schema::Mbo];
+const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, Schema::Mbo];
 
 /// Staging rows are handed over in chunks of about this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -155,6 +155,27 @@ impl DbnFile {
         Ok(DBN_PREFIX_LEN + u64::from(len))
     }
 
+    fn check_schema(&self, metadata: &dbn::Metadata) -> Result<(), FeederError> {
+        match metadata.schema {
+            Some(schema) if !TRADE_SCHEMAS.contains(&schema) => Err(FeederError::Schema {
+                file: self.path.clone(),
+                schema: schema.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads only the metadata: is this a DBN file whose schema can carry trades?
+    pub fn check(&self) -> Result<(), FeederError> {
+        let decoder = DynDecoder::with_buffer(
+            io::BufReader::new(self.dbn_stream(Arc::new(AtomicU64::new(0)))?),
+            dbn::Compression::None,
+            VersionUpgradePolicy::UpgradeToV3,
+        )
+        .map_err(|e| self.dbn_err(e))?;
+        self.check_schema(decoder.metadata())
+    }
+
     fn decode(
         &self,
         tx: &mpsc::Sender<Result<Bytes, FeederError>>,
@@ -173,14 +194,7 @@ impl DbnFile {
         .map_err(|e| self.dbn_err(e))?;
         let mut record_bytes = 0u64;
         let metadata = decoder.metadata().clone();
-        if let Some(schema) = metadata.schema {
-            if !TRADE_SCHEMAS.contains(&schema) {
-                return Err(FeederError::Schema {
-                    file: self.path.clone(),
-                    schema: schema.to_string(),
-                });
-            }
-        }
+        self.check_schema(&metadata)?;
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
         let mut summary = FileSummary::default();
         let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 4096);
