@@ -18,8 +18,7 @@ fi
 
 bash scripts/setup.sh
 echo "demo: building the extension and the feeder (release)"
-cargo pgrx install -p tradebars --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null 2>"$DEMO_DIR.build.log" \
-  || { cat "$DEMO_DIR.build.log" >&2; exit 1; }
+bash scripts/install-extension.sh --release 2>"$DEMO_DIR.build.log" || { cat "$DEMO_DIR.build.log" >&2; exit 1; }
 cargo build --release -p tradebars-feeder --quiet
 FEEDER=target/release/tradebars-feeder
 

@@ -19,7 +19,7 @@ RESULTS=$(mktemp)
 (cd extension && cargo pgrx test pg15 --runas postgres --pgdata "$PGTEST_DIR") 2>&1 | tee -a "$RESULTS"
 
 echo "== install the extension for the end-to-end tests"
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config -p tradebars >/dev/null
+bash scripts/install-extension.sh
 
 echo "== feeder unit tests and end-to-end tests"
 # The end-to-end tests start their cluster in target/e2e-pgdata; stop it however they end.

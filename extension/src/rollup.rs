@@ -222,6 +222,27 @@ fn bars_rollup() -> TableIterator<
     TableIterator::once((r.trades, r.bars, r.rejected))
 }
 
+pgrx::extension_sql!(
+    r#"
+-- How far the pipeline has got: what waits in staging (and since when) and the rollup totals.
+-- Added in 0.2.0 (sql/tradebars--0.1.0--0.2.0.sql).
+CREATE FUNCTION rollup_status()
+RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups bigint,
+               trades_rolled_up bigint, bars_written bigint, trades_rejected bigint,
+               last_rollup_at timestamptz)
+    LANGUAGE sql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+    SELECT (SELECT count(*) FROM trades_staging),
+           (SELECT to_timestamp(min(ts_recv) / 1e9) FROM trades_staging),
+           s.rollups, s.trades, s.bars_written, s.rejected, s.last_rollup_at
+    FROM rollup_stats s
+$fn$;
+"#,
+    name = "rollup_status",
+    requires = ["tradebars_schema"],
+);
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {

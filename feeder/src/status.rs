@@ -67,10 +67,9 @@ async fn print_status(client: &Client) -> Result<(), FeederError> {
     print_query(
         client,
         "Pipeline",
-        "SELECT (SELECT count(*) FROM trades_staging) AS staged_trades,
-                s.rollups, s.trades AS trades_rolled_up, s.bars_written, s.rejected AS trades_rejected,
-                coalesce(to_char(s.last_rollup_at, 'YYYY-MM-DD HH24:MI:SS TZ'), 'never') AS last_rollup
-         FROM rollup_stats s",
+        "SELECT staged_trades, coalesce(oldest_staged_recv::text, '-') AS oldest_staged_recv, rollups,
+                trades_rolled_up, bars_written, trades_rejected, coalesce(last_rollup_at::text, 'never') AS last_rollup
+         FROM rollup_status()",
     )
     .await?;
     print_query(

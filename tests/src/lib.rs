@@ -45,9 +45,8 @@ pub fn connect(db: &str) -> postgres::Client {
     postgres::Client::connect(&url(db), postgres::NoTls).expect("connecting to the test cluster")
 }
 
-/// A new database with the extension, named after the test; `setup` runs before
-/// CREATE EXTENSION (to build an old application's tables first).
-pub fn fresh_db(name: &str, setup: &str) -> String {
+/// A new, empty database named after the test.
+pub fn empty_db(name: &str) -> String {
     cluster();
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let db = format!(
@@ -55,10 +54,16 @@ pub fn fresh_db(name: &str, setup: &str) -> String {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let mut admin = connect("postgres");
-    admin
+    connect("postgres")
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .expect("CREATE DATABASE");
+    db
+}
+
+/// A new database with the extension, named after the test; `setup` runs before
+/// CREATE EXTENSION (to build an old application's tables first).
+pub fn fresh_db(name: &str, setup: &str) -> String {
+    let db = empty_db(name);
     let mut c = connect(&db);
     if !setup.is_empty() {
         c.batch_execute(setup).expect("setting up the database");
@@ -66,6 +71,15 @@ pub fn fresh_db(name: &str, setup: &str) -> String {
     c.batch_execute("CREATE EXTENSION tradebars")
         .expect("CREATE EXTENSION tradebars");
     db
+}
+
+/// A PostgreSQL client program of the cluster's version, pointed at the test cluster.
+pub fn pg_tool(tool: &str, args: &[&str]) -> Output {
+    Command::new(format!("/usr/lib/postgresql/15/bin/{tool}"))
+        .args(["-h", "127.0.0.1", "-p", &PORT.to_string(), "-U", "postgres"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"))
 }
 
 pub fn feeder(args: &[&str], db: Option<&str>) -> Output {
