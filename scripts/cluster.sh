@@ -3,6 +3,7 @@
 # system one). PostgreSQL refuses to run as root, so as root it runs as the postgres user.
 #   cluster.sh start DIR PORT   creates DIR if needed and starts the server on 127.0.0.1:PORT
 #   cluster.sh stop DIR
+#   cluster.sh crash-restart DIR   stops it the hard way (immediate mode) and starts it again
 set -euo pipefail
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -29,6 +30,9 @@ case "$cmd" in
     ;;
   stop)
     if [ -f "$dir/PG_VERSION" ]; then as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null || true; fi
+    ;;
+  crash-restart)
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" -m immediate -w restart >/dev/null
     ;;
   *) echo "usage: cluster.sh start DIR PORT | stop DIR" >&2; exit 2 ;;
 esac

@@ -23,18 +23,28 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+fn cluster_script(args: &[&str]) {
+    let dir = target_dir().join("e2e-pgdata");
+    let status = Command::new("bash")
+        .arg(root().join("scripts/cluster.sh"))
+        .arg(args[0])
+        .arg(&dir)
+        .args(&args[1..])
+        .status()
+        .expect("running scripts/cluster.sh");
+    assert!(status.success(), "scripts/cluster.sh {args:?} failed");
+}
+
 /// Starts the tests' cluster once per test binary (scripts/test.sh stops it at the end).
 fn cluster() {
     static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let dir = target_dir().join("e2e-pgdata");
-        let status = Command::new("bash")
-            .arg(root().join("scripts/cluster.sh"))
-            .args(["start", &dir.display().to_string(), &PORT.to_string()])
-            .status()
-            .expect("running scripts/cluster.sh");
-        assert!(status.success(), "could not start the test cluster");
-    });
+    STARTED.get_or_init(|| cluster_script(&["start", &PORT.to_string()]));
+}
+
+/// Kills the cluster the hard way and starts it again. Only for a test binary of its own:
+/// every other connection to the cluster breaks.
+pub fn crash_restart_cluster() {
+    cluster_script(&["crash-restart"]);
 }
 
 pub fn url(db: &str) -> String {
@@ -82,13 +92,18 @@ pub fn pg_tool(tool: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running {tool}: {e}"))
 }
 
-pub fn feeder(args: &[&str], db: Option<&str>) -> Output {
+/// The feeder binary scripts/test.sh built.
+pub fn feeder_bin() -> PathBuf {
     let bin = target_dir().join("debug/tradebars-feeder");
     assert!(
         bin.exists(),
         "build the feeder first: cargo build -p tradebars-feeder"
     );
-    let mut cmd = Command::new(bin);
+    bin
+}
+
+pub fn feeder(args: &[&str], db: Option<&str>) -> Output {
+    let mut cmd = Command::new(feeder_bin());
     cmd.args(args).env_remove("DATABASE_URL");
     if let Some(db) = db {
         cmd.env("DATABASE_URL", url(db));

@@ -149,9 +149,7 @@ fn dump_and_restore_keep_bars_staging_and_the_ledger() {
 #[test]
 fn status_watch_prints_again_until_stopped() {
     let db = fresh_db("watch", "");
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tradebars-feeder");
-    let mut child = Command::new(bin)
+    let mut child = Command::new(feeder_bin())
         .args(["status", "--watch", "1"])
         .env("DATABASE_URL", url(&db))
         .stdout(Stdio::piped())

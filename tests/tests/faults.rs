@@ -1,0 +1,253 @@
+//! Faults and privileges: whatever breaks, staged plus rolled-up trades equal what was sent.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tradebars_tests::*;
+
+fn generate(name: &str, symbols: &str, trades: &str, seed: &str) -> std::path::PathBuf {
+    let path = scratch(name);
+    let out = feeder(
+        &[
+            "generate",
+            "--symbols",
+            symbols,
+            "--trades",
+            trades,
+            "--seed",
+            seed,
+            "--out",
+            &path.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    path
+}
+
+fn db_error(result: Result<u64, postgres::Error>) -> String {
+    let e = result.expect_err("must fail");
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Waits until `sql` (a count) is positive, for at most 30 s.
+fn wait_for(db: &str, sql: &str) {
+    let start = Instant::now();
+    while count(db, sql) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for: {sql}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_cancelled_or_killed_rollup_leaves_no_partial_bars() {
+    let db = fresh_db("cancel", "");
+    let file = generate("cancel.dbn.zst", "50", "200000", "41");
+    assert!(feeder(&["replay", &file.display().to_string()], Some(&db))
+        .status
+        .success());
+
+    // cancelled while it works: a 1 ms statement timeout stops it wherever it is
+    let mut c = connect(&db);
+    c.batch_execute("SET statement_timeout = '1ms'")
+        .expect("set");
+    let err = db_error(c.execute("SELECT bars_rollup()", &[]));
+    assert!(err.contains("statement timeout"), "{err}");
+    assert_eq!(count(&db, "SELECT count(*) FROM price_bars"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 200_000);
+
+    // killed while it waits for the staging slot
+    let mut blocker = connect(&db);
+    let mut hold = blocker.transaction().expect("tx");
+    hold.batch_execute("LOCK TABLE trades_staging_0, trades_staging_1 IN ACCESS SHARE MODE")
+        .expect("lock");
+    let victim_db = db.clone();
+    let victim = std::thread::spawn(move || {
+        let mut v = connect(&victim_db);
+        v.execute("SET application_name = 'victim'", &[])
+            .expect("name");
+        v.execute("SELECT bars_rollup()", &[])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    wait_for(&db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'victim' AND wait_event_type = 'Lock'");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM \
+             (SELECT pid FROM pg_stat_activity WHERE application_name = 'victim' OFFSET 0) victim"
+        ),
+        1
+    );
+    assert!(victim.join().expect("victim").is_err());
+    hold.rollback().expect("release");
+    assert_eq!(count(&db, "SELECT count(*) FROM price_bars"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 200_000);
+
+    // the next rollups complete the work, exactly
+    assert!(feeder(&["rollup"], Some(&db)).status.success());
+    assert!(feeder(&["rollup"], Some(&db)).status.success());
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
+#[test]
+fn a_feeder_killed_in_the_middle_of_its_copy_leaves_nothing_and_a_rerun_is_exact() {
+    let db = fresh_db("sigkill", "");
+    let file = generate("sigkill.dbn.zst", "50", "1000000", "42");
+    let mut child = Command::new(feeder_bin())
+        .args(["replay", &file.display().to_string()])
+        .env("DATABASE_URL", url(&db))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the feeder");
+    wait_for(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'");
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "the feeder must still be copying"
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // the server notices the dead client and rolls its transaction back
+    let start = Instant::now();
+    while count(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%'",
+    ) > 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the killed COPY did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 0);
+    let out = feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
+        1_000_000
+    );
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
+#[test]
+fn each_role_can_do_its_job_and_nothing_more() {
+    let db = fresh_db("roles", "");
+    let mut admin = connect(&db);
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'e2e_feeder') THEN
+                     CREATE ROLE e2e_feeder LOGIN IN ROLE tradebars_feeder; END IF;
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'e2e_reader') THEN
+                     CREATE ROLE e2e_reader LOGIN IN ROLE tradebars_reader; END IF;
+             END $$;
+             GRANT CONNECT ON DATABASE {db} TO e2e_feeder, e2e_reader"
+        ))
+        .expect("login roles");
+    let as_role = |role: &str| {
+        postgres::Client::connect(
+            &format!("postgres://{role}@127.0.0.1:{PORT}/{db}"),
+            postgres::NoTls,
+        )
+        .expect("connecting as a role")
+    };
+
+    // the feeder, as a least-privileged login, does the whole job
+    let file = generate("roles.dbn", "5", "5000", "43");
+    let feeder_url = format!("postgres://e2e_feeder@127.0.0.1:{PORT}/{db}");
+    let out = feeder(
+        &[
+            "replay",
+            &file.display().to_string(),
+            "--rollup",
+            "--database-url",
+            &feeder_url,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stored_bars(&db), oracle(&file));
+
+    let mut f = as_role("e2e_feeder");
+    for forbidden in [
+        "SELECT count(*) FROM price_bars",
+        "DELETE FROM price_bars",
+        "TRUNCATE trades_staging_0",
+        "SELECT count(*) FROM trades_staging_0",
+        "SELECT mark_legacy()",
+        "SELECT rollback_trades()",
+        "SELECT archive_legacy()",
+    ] {
+        assert!(
+            db_error(f.execute(forbidden, &[])).contains("permission denied"),
+            "feeder: {forbidden}"
+        );
+    }
+
+    let mut r = as_role("e2e_reader");
+    let rows = r
+        .query(
+            "SELECT * FROM bars('WGRX', '2025-10-24', '2025-10-25')",
+            &[],
+        )
+        .expect("the reader reads bars");
+    assert!(!rows.is_empty());
+    for forbidden in [
+        "SELECT bars_rollup()",
+        "INSERT INTO trades_staging_0 VALUES ('X', 1, 1, 1, 1, 1, 1, 1, 'B', 0)",
+        "UPDATE price_bars SET volume = 0",
+        "SELECT hard_delete_legacy(confirm => true)",
+        "SELECT * FROM ingest_ledger",
+    ] {
+        assert!(
+            db_error(r.execute(forbidden, &[])).contains("permission denied"),
+            "reader: {forbidden}"
+        );
+    }
+    assert_eq!(
+        stored_bars(&db),
+        oracle(&file),
+        "nothing the roles tried changed a bar"
+    );
+}
+
+#[test]
+fn functions_have_a_fixed_search_path_and_definer_rights_only_where_needed() {
+    let db = fresh_db("search_path", "");
+    let unpinned: String = connect(&db)
+        .query_one(
+            "SELECT coalesce(string_agg(p.proname, ', ' ORDER BY p.proname), '')
+             FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
+             WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+               AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'tradebars')
+               AND p.prokind = 'f' AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'c')
+               AND NOT coalesce(p.proconfig::text LIKE '%search_path=%', false)
+               AND p.provolatile <> 'i'",
+            &[],
+        )
+        .expect("catalog")
+        .get(0);
+    assert_eq!(unpinned, "", "SQL functions without a fixed search_path");
+    let definers: String = connect(&db)
+        .query_one(
+            "SELECT string_agg(p.proname, ', ' ORDER BY p.proname) FROM pg_proc p
+             JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
+             WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'tradebars') AND p.prosecdef",
+            &[],
+        )
+        .expect("catalog")
+        .get(0);
+    assert_eq!(definers, "bars_rollup");
+}

@@ -1,0 +1,83 @@
+//! PostgreSQL crashing (immediate stop) while the feeder copies: committed work survives,
+//! the interrupted file is not half-staged, and loading it again is exact. In a test binary
+//! of its own, because it restarts the shared test cluster.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tradebars_tests::*;
+
+#[test]
+fn a_postgres_crash_mid_copy_loses_nothing_committed_and_stages_nothing_half() {
+    let db = fresh_db("crash", "");
+    let first = scratch("crash-first.dbn.zst");
+    let second = scratch("crash-second.dbn.zst");
+    for (file, trades, seed) in [(&first, "20000", "51"), (&second, "1000000", "52")] {
+        let out = feeder(
+            &[
+                "generate",
+                "--symbols",
+                "50",
+                "--trades",
+                trades,
+                "--seed",
+                seed,
+                "--out",
+                &file.display().to_string(),
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(feeder(
+        &["replay", &first.display().to_string(), "--rollup"],
+        Some(&db)
+    )
+    .status
+    .success());
+
+    let child = Command::new(feeder_bin())
+        .args(["replay", &second.display().to_string()])
+        .env("DATABASE_URL", url(&db))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the feeder");
+    let start = Instant::now();
+    while count(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'") == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the feeder never started copying");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    crash_restart_cluster();
+    let out = child.wait_with_output().expect("feeder");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // logs may come first; the error itself is one line, the last
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tradebars-feeder: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(
+        stderr.trim().lines().last(),
+        errors.first().copied(),
+        "{stderr}"
+    );
+
+    assert_eq!(
+        stored_bars(&db),
+        oracle(&first),
+        "committed bars survive the crash"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 1);
+    let out = feeder(
+        &["replay", &second.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
+        1_020_000
+    );
+}
