@@ -108,8 +108,8 @@ BEGIN
         );
         CREATE UNIQUE INDEX price_bars_symbol_timestamp_source
             ON price_bars (symbol, "timestamp", data_source);
-        CREATE INDEX price_bars_is_legacy_idx ON price_bars (is_legacy);
-        CREATE INDEX price_bars_data_source_idx ON price_bars (data_source);
+        -- Partial: legacy bars only, so writing trades bars does not pay for it.
+        CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
         PERFORM pg_extension_config_dump('price_bars', '');
     END IF;
 END

@@ -11,6 +11,9 @@ use pgrx::prelude::*;
 pub const TRADEBARS_LOCK_CLASS: i32 = 0x7462; // "tb"
 pub const ROLLUP_LOCK: i32 = 2;
 
+/// work_mem for the rollup's hash aggregate (at least; a larger setting is kept).
+const ROLLUP_WORK_MEM: &str = "256MB";
+
 pub const SLOTS: [&str; 2] = ["trades_staging_0", "trades_staging_1"];
 
 /// The slot the feeder is not writing to after the epoch moved to `epoch`.
@@ -143,6 +146,21 @@ fn run_rollup() -> RollupResult {
             .unwrap_or_else(|| pgrx::error!("bars_rollup: staging_epoch returned NULL"));
         let quiet = quiet_slot(epoch);
         let other = SLOTS.iter().copied().find(|s| *s != quiet).unwrap_or(quiet);
+        // A day of trades makes a few hundred thousand bars: with the default 4MB the hash
+        // aggregate spills to disk. Raised for this rollup only, put back before returning.
+        let work_mem = client
+            .update(
+                &format!(
+                    "SELECT current_setting('work_mem'), \
+                     CASE WHEN pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{ROLLUP_WORK_MEM}') \
+                          THEN set_config('work_mem', '{ROLLUP_WORK_MEM}', true) END"
+                ),
+                None,
+                &[],
+            )
+            .and_then(|t| t.first().get_one::<String>())
+            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
+            .unwrap_or_default();
         let now_minute = client
             .select("SELECT (extract(epoch FROM now())::bigint / 60)", None, &[])
             .and_then(|t| t.first().get_one::<i64>())
@@ -203,6 +221,11 @@ fn run_rollup() -> RollupResult {
             r = result.rejected
         );
         step(client, &stats, "recording totals");
+        let restore = format!(
+            "SELECT set_config('work_mem', {}, true)",
+            pgrx::spi::quote_literal(&work_mem)
+        );
+        step(client, &restore, "restoring work_mem");
         result
     })
 }

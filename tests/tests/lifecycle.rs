@@ -13,9 +13,14 @@ SELECT string_agg(d, E'\n' ORDER BY d) FROM (
            CASE WHEN classid = 'pg_proc'::regclass
                      AND (SELECT prokind FROM pg_proc WHERE oid = objid) <> 'a'
                 THEN pg_get_functiondef(objid)
+                WHEN classid = 'pg_proc'::regclass
+                THEN (SELECT format('sfunc %s stype %s sspace %s combine %s parallel %s', aggtransfn, aggtranstype::regtype,
+                                    aggtransspace, aggcombinefn, p.proparallel)
+                      FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid WHERE a.aggfnoid = objid)
                 WHEN classid = 'pg_class'::regclass
                 THEN coalesce((SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
                                FROM pg_attribute WHERE attrelid = objid AND attnum > 0 AND NOT attisdropped), '')
+                     || coalesce((SELECT ' indexes: ' || string_agg(pg_get_indexdef(indexrelid), '; ' ORDER BY 1) FROM pg_index WHERE indrelid = objid), '')
                 ELSE '' END AS d
     FROM pg_depend
     WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'

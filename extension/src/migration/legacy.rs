@@ -121,11 +121,9 @@ BEGIN
     IF to_regclass('price_bars_symbol_timestamp_source') IS NULL THEN
         CREATE UNIQUE INDEX price_bars_symbol_timestamp_source ON price_bars (symbol, "timestamp", data_source);
     END IF;
-    IF to_regclass('price_bars_is_legacy_idx') IS NULL THEN
-        CREATE INDEX price_bars_is_legacy_idx ON price_bars (is_legacy);
-    END IF;
-    IF to_regclass('price_bars_data_source_idx') IS NULL THEN
-        CREATE INDEX price_bars_data_source_idx ON price_bars (data_source);
+    IF to_regclass('price_bars_legacy_idx') IS NULL THEN
+        -- Partial: legacy bars only, so writing trades bars does not pay for it.
+        CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
     END IF;
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
     COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Benchmark: ingest and rollup, each against its baseline and its limit, measured side by side
+# in one run on a private cluster; figures are medians of RUNS runs. Prints a table and writes
+# it to bench-results/bench.csv.
+#   scripts/bench.sh                       10M trades, 500 symbols; scale at 1M, 10M, 50M
+#   BENCH_TRADES=1000000 BENCH_SCALE="1000000" RUNS=1 scripts/bench.sh   a quick run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TRADES=${BENCH_TRADES:-10000000}
+SYMBOLS=${BENCH_SYMBOLS:-500}
+SCALE=${BENCH_SCALE:-"1000000 10000000 50000000"}
+RUNS=${RUNS:-3}
+INSERT_ROWS=${BENCH_INSERT_ROWS:-200000}
+DIR=${TRADEBARS_BENCH_DIR:-${TMPDIR:-/tmp}/tradebars-bench}
+PORT=${TRADEBARS_BENCH_PORT:-55437}
+URL="postgres://postgres@127.0.0.1:$PORT/bench"
+OUT=bench-results
+mkdir -p "$OUT"
+
+bash scripts/setup.sh
+echo "bench: building (release)"
+bash scripts/install-extension.sh --release
+cargo build --release -p tradebars-feeder --quiet
+FEEDER=$PWD/target/release/tradebars-feeder
+
+mkdir -p "$DIR/files"
+[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$DIR/files"
+bash scripts/cluster.sh start "$DIR/pgdata" "$PORT"
+trap 'bash scripts/cluster.sh stop "$DIR/pgdata"' EXIT
+
+psql_() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+sql() { psql_ -d bench -c "$1"; }
+now_ns() { date +%s%N; }
+# seconds taken by a command
+timed() { local t0; t0=$(now_ns); "$@" >/dev/null; echo "scale=3; ($(now_ns) - $t0) / 1000000000" | bc; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ratio() { echo "scale=2; $1 / $2" | bc; }
+rate() { echo "$1 / $2" | bc; }
+
+fresh_db() {
+  PGOPTIONS="-c client_min_messages=warning" psql_ -d postgres -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
+  sql "CREATE EXTENSION tradebars"
+  # the plain-SQL rollup's own table, shaped like price_bars
+  sql "CREATE TABLE sql_bars (symbol text, \"timestamp\" timestamptz, open numeric, high numeric, low numeric,
+       close numeric, volume bigint, trade_count bigint, open_key bigint[], close_key bigint[],
+       PRIMARY KEY (symbol, \"timestamp\"))"
+}
+slot() { sql "SELECT staging_slot()"; }
+stage_from_copy() { sql "TRUNCATE trades_staging_0, trades_staging_1; COPY $(slot) FROM '$1' (FORMAT binary)"; }
+
+SQL_ROLLUP="
+INSERT INTO sql_bars AS p
+SELECT symbol, to_timestamp(ts_event / 60000000000 * 60),
+       fixed_to_numeric((min(ARRAY[ts_event, sequence, price]))[3]), fixed_to_numeric(max(price)),
+       fixed_to_numeric(min(price)), fixed_to_numeric((max(ARRAY[ts_event, sequence, price]))[3]),
+       sum(size), count(*), min(ARRAY[ts_event, sequence, price]), max(ARRAY[ts_event, sequence, price])
+FROM trades_staging GROUP BY symbol, ts_event / 60000000000
+ON CONFLICT (symbol, \"timestamp\") DO UPDATE SET
+    open = CASE WHEN EXCLUDED.open_key < p.open_key THEN EXCLUDED.open ELSE p.open END,
+    close = CASE WHEN EXCLUDED.close_key > p.close_key THEN EXCLUDED.close ELSE p.close END,
+    high = GREATEST(p.high, EXCLUDED.high), low = LEAST(p.low, EXCLUDED.low),
+    volume = p.volume + EXCLUDED.volume, trade_count = p.trade_count + EXCLUDED.trade_count"
+BARE_SCAN="SELECT count(*), sum(size), min(price), max(price) FROM trades_staging"
+
+# One size: ingest and rollup figures. Prints: feeder_s copy_s insert_s rollup_s sqlrollup_s scan_s
+measure() {
+  local n=$1 runs=$2 file="$DIR/files/trades-$1.dbn.zst" copyfile="$DIR/files/staged-$1.bin"
+  [ -f "$file" ] || "$FEEDER" generate --symbols "$SYMBOLS" --trades "$n" --seed 7 --out "$file" >/dev/null
+  local feeder=() copy=() insert=() rollup=() sqlr=() scan=()
+  for _ in $(seq "$runs"); do
+    fresh_db
+    feeder+=("$(timed env DATABASE_URL="$URL" "$FEEDER" replay "$file")")
+    [ -f "$copyfile" ] || sql "COPY (SELECT * FROM trades_staging) TO '$copyfile' (FORMAT binary)"
+    sql "TRUNCATE trades_staging_0, trades_staging_1"
+    copy+=("$(timed sql "COPY $(slot) FROM '$copyfile' (FORMAT binary)")")
+    scan+=("$(timed sql "$BARE_SCAN")")
+    sql "VACUUM ANALYZE trades_staging_0, trades_staging_1"
+    sqlr+=("$(timed sql "$SQL_ROLLUP")")
+    rollup+=("$(timed sql "SELECT bars_rollup()")")
+  done
+  if [ "$n" -eq "$TRADES" ]; then
+    # the old app's way: one INSERT per trade, in one transaction, a subset
+    local ins="$DIR/files/inserts.sql"
+    stage_from_copy "$copyfile"
+    sql "COPY (SELECT format('INSERT INTO trades_staging_0 VALUES (%L, %s, %s, %s, %s, %s, %s, %s, %L, %s);',
+                symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags)
+               FROM trades_staging LIMIT $INSERT_ROWS) TO '$ins'"
+    for _ in $(seq "$runs"); do
+      sql "TRUNCATE trades_staging_0, trades_staging_1"
+      insert+=("$(timed psql_ -d bench -1 -f "$ins")")
+    done
+  fi
+  echo "$(median "${feeder[@]}") $(median "${copy[@]}") $(median "${insert[@]:-0}") $(median "${rollup[@]}") $(median "${sqlr[@]}") $(median "${scan[@]}")"
+}
+
+echo "bench: $TRADES trades of $SYMBOLS symbols, medians of $RUNS runs"
+read -r feeder copy insert rollup sqlr scan < <(measure "$TRADES" "$RUNS")
+ingest_rate=$(rate "$TRADES" "$feeder")
+copy_rate=$(rate "$TRADES" "$copy")
+insert_rate=$(rate "$INSERT_ROWS" "$insert")
+
+{
+  echo "measure,value,unit"
+  echo "ingest_feeder_replay,$ingest_rate,trades/s"
+  echo "ingest_server_copy_limit,$copy_rate,trades/s"
+  echo "ingest_row_inserts,$insert_rate,trades/s"
+  echo "ingest_vs_copy_limit,$(ratio "$ingest_rate" "$copy_rate"),x"
+  echo "ingest_vs_inserts,$(ratio "$ingest_rate" "$insert_rate"),x"
+  echo "rollup_bars_rollup,$rollup,s"
+  echo "rollup_plain_sql,$sqlr,s"
+  echo "rollup_bare_scan,$scan,s"
+  echo "rollup_speedup_vs_plain_sql,$(ratio "$sqlr" "$rollup"),x"
+  echo "rollup_vs_bare_scan,$(ratio "$rollup" "$scan"),x"
+  for n in $SCALE; do
+    if [ "$n" -eq "$TRADES" ]; then f=$feeder; r=$rollup; else read -r f _ _ r _ _ < <(measure "$n" 1); fi
+    echo "scale_${n}_ingest_ns_per_trade,$(echo "$f * 1000000000 / $n" | bc),ns"
+    echo "scale_${n}_rollup_ns_per_trade,$(echo "$r * 1000000000 / $n" | bc),ns"
+  done
+} > "$OUT/bench.csv"
+
+echo
+column -s, -t < "$OUT/bench.csv"
+echo
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ { print $2 }') GiB, $(psql_ -d bench -c 'SHOW server_version')"
+echo "written to $OUT/bench.csv"
