@@ -62,12 +62,16 @@ ON CONFLICT (symbol, \"timestamp\") DO UPDATE SET
     high = GREATEST(p.high, EXCLUDED.high), low = LEAST(p.low, EXCLUDED.low),
     volume = p.volume + EXCLUDED.volume, trade_count = p.trade_count + EXCLUDED.trade_count"
 BARE_SCAN="SELECT count(*), sum(size), min(price), max(price) FROM trades_staging"
+# What any rollup pays before computing a single bar: grouping every trade by symbol and minute.
+GROUP_FLOOR="SELECT count(*) FROM (SELECT 1 FROM trades_staging GROUP BY symbol, ts_event / 60000000000) g"
+# The same memory for the plain-SQL rollup as bars_rollup() gives itself.
+SQL_WORK_MEM="SET work_mem = '256MB';"
 
-# One size: ingest and rollup figures. Prints: feeder_s copy_s insert_s rollup_s sqlrollup_s scan_s
+# One size: ingest and rollup figures. Prints: feeder_s copy_s insert_s rollup_s sqlrollup_s scan_s group_s
 measure() {
   local n=$1 runs=$2 file="$DIR/files/trades-$1.dbn.zst" copyfile="$DIR/files/staged-$1.bin"
   [ -f "$file" ] || "$FEEDER" generate --symbols "$SYMBOLS" --trades "$n" --seed 7 --out "$file" >/dev/null
-  local feeder=() copy=() insert=() rollup=() sqlr=() scan=()
+  local feeder=() copy=() insert=() rollup=() sqlr=() scan=() group=()
   for _ in $(seq "$runs"); do
     fresh_db
     feeder+=("$(timed env DATABASE_URL="$URL" "$FEEDER" replay "$file")")
@@ -75,8 +79,9 @@ measure() {
     sql "TRUNCATE trades_staging_0, trades_staging_1"
     copy+=("$(timed sql "COPY $(slot) FROM '$copyfile' (FORMAT binary)")")
     scan+=("$(timed sql "$BARE_SCAN")")
+    group+=("$(timed sql "$SQL_WORK_MEM $GROUP_FLOOR")")
     sql "VACUUM ANALYZE trades_staging_0, trades_staging_1"
-    sqlr+=("$(timed sql "$SQL_ROLLUP")")
+    sqlr+=("$(timed sql "$SQL_WORK_MEM $SQL_ROLLUP")")
     rollup+=("$(timed sql "SELECT bars_rollup()")")
   done
   if [ "$n" -eq "$TRADES" ]; then
@@ -91,11 +96,11 @@ measure() {
       insert+=("$(timed psql_ -d bench -1 -f "$ins")")
     done
   fi
-  echo "$(median "${feeder[@]}") $(median "${copy[@]}") $(median "${insert[@]:-0}") $(median "${rollup[@]}") $(median "${sqlr[@]}") $(median "${scan[@]}")"
+  echo "$(median "${feeder[@]}") $(median "${copy[@]}") $(median "${insert[@]:-0}") $(median "${rollup[@]}") $(median "${sqlr[@]}") $(median "${scan[@]}") $(median "${group[@]}")"
 }
 
 echo "bench: $TRADES trades of $SYMBOLS symbols, medians of $RUNS runs"
-read -r feeder copy insert rollup sqlr scan < <(measure "$TRADES" "$RUNS")
+read -r feeder copy insert rollup sqlr scan group < <(measure "$TRADES" "$RUNS")
 ingest_rate=$(rate "$TRADES" "$feeder")
 copy_rate=$(rate "$TRADES" "$copy")
 insert_rate=$(rate "$INSERT_ROWS" "$insert")
@@ -110,10 +115,12 @@ insert_rate=$(rate "$INSERT_ROWS" "$insert")
   echo "rollup_bars_rollup,$rollup,s"
   echo "rollup_plain_sql,$sqlr,s"
   echo "rollup_bare_scan,$scan,s"
+  echo "rollup_group_by_floor,$group,s"
   echo "rollup_speedup_vs_plain_sql,$(ratio "$sqlr" "$rollup"),x"
   echo "rollup_vs_bare_scan,$(ratio "$rollup" "$scan"),x"
+  echo "rollup_vs_group_by_floor,$(ratio "$rollup" "$group"),x"
   for n in $SCALE; do
-    if [ "$n" -eq "$TRADES" ]; then f=$feeder; r=$rollup; else read -r f _ _ r _ _ < <(measure "$n" 1); fi
+    if [ "$n" -eq "$TRADES" ]; then f=$feeder; r=$rollup; else read -r f _ _ r _ _ _ < <(measure "$n" 1); fi
     echo "scale_${n}_ingest_ns_per_trade,$(echo "$f * 1000000000 / $n" | bc),ns"
     echo "scale_${n}_rollup_ns_per_trade,$(echo "$r * 1000000000 / $n" | bc),ns"
   done

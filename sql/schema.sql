@@ -46,11 +46,12 @@ CREATE INDEX trades_rejected_reason ON trades_rejected (reason, rejected_at);
 CREATE TABLE ingest_ledger (
     source        text        PRIMARY KEY,
     kind          text        NOT NULL,   -- file, live, backfill
-    position      bigint      NOT NULL,   -- trades of this source already staged, in order
-    last_ts_event bigint,                 -- event time of the last staged trade
+    position      bigint      NOT NULL,   -- file: its trades; stream: staged trades at last_ts_recv
+    last_ts_event bigint,                 -- latest event time staged
     trades        bigint      NOT NULL DEFAULT 0,
     first_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    last_ts_recv  bigint                  -- stream: ts_recv of the last staged trade (0.2.0)
 );
 
 -- The running feeder's heartbeat; the single-instance guarantee itself is an advisory lock.

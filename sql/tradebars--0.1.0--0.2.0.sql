@@ -1,7 +1,8 @@
 -- tradebars 0.1.0 -> 0.2.0: rollup_status(), the pipeline's progress in one call; legacy
 -- bars indexed by a partial index, so writing trades bars no longer maintains two indexes
 -- on is_legacy and data_source; the ohlcv aggregate declares its state size (SSPACE), so the
--- planner sizes its hash table instead of spilling to disk.
+-- planner sizes its hash table instead of spilling to disk; the ingest ledger records a live
+-- stream's position (last_ts_recv), so a resumed stream skips exactly what is staged.
 -- Must define exactly what a fresh 0.2.0 install defines (extension/src/rollup.rs); the
 -- end-to-end test `upgrading_from_0_1_0_gives_what_a_fresh_install_gives` compares them.
 
@@ -124,3 +125,5 @@ CREATE AGGREGATE ohlcv(bigint, bigint, integer, bigint, bigint) (
     DESERIALFUNC = ohlcv_deserialize,
     PARALLEL = SAFE
 );
+
+ALTER TABLE ingest_ledger ADD COLUMN last_ts_recv bigint;

@@ -38,6 +38,14 @@ pub enum Command {
     /// resting side of a trade and are not counted again). Symbols come from the file's
     /// symbology. A file already loaded (same content) is skipped.
     Replay(ReplayArgs),
+    /// Stream trades from Databento's live gateway into staging, as a service.
+    ///
+    /// Batches go to staging by size and time with binary COPY, and bars_rollup() runs on an
+    /// interval. After any disconnect the feeder resubscribes with an intraday replay from
+    /// where staging stands, skipping what is already staged: no gap, no duplicate. A refused
+    /// key exits at once with code 4. SIGTERM or SIGINT: flush, roll up, release the lock,
+    /// exit 0. Only one feeder runs per database.
+    Live(LiveArgs),
     /// Write a synthetic TRADES file (real DBN with symbology) for demos and benchmarks.
     Generate(GenerateArgs),
     /// Roll staged trades into bars once: SELECT * FROM bars_rollup().
@@ -66,6 +74,83 @@ pub struct ReplayArgs {
     /// If another feeder holds the database, wait for it instead of failing.
     #[arg(long)]
     pub standby: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// Databento dataset, e.g. XNAS.ITCH or GLBX.MDP3.
+    #[arg(long)]
+    pub dataset: String,
+    /// Symbols to subscribe to, comma-separated (raw symbols).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "all_symbols",
+        conflicts_with = "all_symbols"
+    )]
+    pub symbols: Vec<String>,
+    /// Subscribe to every symbol of the dataset.
+    #[arg(long)]
+    pub all_symbols: bool,
+    /// Schema to subscribe to: trades, tbbo, mbp-1 or mbo (only trade events count).
+    #[arg(long, default_value = "trades", value_parser = parse_trade_schema)]
+    pub schema: dbn::Schema,
+    /// A gateway other than Databento's own, as HOST:PORT (a proxy, a test gateway).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub gateway: Option<String>,
+    /// File holding the API key (instead of DATABENTO_API_KEY).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Commit a batch once it holds this many trades...
+    #[arg(long, default_value_t = 50_000)]
+    pub batch_size: usize,
+    /// ...or once its first trade waited this long (milliseconds).
+    #[arg(long, default_value_t = 200)]
+    pub batch_ms: u64,
+    /// Call bars_rollup() this often (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    pub rollup_ms: u64,
+    /// After a disconnect, replay from this many seconds before the last staged trade's
+    /// receipt: the longest a trade may take from event to receipt without a gap.
+    #[arg(long, default_value_t = 10)]
+    pub replay_margin_secs: u64,
+    /// Serve /health and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9187.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// If another feeder holds the database, wait for it instead of failing.
+    #[arg(long)]
+    pub standby: bool,
+}
+
+/// The API key: from --key-file, else DATABENTO_API_KEY. Never printed.
+pub fn api_key(key_file: Option<&std::path::Path>) -> Result<String, crate::error::FeederError> {
+    use crate::error::FeederError;
+    match key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|k| k.trim().to_string())
+            .map_err(|e| FeederError::io(path, e)),
+        None => std::env::var("DATABENTO_API_KEY").map_err(|_| {
+            FeederError::Usage(
+                "no Databento API key: set DATABENTO_API_KEY or pass --key-file".into(),
+            )
+        }),
+    }
+}
+
+fn parse_trade_schema(s: &str) -> Result<dbn::Schema, String> {
+    let schema: dbn::Schema = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a Databento schema"))?;
+    match schema {
+        dbn::Schema::Trades | dbn::Schema::Tbbo | dbn::Schema::Mbp1 | dbn::Schema::Mbo => {
+            Ok(schema)
+        }
+        other => Err(format!(
+            "schema {other} carries no trade events (use trades, tbbo, mbp-1 or mbo)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +194,13 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_schemas_with_trades_are_accepted() {
+        assert_eq!(parse_trade_schema("mbp-1"), Ok(dbn::Schema::Mbp1));
+        assert!(parse_trade_schema("ohlcv-1m").is_err());
+        assert!(parse_trade_schema("nonsense").is_err());
     }
 
     #[test]

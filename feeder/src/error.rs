@@ -19,6 +19,10 @@ pub enum FeederError {
     Db { context: String, msg: String },
     #[error("{0}")]
     FeederRunning(String),
+    #[error("Databento refused the API key: {0}")]
+    Auth(String),
+    #[error("Databento gateway: {0}")]
+    Gateway(String),
     #[error("{0}")]
     Usage(String),
 }
@@ -38,9 +42,11 @@ impl FeederError {
         }
     }
 
-    /// The process exit code: 3 when another feeder holds the database, 2 for usage, else 1.
+    /// The process exit code: 4 when Databento refuses the key, 3 when another feeder holds
+    /// the database, 2 for usage, else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
+            FeederError::Auth(_) => 4,
             FeederError::FeederRunning(_) => 3,
             FeederError::Usage(_) => 2,
             _ => 1,

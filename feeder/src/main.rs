@@ -5,6 +5,9 @@ mod copy;
 mod db;
 mod error;
 mod lock;
+mod metrics;
+mod schedule;
+mod service;
 mod sink;
 mod source;
 mod status;
@@ -19,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use config::{Cli, Command, GenerateArgs, LogFormat, ReplayArgs};
+use config::{Cli, Command, GenerateArgs, LiveArgs, LogFormat, ReplayArgs};
 use error::FeederError;
 use source::file::{DbnFile, FileSummary};
 
@@ -200,8 +203,29 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
+async fn live(args: LiveArgs) -> Result<(), FeederError> {
+    let spec = source::live::LiveSpec {
+        dataset: args.dataset,
+        schema: args.schema,
+        symbols: (!args.all_symbols).then_some(args.symbols),
+        gateway: args.gateway,
+        key: config::api_key(args.key_file.as_deref())?,
+        replay_margin: std::time::Duration::from_secs(args.replay_margin_secs),
+    };
+    let opts = service::ServiceOptions {
+        database_url: args.db.database_url,
+        batch_size: args.batch_size.max(1),
+        batch_interval: std::time::Duration::from_millis(args.batch_ms.max(1)),
+        rollup_interval: std::time::Duration::from_millis(args.rollup_ms.max(10)),
+        standby: args.standby,
+        metrics_addr: args.metrics_addr,
+    };
+    service::run_live(spec, opts).await
+}
+
 async fn run(cli: Cli) -> Result<(), FeederError> {
     match cli.command {
+        Command::Live(args) => live(args).await,
         Command::Replay(args) => replay(args).await,
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate(args))
             .await

@@ -1,10 +1,11 @@
-//! Into staging: one source's trades by binary COPY, in one transaction with its ledger entry,
-//! so a source is staged whole and exactly once, or not at all.
+//! Into staging by binary COPY, each write in one transaction with its `ingest_ledger` entry:
+//! a file is staged whole and exactly once or not at all; a stream's batch is staged together
+//! with the position it reached, so a resumed stream skips exactly what is already staged.
 
 use bytes::{Bytes, BytesMut};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 use crate::copy;
 use crate::error::FeederError;
@@ -22,8 +23,8 @@ pub enum Loaded {
 }
 
 /// The staging table to COPY into, as the extension names it for this batch.
-async fn staging_slot(client: &tokio_postgres::Transaction<'_>) -> Result<String, FeederError> {
-    let slot: String = client
+async fn staging_slot(tx: &Transaction<'_>) -> Result<String, FeederError> {
+    let slot: String = tx
         .query_one("SELECT staging_slot()", &[])
         .await
         .map_err(|e| {
@@ -44,6 +45,42 @@ async fn staging_slot(client: &tokio_postgres::Transaction<'_>) -> Result<String
     Ok(slot)
 }
 
+/// COPYs `rows` (tuples in binary COPY format) into staging within `tx`. An `Err` item aborts
+/// the COPY: dropping the sink cancels it, and the caller's transaction rolls back.
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    rows: impl Stream<Item = Result<Bytes, FeederError>>,
+) -> Result<u64, FeederError> {
+    let slot = staging_slot(tx).await?;
+    let sink = tx
+        .copy_in::<_, Bytes>(&format!(
+            "COPY {slot} ({}) FROM STDIN (FORMAT binary)",
+            copy::COLUMNS
+        ))
+        .await
+        .map_err(|e| FeederError::db("starting COPY into staging", e))?;
+    futures_util::pin_mut!(sink);
+    futures_util::pin_mut!(rows);
+    let mut header = BytesMut::new();
+    copy::encode_header(&mut header);
+    sink.send(header.freeze())
+        .await
+        .map_err(|e| FeederError::db("COPY into staging", e))?;
+    while let Some(chunk) = rows.next().await {
+        sink.send(chunk?)
+            .await
+            .map_err(|e| FeederError::db("COPY into staging", e))?;
+    }
+    let mut trailer = BytesMut::new();
+    copy::encode_trailer(&mut trailer);
+    sink.send(trailer.freeze())
+        .await
+        .map_err(|e| FeederError::db("COPY into staging", e))?;
+    sink.finish()
+        .await
+        .map_err(|e| FeederError::db("finishing COPY into staging", e))
+}
+
 /// What identifies a finished source, known once all of it has been read.
 pub struct SourceEnd {
     pub source: String,
@@ -56,46 +93,21 @@ pub struct SourceEnd {
 pub async fn load_source(
     client: &mut Client,
     kind: &str,
-    mut chunks: mpsc::Receiver<Result<Bytes, FeederError>>,
+    chunks: mpsc::Receiver<Result<Bytes, FeederError>>,
     end: impl std::future::Future<Output = Result<SourceEnd, FeederError>>,
 ) -> Result<Loaded, FeederError> {
     let tx = client
         .transaction()
         .await
         .map_err(|e| FeederError::db("starting the load", e))?;
-    let slot = staging_slot(&tx).await?;
-    let sink = tx
-        .copy_in::<_, Bytes>(&format!(
-            "COPY {slot} ({}) FROM STDIN (FORMAT binary)",
-            copy::COLUMNS
-        ))
-        .await
-        .map_err(|e| FeederError::db("starting COPY into staging", e))?;
-    futures_util::pin_mut!(sink);
-    let mut header = BytesMut::new();
-    copy::encode_header(&mut header);
-    sink.send(header.freeze())
-        .await
-        .map_err(|e| FeederError::db("COPY into staging", e))?;
-    while let Some(chunk) = chunks.recv().await {
-        let chunk = chunk?; // dropping the sink aborts the COPY, dropping tx rolls back
-        sink.send(chunk)
-            .await
-            .map_err(|e| FeederError::db("COPY into staging", e))?;
-    }
+    let rows = futures_util::stream::unfold(chunks, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let rows = copy_rows(&tx, rows).await?;
     let SourceEnd {
         source,
         last_ts_event,
     } = end.await?;
-    let mut trailer = BytesMut::new();
-    copy::encode_trailer(&mut trailer);
-    sink.send(trailer.freeze())
-        .await
-        .map_err(|e| FeederError::db("COPY into staging", e))?;
-    let rows = sink
-        .finish()
-        .await
-        .map_err(|e| FeederError::db("finishing COPY into staging", e))?;
     if rows == 0 {
         return Ok(Loaded::Now { rows }); // no trades: nothing to stage or to remember
     }
@@ -132,4 +144,66 @@ pub async fn load_source(
         .await
         .map_err(|e| FeederError::db("committing the load", e))?;
     Ok(Loaded::Now { rows })
+}
+
+/// How far a stream has been staged: the `ts_recv` of the last staged trade and how many
+/// staged trades share it. Streams arrive in `ts_recv` order, so this is a stream position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub last_ts_recv: i64,
+    pub at_last_ts_recv: i64,
+}
+
+/// The position a stream's ledger entry records, if it has one.
+pub async fn stream_position(
+    client: &Client,
+    source: &str,
+) -> Result<Option<StreamPosition>, FeederError> {
+    let row = client
+        .query_opt(
+            "SELECT last_ts_recv, position FROM ingest_ledger WHERE source = $1 AND last_ts_recv IS NOT NULL",
+            &[&source],
+        )
+        .await
+        .map_err(|e| FeederError::db("reading the stream's position from ingest_ledger", e))?;
+    Ok(row.map(|r| StreamPosition {
+        last_ts_recv: r.get(0),
+        at_last_ts_recv: r.get(1),
+    }))
+}
+
+/// Stages one batch of a stream together with the position it reaches.
+pub async fn write_batch(
+    client: &mut Client,
+    source: &str,
+    kind: &str,
+    rows: Bytes,
+    trades: i64,
+    last_ts_event: i64,
+    reached: StreamPosition,
+) -> Result<(), FeederError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| FeederError::db("starting a batch", e))?;
+    copy_rows(&tx, futures_util::stream::iter([Ok(rows)])).await?;
+    tx.execute(
+        "INSERT INTO ingest_ledger AS l (source, kind, position, last_ts_event, last_ts_recv, trades)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (source) DO UPDATE SET position = $3, last_ts_event = greatest(l.last_ts_event, $4),
+             last_ts_recv = $5, trades = l.trades + $6, updated_at = now()",
+        &[
+            &source,
+            &kind,
+            &reached.at_last_ts_recv,
+            &last_ts_event,
+            &reached.last_ts_recv,
+            &trades,
+        ],
+    )
+    .await
+    .map_err(|e| FeederError::db("recording the batch in ingest_ledger", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| FeederError::db("committing a batch", e))
 }

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+pub mod gateway;
+
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::{MboMsg, Mbp1Msg, TradeMsg, TsSymbolMap, VersionUpgradePolicy};
 

@@ -3,3 +3,4 @@
 
 pub mod file;
 pub mod generate;
+pub mod live;

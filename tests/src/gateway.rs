@@ -1,0 +1,220 @@
+//! A loopback stand-in for Databento's live gateway that speaks its raw protocol: greeting,
+//! CRAM challenge and the auth reply (checking the key's SHA-256 response), subscription
+//! lines with an optional replay `start`, `start_session`, then a DBN stream (metadata, symbol
+//! mappings, trades in `ts_recv` order, heartbeats) and disconnects at chosen points.
+//! The trades come from a DBN file, so a test can compare the bars with `oracle(file)`.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
+use dbn::encode::dbn::{MetadataEncoder, RecordEncoder};
+use dbn::encode::EncodeRecord;
+use dbn::{Metadata, SType, Schema, SymbolMappingMsg, SystemMsg, TradeMsg, VersionUpgradePolicy};
+use sha2::{Digest, Sha256};
+
+const CHALLENGE: &str = "t7kNhwj4xqR0QYjzFKtBEG2ec2pXJ4FK";
+
+/// How the gateway behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The key it accepts.
+    pub key: String,
+    /// Connection i is cut after sending `cuts[i]` trades; connections past the list are not.
+    pub cuts: Vec<usize>,
+    /// Pause this long after every 1,000 trades (a paced stream).
+    pub pace: Option<Duration>,
+}
+
+pub struct FakeGateway {
+    pub addr: String,
+    pub connections: Arc<AtomicUsize>,
+    /// When the last trade of the file was sent (on any connection).
+    pub all_sent_at: Arc<Mutex<Option<Instant>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FakeGateway {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr); // wakes the accept loop
+    }
+}
+
+struct Feed {
+    dataset: String,
+    mappings: Vec<SymbolMappingMsg>,
+    trades: Vec<TradeMsg>,
+}
+
+fn load(file: &Path) -> Feed {
+    let mut decoder =
+        DynDecoder::from_file(file, VersionUpgradePolicy::UpgradeToV3).expect("decoding the feed");
+    let metadata = decoder.metadata().clone();
+    let mut trades = Vec::new();
+    while let Some(rec) = decoder.decode_record_ref().expect("record") {
+        if let Some(t) = rec.get::<TradeMsg>() {
+            trades.push(t.clone());
+        }
+    }
+    // A live stream is in order of receipt.
+    trades.sort_by_key(|t| t.ts_recv);
+    let mappings = metadata
+        .mappings
+        .iter()
+        .flat_map(|m| {
+            m.intervals.iter().map(|i| {
+                let id: u32 = i.symbol.parse().expect("instrument id");
+                SymbolMappingMsg::new(
+                    id,
+                    0,
+                    SType::RawSymbol,
+                    &m.raw_symbol,
+                    SType::RawSymbol,
+                    &m.raw_symbol,
+                    0,
+                    u64::MAX,
+                )
+                .expect("symbol mapping")
+            })
+        })
+        .collect();
+    Feed {
+        dataset: metadata.dataset,
+        mappings,
+        trades,
+    }
+}
+
+fn expected_auth(key: &str) -> String {
+    let digest = Sha256::digest(format!("{CHALLENGE}|{key}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{}", &key[key.len().saturating_sub(5)..])
+}
+
+impl FakeGateway {
+    pub fn start(file: &Path, plan: Plan) -> FakeGateway {
+        let feed = Arc::new(load(file));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake gateway");
+        let addr = listener.local_addr().expect("address").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let all_sent_at = Arc::new(Mutex::new(None));
+        let (s, c, a) = (stop.clone(), connections.clone(), all_sent_at.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                let (feed, plan, stop, sent) = (feed.clone(), plan.clone(), s.clone(), a.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(
+                        stream,
+                        &feed,
+                        &plan,
+                        plan.cuts.get(n).copied(),
+                        &stop,
+                        &sent,
+                    );
+                });
+            }
+        });
+        FakeGateway {
+            addr,
+            connections,
+            all_sent_at,
+            stop,
+        }
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    feed: &Feed,
+    plan: &Plan,
+    cut: Option<usize>,
+    stop: &AtomicBool,
+    all_sent_at: &Mutex<Option<Instant>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = BufWriter::new(stream.try_clone()?);
+    write!(out, "lsg_version=0.1.0\ncram={CHALLENGE}\n")?;
+    out.flush()?;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let auth = line
+        .trim_end()
+        .split('|')
+        .find_map(|kv| kv.strip_prefix("auth="))
+        .unwrap_or("");
+    if auth != expected_auth(&plan.key) {
+        writeln!(out, "success=0|error=Authentication failed.")?;
+        out.flush()?;
+        return stream.shutdown(Shutdown::Both);
+    }
+    writeln!(out, "success=1|session_id=42")?;
+    out.flush()?;
+    let mut start: u64 = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let l = line.trim_end();
+        if l == "start_session" {
+            break;
+        }
+        if let Some(s) = l.split('|').find_map(|kv| kv.strip_prefix("start=")) {
+            start = s.parse().unwrap_or(0);
+        }
+    }
+    let metadata = Metadata::builder()
+        .version(3)
+        .dataset(feed.dataset.clone())
+        .schema(Some(Schema::Trades))
+        .start(start)
+        .stype_in(Some(SType::RawSymbol))
+        .stype_out(SType::InstrumentId)
+        .build();
+    MetadataEncoder::new(&mut out)
+        .encode(&metadata)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut records = RecordEncoder::new(&mut out);
+    let enc = |e: dbn::Error| std::io::Error::other(e.to_string());
+    for m in &feed.mappings {
+        records.encode_record(m).map_err(enc)?;
+    }
+    let mut sent = 0usize;
+    for t in feed.trades.iter().filter(|t| t.hd.ts_event >= start) {
+        if cut == Some(sent) {
+            records.flush().map_err(enc)?;
+            return stream.shutdown(Shutdown::Both);
+        }
+        records.encode_record(t).map_err(enc)?;
+        sent += 1;
+        if sent.is_multiple_of(1000) {
+            if let Some(pause) = plan.pace {
+                records.flush().map_err(enc)?;
+                std::thread::sleep(pause);
+            }
+        }
+    }
+    records.flush().map_err(enc)?;
+    if let Ok(mut at) = all_sent_at.lock() {
+        at.get_or_insert_with(Instant::now);
+    }
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(500));
+        records
+            .encode_record(&SystemMsg::heartbeat(0))
+            .map_err(enc)?;
+        records.flush().map_err(enc)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The feeder as a service against a loopback gateway that speaks Databento's live protocol.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tradebars_tests::gateway::{FakeGateway, Plan};
+use tradebars_tests::*;
+
+const KEY: &str = "db-tradebarsTestKey0123456789abc";
+
+fn generate(name: &str, trades: &str, seed: &str) -> std::path::PathBuf {
+    let path = scratch(name);
+    let out = feeder(
+        &[
+            "generate",
+            "--symbols",
+            "12",
+            "--trades",
+            trades,
+            "--seed",
+            seed,
+            "--out",
+            &path.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    path
+}
+
+fn start_live(gateway: &FakeGateway, db: &str, key: &str, extra: &[&str]) -> Child {
+    Command::new(feeder_bin())
+        .args([
+            "live",
+            "--dataset",
+            "XNAS.ITCH",
+            "--all-symbols",
+            "--gateway",
+            &gateway.addr,
+            "--batch-ms",
+            "50",
+            "--rollup-ms",
+            "200",
+        ])
+        .args(extra)
+        .env("DATABASE_URL", url(db))
+        .env("DATABENTO_API_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the live feeder")
+}
+
+/// Staged and rolled-up trades together.
+fn stored_trades(db: &str) -> i64 {
+    count(
+        db,
+        "SELECT (SELECT count(*) FROM trades_staging) + (SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars)",
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for the feeder to exit, at most `limit`; returns its exit code and output.
+fn exit_within(mut child: Child, limit: Duration) -> (Option<i32>, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            let out = child.wait_with_output().expect("output");
+            return (status.code(), text(&out));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the feeder did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
+    let db = fresh_db("live_cuts", "");
+    let file = generate("live-cuts.dbn.zst", "30000", "61");
+    let gateway = FakeGateway::start(
+        &file,
+        Plan {
+            key: KEY.into(),
+            cuts: vec![7_000, 9_000],
+            pace: None,
+        },
+    );
+    let mut child = start_live(&gateway, &db, KEY, &[]);
+    wait_until("all 30000 trades in bars", Duration::from_secs(60), || {
+        count(
+            &db,
+            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+        ) == 30_000
+    });
+    let sent = gateway.all_sent_at.lock().ok().and_then(|t| *t);
+    if let Some(sent) = sent {
+        eprintln!(
+            "live: last trade sent -> its bar visible: {:?} (rollup every 200 ms)",
+            sent.elapsed()
+        );
+    }
+    assert!(
+        gateway
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 3
+    );
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(stored_bars(&db), oracle(&file));
+    assert!(count(&db, "SELECT reconnects FROM feeder_status") >= 2);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 3 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+        0,
+        "lock released"
+    );
+}
+
+#[test]
+fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
+    let db = fresh_db("live_sigterm", "");
+    let file = generate("live-sigterm.dbn.zst", "40000", "62");
+    let gateway = FakeGateway::start(
+        &file,
+        Plan {
+            key: KEY.into(),
+            cuts: vec![],
+            pace: Some(Duration::from_millis(20)),
+        },
+    );
+    let mut child = start_live(&gateway, &db, KEY, &[]);
+    wait_until("some trades staged", Duration::from_secs(60), || {
+        stored_trades(&db) >= 5_000
+    });
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    let ledger = count(&db, "SELECT trades FROM ingest_ledger");
+    assert_eq!(
+        stored_trades(&db),
+        ledger,
+        "everything the ledger counts is stored, nothing else"
+    );
+    assert!(ledger < 40_000, "stopped mid-stream");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM trades_staging"),
+        0,
+        "rolled up on the way out"
+    );
+
+    let child = start_live(&gateway, &db, KEY, &[]);
+    wait_until("all 40000 trades in bars", Duration::from_secs(60), || {
+        count(
+            &db,
+            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+        ) == 40_000
+    });
+    let mut child = child;
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
+#[test]
+fn a_refused_key_fails_fast_with_its_own_exit_code_and_is_never_shown() {
+    let db = fresh_db("live_badkey", "");
+    let file = generate("live-badkey.dbn", "100", "63");
+    let gateway = FakeGateway::start(
+        &file,
+        Plan {
+            key: KEY.into(),
+            cuts: vec![],
+            pace: None,
+        },
+    );
+    let wrong = "db-wrongKeyWrongKeyWrongKey12345";
+    let child = start_live(&gateway, &db, wrong, &[]);
+    let (code, out) = exit_within(child, Duration::from_secs(15));
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("refused the API key"), "{out}");
+    assert!(!out.contains(wrong) && !out.contains("WrongKey"), "{out}");
+    assert_eq!(
+        gateway
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no retry"
+    );
+}
+
+#[test]
+fn metrics_and_health_are_served() {
+    let db = fresh_db("live_metrics", "");
+    let file = generate("live-metrics.dbn", "2000", "64");
+    let gateway = FakeGateway::start(
+        &file,
+        Plan {
+            key: KEY.into(),
+            cuts: vec![],
+            pace: None,
+        },
+    );
+    let port = 19187;
+    let mut child = start_live(
+        &gateway,
+        &db,
+        KEY,
+        &["--metrics-addr", &format!("127.0.0.1:{port}")],
+    );
+    wait_until("all trades in bars", Duration::from_secs(60), || {
+        count(
+            &db,
+            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+        ) == 2_000
+    });
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body
+    };
+    assert!(get("/health").contains("200 OK"));
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("tradebars_feeder_trades_written_total 2000"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(KEY));
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
+    // A bounded soak: TRADEBARS_SOAK_TRADES trades (default 150,000), cut at 25 pseudo-random
+    // points; it stops by itself when every trade is in a bar, or fails after 3 minutes.
+    let trades: usize = std::env::var("TRADEBARS_SOAK_TRADES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150_000);
+    let db = fresh_db("live_soak", "");
+    let file = generate("live-soak.dbn.zst", &trades.to_string(), "65");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let cuts = (0..25)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % (trades as u64 / 10).max(2)) as usize
+        })
+        .collect();
+    let gateway = FakeGateway::start(
+        &file,
+        Plan {
+            key: KEY.into(),
+            cuts,
+            pace: None,
+        },
+    );
+    let mut child = start_live(&gateway, &db, KEY, &["--replay-margin-secs", "1"]);
+    wait_until("every trade in a bar", Duration::from_secs(180), || {
+        count(
+            &db,
+            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+        ) >= trades as i64
+    });
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        gateway
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 26
+    );
+    assert_eq!(
+        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
+        trades as i64
+    );
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
