@@ -46,6 +46,13 @@ pub enum Command {
     /// key exits at once with code 4. SIGTERM or SIGINT: flush, roll up, release the lock,
     /// exit 0. Only one feeder runs per database.
     Live(LiveArgs),
+    /// Backfill a time range from Databento's historical API into staging, resumably.
+    ///
+    /// The range is fetched in chunks; each chunk is staged whole, in one transaction with its
+    /// ledger entry, so a second run skips the chunks already staged. With --schema mbp-1 the
+    /// trades are re-derived from the quote feed's trade events, for a period that only has
+    /// legacy bars.
+    Backfill(BackfillArgs),
     /// Write a synthetic TRADES file (real DBN with symbology) for demos and benchmarks.
     Generate(GenerateArgs),
     /// Roll staged trades into bars once: SELECT * FROM bars_rollup().
@@ -154,6 +161,58 @@ fn parse_trade_schema(s: &str) -> Result<dbn::Schema, String> {
 }
 
 #[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// Databento dataset, e.g. XNAS.ITCH or GLBX.MDP3.
+    #[arg(long)]
+    pub dataset: String,
+    /// Symbols, comma-separated (raw symbols).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "all_symbols",
+        conflicts_with = "all_symbols"
+    )]
+    pub symbols: Vec<String>,
+    /// Every symbol of the dataset.
+    #[arg(long)]
+    pub all_symbols: bool,
+    /// Schema: trades, tbbo, mbp-1 or mbo (only trade events count).
+    #[arg(long, default_value = "trades", value_parser = parse_trade_schema)]
+    pub schema: dbn::Schema,
+    /// Start of the range (inclusive), RFC 3339 (2025-10-24T14:30:00Z) or a date (UTC midnight).
+    #[arg(long, value_parser = parse_instant)]
+    pub start: time::OffsetDateTime,
+    /// End of the range (exclusive), same forms as --start.
+    #[arg(long, value_parser = parse_instant)]
+    pub end: time::OffsetDateTime,
+    /// Length of one chunk, in minutes.
+    #[arg(long, default_value_t = 60)]
+    pub chunk_minutes: u32,
+    /// A historical API other than Databento's own (a proxy, a test server).
+    #[arg(long, value_name = "URL")]
+    pub historical_url: Option<String>,
+    /// File holding the API key (instead of DATABENTO_API_KEY).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Call bars_rollup() after loading.
+    #[arg(long)]
+    pub rollup: bool,
+    /// If another feeder holds the database, wait for it instead of failing.
+    #[arg(long)]
+    pub standby: bool,
+}
+
+fn parse_instant(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .or_else(|_| parse_date(s).map(|d| d.midnight().assume_utc()))
+        .map_err(|_| {
+            format!("{s:?} is neither RFC 3339 (2025-10-24T14:30:00Z) nor a date (2025-10-24)")
+        })
+}
+
+#[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Number of symbols (the first is WGRX).
     #[arg(long, default_value_t = 50)]
@@ -201,6 +260,19 @@ mod tests {
         assert_eq!(parse_trade_schema("mbp-1"), Ok(dbn::Schema::Mbp1));
         assert!(parse_trade_schema("ohlcv-1m").is_err());
         assert!(parse_trade_schema("nonsense").is_err());
+    }
+
+    #[test]
+    fn instants_are_rfc3339_or_dates() {
+        assert_eq!(
+            parse_instant("2025-10-24T14:30:00Z"),
+            Ok(time::macros::datetime!(2025-10-24 14:30 UTC))
+        );
+        assert_eq!(
+            parse_instant("2025-10-24"),
+            Ok(time::macros::datetime!(2025-10-24 0:00 UTC))
+        );
+        assert!(parse_instant("yesterday").is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use config::{Cli, Command, GenerateArgs, LiveArgs, LogFormat, ReplayArgs};
+use config::{BackfillArgs, Cli, Command, GenerateArgs, LiveArgs, LogFormat, ReplayArgs};
 use error::FeederError;
 use source::file::{DbnFile, FileSummary};
 
@@ -223,8 +223,84 @@ async fn live(args: LiveArgs) -> Result<(), FeederError> {
     service::run_live(spec, opts).await
 }
 
+async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
+    use source::historical::{fetch_chunk, BackfillSpec};
+    if args.start >= args.end {
+        return Err(FeederError::Usage("--start must be before --end".into()));
+    }
+    let spec = BackfillSpec {
+        dataset: args.dataset,
+        schema: args.schema,
+        symbols: (!args.all_symbols).then_some(args.symbols),
+        start: args.start,
+        end: args.end,
+        chunk: time::Duration::minutes(i64::from(args.chunk_minutes.max(1))),
+        base_url: args.historical_url,
+        key: config::api_key(args.key_file.as_deref())?,
+    };
+    let mut client = db::connect(&args.db.database_url, APP).await?;
+    lock::acquire(&client, "backfill", args.standby).await?;
+    let chunks = spec.chunks();
+    let bar = progress_bar(chunks.len() as u64, "pos");
+    bar.set_message("backfill");
+    let (mut staged_chunks, mut skipped_chunks, mut trades) = (0u64, 0u64, 0u64);
+    let mut result = Ok(());
+    for chunk in chunks {
+        let source = spec.source_id(chunk.0, chunk.1);
+        let done = client
+            .query_opt("SELECT 1 FROM ingest_ledger WHERE source = $1", &[&source])
+            .await
+            .map_err(|e| FeederError::db("reading ingest_ledger", e))?;
+        if done.is_some() {
+            skipped_chunks += 1;
+            bar.inc(1);
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let fetch_spec = spec.clone();
+        let fetch = tokio::spawn(async move {
+            let mut hist = fetch_spec.client()?;
+            fetch_chunk(&mut hist, &fetch_spec, chunk, tx).await
+        });
+        let id = source.clone();
+        let end = async move {
+            let summary = fetch
+                .await
+                .map_err(|e| FeederError::Gateway(format!("fetch task: {e}")))??;
+            Ok(sink::SourceEnd {
+                source: id,
+                last_ts_event: i64::try_from(summary.last_ts_event).unwrap_or(-1),
+            })
+        };
+        match sink::load_source(&mut client, "backfill", rx, end).await {
+            Ok(sink::Loaded::Now { rows }) => {
+                staged_chunks += 1;
+                trades += rows;
+            }
+            Ok(sink::Loaded::Before { .. }) => skipped_chunks += 1,
+            Err(e) => {
+                lock::report_error(&client, &e.to_string()).await;
+                result = Err(e);
+                break;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "backfill {} {} {} to {}: {staged_chunks} chunks staged ({trades} trades), {skipped_chunks} already staged",
+        spec.dataset, spec.schema, spec.start, spec.end
+    );
+    if result.is_ok() && args.rollup {
+        result = rollup(&client).await;
+    }
+    lock::release(&client).await;
+    result
+}
+
 async fn run(cli: Cli) -> Result<(), FeederError> {
     match cli.command {
+        Command::Backfill(args) => backfill(args).await,
         Command::Live(args) => live(args).await,
         Command::Replay(args) => replay(args).await,
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate(args))

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 pub mod gateway;
+pub mod historical;
 
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::{MboMsg, Mbp1Msg, TradeMsg, TsSymbolMap, VersionUpgradePolicy};

@@ -3,4 +3,5 @@
 
 pub mod file;
 pub mod generate;
+pub mod historical;
 pub mod live;

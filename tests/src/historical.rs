@@ -1,0 +1,163 @@
+//! A loopback stand-in for Databento's historical API: `POST /v0/timeseries.get_range` with
+//! HTTP basic auth and a form (`start`, `end` in nanoseconds), answered with zstd-compressed
+//! DBN holding the trades of a DBN file that fall in the range, with the file's symbology.
+//! Chosen requests can fail: cut off in the middle of the body.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
+use dbn::encode::dbn::Encoder;
+use dbn::encode::EncodeRecord;
+use dbn::{Metadata, TradeMsg, VersionUpgradePolicy};
+
+pub struct FakeHistorical {
+    pub url: String,
+    pub requests: Arc<AtomicUsize>,
+}
+
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl FakeHistorical {
+    /// Serves `file`; requests whose number (from 0) is in `cut` are cut off mid-body.
+    pub fn start(file: &Path, key: &str, cut: Vec<usize>) -> FakeHistorical {
+        let mut decoder = DynDecoder::from_file(file, VersionUpgradePolicy::UpgradeToV3)
+            .expect("decoding the feed");
+        let mut metadata = decoder.metadata().clone();
+        metadata.version = 3;
+        let mut trades = Vec::new();
+        while let Some(rec) = decoder.decode_record_ref().expect("record") {
+            if let Some(t) = rec.get::<TradeMsg>() {
+                trades.push(t.clone());
+            }
+        }
+        let feed = Arc::new((metadata, trades));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake historical API");
+        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let auth = format!("Basic {}", base64(format!("{key}:").as_bytes()));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let (feed, auth, cut) = (feed.clone(), auth.clone(), cut.contains(&n));
+                std::thread::spawn(move || {
+                    let _ = answer(stream, &feed.0, &feed.1, &auth, cut);
+                });
+            }
+        });
+        FakeHistorical { url, requests }
+    }
+}
+
+fn answer(
+    stream: TcpStream,
+    metadata: &Metadata,
+    trades: &[TradeMsg],
+    auth: &str,
+    cut: bool,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let (mut length, mut authorized, mut request) = (0usize, false, String::new());
+    reader.read_line(&mut request)?;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "authorization" => authorized = value.trim() == auth,
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    if !authorized {
+        let detail = br#"{"detail":"Authentication failed."}"#;
+        write!(out, "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", detail.len())?;
+        return out.write_all(detail);
+    }
+    if !request.contains("/v0/timeseries.get_range") {
+        return write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+    let form = String::from_utf8_lossy(&body).to_string();
+    let field = |name: &str| -> u64 {
+        form.split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (start, end) = (field("start"), field("end"));
+    let mut meta = metadata.clone();
+    meta.start = start;
+    let mut dbn = Vec::new();
+    {
+        let mut encoder = Encoder::with_zstd(&mut dbn, &meta)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for t in trades
+            .iter()
+            .filter(|t| t.hd.ts_event >= start && t.hd.ts_event < end)
+        {
+            encoder
+                .encode_record(t)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        encoder
+            .flush()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        dbn.len()
+    )?;
+    if cut {
+        out.write_all(&dbn[..dbn.len() / 2])?;
+        return out.shutdown(std::net::Shutdown::Both);
+    }
+    out.write_all(&dbn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b"key:"), "a2V5Og==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
+    }
+}

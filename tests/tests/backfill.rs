@@ -1,0 +1,108 @@
+//! Backfill through a loopback historical API: chunked, resumable, exactly once.
+
+use std::process::Command;
+
+use tradebars_tests::historical::FakeHistorical;
+use tradebars_tests::*;
+
+const KEY: &str = "db-tradebarsTestKey0123456789abc";
+
+fn generate(name: &str, seed: &str) -> std::path::PathBuf {
+    let path = scratch(name);
+    let out = feeder(
+        &[
+            "generate",
+            "--symbols",
+            "10",
+            "--trades",
+            "20000",
+            "--seed",
+            seed,
+            "--out",
+            &path.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    path
+}
+
+fn backfill(api: &FakeHistorical, db: &str, key: &str) -> std::process::Output {
+    Command::new(feeder_bin())
+        .args([
+            "backfill",
+            "--dataset",
+            "XNAS.ITCH",
+            "--all-symbols",
+            "--start",
+            "2025-10-24T14:00:00Z",
+            "--end",
+            "2025-10-24T21:00:00Z",
+            "--historical-url",
+            &api.url,
+            "--rollup",
+        ])
+        .env("DATABASE_URL", url(db))
+        .env("DATABENTO_API_KEY", key)
+        .output()
+        .expect("running the backfill")
+}
+
+#[test]
+fn a_backfill_stages_every_chunk_once_and_resumes_after_a_cut_response() {
+    let db = fresh_db("backfill", "");
+    let file = generate("backfill.dbn.zst", "71");
+    // the third request's body is cut off halfway
+    let api = FakeHistorical::start(&file, KEY, vec![2]);
+    let out = backfill(&api, &db, KEY);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let staged = count(&db, "SELECT (SELECT count(*) FROM trades_staging) + (SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars)");
+    assert_eq!(
+        staged,
+        count(
+            &db,
+            "SELECT coalesce(sum(trades), 0)::bigint FROM ingest_ledger"
+        ),
+        "no half chunk"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_ledger"),
+        2,
+        "two whole chunks before the cut"
+    );
+
+    let out = backfill(&api, &db, KEY);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("5 chunks staged") && text(&out).contains("2 already staged"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(stored_bars(&db), oracle(&file));
+
+    let again = backfill(&api, &db, KEY);
+    assert!(
+        again.status.success()
+            && text(&again).contains("0 chunks staged (0 trades), 7 already staged"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
+#[test]
+fn a_refused_key_stops_the_backfill_with_its_own_exit_code() {
+    let db = fresh_db("backfill_key", "");
+    let file = generate("backfill-key.dbn", "72");
+    let api = FakeHistorical::start(&file, KEY, vec![]);
+    let wrong = "db-wrongKeyWrongKeyWrongKey12345";
+    let out = backfill(&api, &db, wrong);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(!text(&out).contains(wrong));
+    assert_eq!(
+        api.requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no retry with a refused key"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+}
