@@ -12,6 +12,8 @@ SYMBOLS=${BENCH_SYMBOLS:-500}
 SCALE=${BENCH_SCALE:-"1000000 10000000 50000000"}
 RUNS=${RUNS:-3}
 INSERT_ROWS=${BENCH_INSERT_ROWS:-200000}
+FRESH_TRADES=${BENCH_FRESH_TRADES:-2000000}
+FRESH_RATE=${BENCH_FRESH_RATE:-100000}
 DIR=${TRADEBARS_BENCH_DIR:-${TMPDIR:-/tmp}/tradebars-bench}
 PORT=${TRADEBARS_BENCH_PORT:-55437}
 URL="postgres://postgres@127.0.0.1:$PORT/bench"
@@ -21,8 +23,9 @@ mkdir -p "$OUT"
 bash scripts/setup.sh
 echo "bench: building (release)"
 bash scripts/install-extension.sh --release
-cargo build --release -p tradebars-feeder --quiet
+cargo build --release -p tradebars-feeder -p tradebars-tests --bin tradebars-feeder --bin freshness --quiet
 FEEDER=$PWD/target/release/tradebars-feeder
+FRESHNESS=$PWD/target/release/freshness
 
 mkdir -p "$DIR/files"
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$DIR/files"
@@ -105,6 +108,13 @@ ingest_rate=$(rate "$TRADES" "$feeder")
 copy_rate=$(rate "$TRADES" "$copy")
 insert_rate=$(rate "$INSERT_ROWS" "$insert")
 
+# Freshness: the live feeder and the loopback gateway at FRESH_RATE trades/s (default rollup
+# interval, 1 s); time from a block of trades leaving the gateway to their bars being visible.
+fresh_file="$DIR/files/fresh-$FRESH_TRADES.dbn.zst"
+[ -f "$fresh_file" ] || "$FEEDER" generate --symbols "$SYMBOLS" --trades "$FRESH_TRADES" --seed 9 --out "$fresh_file" >/dev/null
+fresh_db
+IFS=, read -r fresh_p50 fresh_p99 fresh_rss fresh_n fresh_rate < <("$FRESHNESS" "$FEEDER" "$URL" "$fresh_file" "$FRESH_RATE")
+
 {
   echo "measure,value,unit"
   echo "ingest_feeder_replay,$ingest_rate,trades/s"
@@ -119,6 +129,10 @@ insert_rate=$(rate "$INSERT_ROWS" "$insert")
   echo "rollup_speedup_vs_plain_sql,$(ratio "$sqlr" "$rollup"),x"
   echo "rollup_vs_bare_scan,$(ratio "$rollup" "$scan"),x"
   echo "rollup_vs_group_by_floor,$(ratio "$rollup" "$group"),x"
+  echo "freshness_rate,$fresh_rate,trades/s"
+  echo "freshness_p50,$fresh_p50,ms"
+  echo "freshness_p99,$fresh_p99,ms"
+  echo "feeder_peak_rss,$fresh_rss,MB"
   for n in $SCALE; do
     if [ "$n" -eq "$TRADES" ]; then f=$feeder; r=$rollup; else read -r f _ _ r _ _ _ < <(measure "$n" 1); fi
     echo "scale_${n}_ingest_ns_per_trade,$(echo "$f * 1000000000 / $n" | bc),ns"

@@ -35,6 +35,8 @@ pub struct FakeGateway {
     pub connections: Arc<AtomicUsize>,
     /// When the last trade of the file was sent (on any connection).
     pub all_sent_at: Arc<Mutex<Option<Instant>>>,
+    /// On a paced stream: (trades sent so far, when), after every 1,000 trades.
+    pub sent_marks: Arc<Mutex<Vec<(usize, Instant)>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -104,7 +106,13 @@ impl FakeGateway {
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicUsize::new(0));
         let all_sent_at = Arc::new(Mutex::new(None));
-        let (s, c, a) = (stop.clone(), connections.clone(), all_sent_at.clone());
+        let sent_marks = Arc::new(Mutex::new(Vec::new()));
+        let (s, c, a, m) = (
+            stop.clone(),
+            connections.clone(),
+            all_sent_at.clone(),
+            sent_marks.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -112,16 +120,14 @@ impl FakeGateway {
                 }
                 let Ok(stream) = stream else { continue };
                 let n = c.fetch_add(1, Ordering::SeqCst);
-                let (feed, plan, stop, sent) = (feed.clone(), plan.clone(), s.clone(), a.clone());
+                let (feed, plan, stop) = (feed.clone(), plan.clone(), s.clone());
+                let (all_at, marks) = (a.clone(), m.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(
-                        stream,
-                        &feed,
-                        &plan,
-                        plan.cuts.get(n).copied(),
-                        &stop,
-                        &sent,
-                    );
+                    let sent = Sent {
+                        all_at: &all_at,
+                        marks: &marks,
+                    };
+                    let _ = serve(stream, &feed, &plan, plan.cuts.get(n).copied(), &stop, sent);
                 });
             }
         });
@@ -129,9 +135,16 @@ impl FakeGateway {
             addr,
             connections,
             all_sent_at,
+            sent_marks,
             stop,
         }
     }
+}
+
+/// Where a connection records when it sent what.
+struct Sent<'a> {
+    all_at: &'a Mutex<Option<Instant>>,
+    marks: &'a Mutex<Vec<(usize, Instant)>>,
 }
 
 fn serve(
@@ -140,7 +153,7 @@ fn serve(
     plan: &Plan,
     cut: Option<usize>,
     stop: &AtomicBool,
-    all_sent_at: &Mutex<Option<Instant>>,
+    record: Sent<'_>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = BufWriter::new(stream.try_clone()?);
@@ -201,12 +214,15 @@ fn serve(
         if sent.is_multiple_of(1000) {
             if let Some(pause) = plan.pace {
                 records.flush().map_err(enc)?;
+                if let Ok(mut marks) = record.marks.lock() {
+                    marks.push((sent, Instant::now()));
+                }
                 std::thread::sleep(pause);
             }
         }
     }
     records.flush().map_err(enc)?;
-    if let Ok(mut at) = all_sent_at.lock() {
+    if let Ok(mut at) = record.all_at.lock() {
         at.get_or_insert_with(Instant::now);
     }
     while !stop.load(Ordering::SeqCst) {
