@@ -68,11 +68,9 @@ pub struct DbArgs {
     pub database_url: String,
 }
 
+/// Where a load goes and what follows it.
 #[derive(Debug, Args)]
-pub struct ReplayArgs {
-    /// DBN files to load, in order.
-    #[arg(required = true)]
-    pub files: Vec<PathBuf>,
+pub struct LoadArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Call bars_rollup() after loading.
@@ -84,11 +82,21 @@ pub struct ReplayArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LiveArgs {
+pub struct ReplayArgs {
+    /// DBN files to load, in order.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// What to ask Databento for, and with which key.
+#[derive(Debug, Args)]
+pub struct DatabentoArgs {
     /// Databento dataset, e.g. XNAS.ITCH or GLBX.MDP3.
     #[arg(long)]
     pub dataset: String,
-    /// Symbols to subscribe to, comma-separated (raw symbols).
+    /// Symbols, comma-separated (raw symbols).
     #[arg(
         long,
         value_delimiter = ',',
@@ -96,18 +104,46 @@ pub struct LiveArgs {
         conflicts_with = "all_symbols"
     )]
     pub symbols: Vec<String>,
-    /// Subscribe to every symbol of the dataset.
+    /// Every symbol of the dataset.
     #[arg(long)]
     pub all_symbols: bool,
-    /// Schema to subscribe to: trades, tbbo, mbp-1 or mbo (only trade events count).
+    /// Schema: trades, tbbo, mbp-1 or mbo (only trade events count).
     #[arg(long, default_value = "trades", value_parser = parse_trade_schema)]
     pub schema: dbn::Schema,
-    /// A gateway other than Databento's own, as HOST:PORT (a proxy, a test gateway).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub gateway: Option<String>,
     /// File holding the API key (instead of DATABENTO_API_KEY).
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+}
+
+impl DatabentoArgs {
+    /// The symbols asked for; `None` means every symbol.
+    pub fn symbol_list(&self) -> Option<Vec<String>> {
+        (!self.all_symbols).then(|| self.symbols.clone())
+    }
+
+    /// The API key: from --key-file, else DATABENTO_API_KEY. Never printed.
+    pub fn api_key(&self) -> Result<String, crate::error::FeederError> {
+        use crate::error::FeederError;
+        match &self.key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|k| k.trim().to_string())
+                .map_err(|e| FeederError::io(path, e)),
+            None => std::env::var("DATABENTO_API_KEY").map_err(|_| {
+                FeederError::Usage(
+                    "no Databento API key: set DATABENTO_API_KEY or pass --key-file".into(),
+                )
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub source: DatabentoArgs,
+    /// A gateway other than Databento's own, as HOST:PORT (a proxy, a test gateway).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub gateway: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
     /// Commit a batch once it holds this many trades...
@@ -131,21 +167,6 @@ pub struct LiveArgs {
     pub standby: bool,
 }
 
-/// The API key: from --key-file, else DATABENTO_API_KEY. Never printed.
-pub fn api_key(key_file: Option<&std::path::Path>) -> Result<String, crate::error::FeederError> {
-    use crate::error::FeederError;
-    match key_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|k| k.trim().to_string())
-            .map_err(|e| FeederError::io(path, e)),
-        None => std::env::var("DATABENTO_API_KEY").map_err(|_| {
-            FeederError::Usage(
-                "no Databento API key: set DATABENTO_API_KEY or pass --key-file".into(),
-            )
-        }),
-    }
-}
-
 fn parse_trade_schema(s: &str) -> Result<dbn::Schema, String> {
     let schema: dbn::Schema = s
         .parse()
@@ -162,23 +183,8 @@ fn parse_trade_schema(s: &str) -> Result<dbn::Schema, String> {
 
 #[derive(Debug, Args)]
 pub struct BackfillArgs {
-    /// Databento dataset, e.g. XNAS.ITCH or GLBX.MDP3.
-    #[arg(long)]
-    pub dataset: String,
-    /// Symbols, comma-separated (raw symbols).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        required_unless_present = "all_symbols",
-        conflicts_with = "all_symbols"
-    )]
-    pub symbols: Vec<String>,
-    /// Every symbol of the dataset.
-    #[arg(long)]
-    pub all_symbols: bool,
-    /// Schema: trades, tbbo, mbp-1 or mbo (only trade events count).
-    #[arg(long, default_value = "trades", value_parser = parse_trade_schema)]
-    pub schema: dbn::Schema,
+    #[command(flatten)]
+    pub source: DatabentoArgs,
     /// Start of the range (inclusive), RFC 3339 (2025-10-24T14:30:00Z) or a date (UTC midnight).
     #[arg(long, value_parser = parse_instant)]
     pub start: time::OffsetDateTime,
@@ -191,17 +197,8 @@ pub struct BackfillArgs {
     /// A historical API other than Databento's own (a proxy, a test server).
     #[arg(long, value_name = "URL")]
     pub historical_url: Option<String>,
-    /// File holding the API key (instead of DATABENTO_API_KEY).
-    #[arg(long, value_name = "PATH")]
-    pub key_file: Option<PathBuf>,
     #[command(flatten)]
-    pub db: DbArgs,
-    /// Call bars_rollup() after loading.
-    #[arg(long)]
-    pub rollup: bool,
-    /// If another feeder holds the database, wait for it instead of failing.
-    #[arg(long)]
-    pub standby: bool,
+    pub load: LoadArgs,
 }
 
 fn parse_instant(s: &str) -> Result<time::OffsetDateTime, String> {

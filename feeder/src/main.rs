@@ -24,7 +24,8 @@ use tokio_postgres::Client;
 
 use config::{BackfillArgs, Cli, Command, GenerateArgs, LiveArgs, LogFormat, ReplayArgs};
 use error::FeederError;
-use source::file::{DbnFile, FileSummary};
+use source::file::DbnFile;
+use source::Summary;
 
 const APP: &str = "tradebars-feeder";
 
@@ -51,7 +52,7 @@ fn progress_bar(len: u64, unit: &str) -> ProgressBar {
     ProgressBar::new(len).with_style(style)
 }
 
-fn describe_skipped(summary: &FileSummary) -> String {
+fn describe_skipped(summary: &Summary) -> String {
     if summary.skipped.is_empty() {
         return "none".into();
     }
@@ -79,7 +80,7 @@ async fn replay_file(client: &mut Client, path: &Path) -> Result<(u64, u64), Fee
             }
         })
     };
-    let summary = std::sync::Arc::new(std::sync::Mutex::new(FileSummary::default()));
+    let summary = std::sync::Arc::new(std::sync::Mutex::new(Summary::default()));
     let kept = summary.clone();
     let end = async move {
         let s = decoder
@@ -149,8 +150,8 @@ fn preflight(files: &[PathBuf]) -> Result<(), FeederError> {
 
 async fn replay(args: ReplayArgs) -> Result<(), FeederError> {
     preflight(&args.files)?;
-    let mut client = db::connect(&args.db.database_url, APP).await?;
-    lock::acquire(&client, "replay", args.standby).await?;
+    let mut client = db::connect(&args.load.db.database_url, APP).await?;
+    lock::acquire(&client, "replay", args.load.standby).await?;
     let mut result = Ok(());
     for path in &args.files {
         match replay_file(&mut client, path).await {
@@ -164,7 +165,7 @@ async fn replay(args: ReplayArgs) -> Result<(), FeederError> {
             }
         }
     }
-    if result.is_ok() && args.rollup {
+    if result.is_ok() && args.load.rollup {
         result = rollup(&client).await;
     }
     lock::release(&client).await;
@@ -205,11 +206,11 @@ fn fmt_ns(ns: u64) -> String {
 
 async fn live(args: LiveArgs) -> Result<(), FeederError> {
     let spec = source::live::LiveSpec {
-        dataset: args.dataset,
-        schema: args.schema,
-        symbols: (!args.all_symbols).then_some(args.symbols),
+        key: args.source.api_key()?,
+        symbols: args.source.symbol_list(),
+        dataset: args.source.dataset,
+        schema: args.source.schema,
         gateway: args.gateway,
-        key: config::api_key(args.key_file.as_deref())?,
         replay_margin: std::time::Duration::from_secs(args.replay_margin_secs),
     };
     let opts = service::ServiceOptions {
@@ -229,17 +230,17 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
         return Err(FeederError::Usage("--start must be before --end".into()));
     }
     let spec = BackfillSpec {
-        dataset: args.dataset,
-        schema: args.schema,
-        symbols: (!args.all_symbols).then_some(args.symbols),
+        key: args.source.api_key()?,
+        symbols: args.source.symbol_list(),
+        dataset: args.source.dataset,
+        schema: args.source.schema,
         start: args.start,
         end: args.end,
         chunk: time::Duration::minutes(i64::from(args.chunk_minutes.max(1))),
         base_url: args.historical_url,
-        key: config::api_key(args.key_file.as_deref())?,
     };
-    let mut client = db::connect(&args.db.database_url, APP).await?;
-    lock::acquire(&client, "backfill", args.standby).await?;
+    let mut client = db::connect(&args.load.db.database_url, APP).await?;
+    lock::acquire(&client, "backfill", args.load.standby).await?;
     let chunks = spec.chunks();
     let bar = progress_bar(chunks.len() as u64, "pos");
     bar.set_message("backfill");
@@ -291,7 +292,7 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
         "backfill {} {} {} to {}: {staged_chunks} chunks staged ({trades} trades), {skipped_chunks} already staged",
         spec.dataset, spec.schema, spec.start, spec.end
     );
-    if result.is_ok() && args.rollup {
+    if result.is_ok() && args.load.rollup {
         result = rollup(&client).await;
     }
     lock::release(&client).await;

@@ -99,6 +99,28 @@ fn expected_auth(key: &str) -> String {
 }
 
 impl FakeGateway {
+    /// `tradebars-feeder live` (the binary `bin`) subscribed to every symbol through this
+    /// gateway, feeding the database at `database_url` with `key`.
+    pub fn feeder_command(
+        &self,
+        bin: &Path,
+        database_url: &str,
+        key: &str,
+    ) -> std::process::Command {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "live",
+            "--dataset",
+            "XNAS.ITCH",
+            "--all-symbols",
+            "--gateway",
+            &self.addr,
+        ])
+        .env("DATABASE_URL", database_url)
+        .env("DATABENTO_API_KEY", key);
+        cmd
+    }
+
     pub fn start(file: &Path, plan: Plan) -> FakeGateway {
         let feed = Arc::new(load(file));
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake gateway");

@@ -114,6 +114,27 @@ pub fn feeder(args: &[&str], db: Option<&str>) -> Output {
     cmd.output().expect("running tradebars-feeder")
 }
 
+/// A generated TRADES file (`tradebars-feeder generate`) in the scratch folder.
+pub fn generate(name: &str, symbols: usize, trades: usize, seed: u64) -> PathBuf {
+    let path = scratch(name);
+    let out = feeder(
+        &[
+            "generate",
+            "--symbols",
+            &symbols.to_string(),
+            "--trades",
+            &trades.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+            &path.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    path
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",

@@ -7,26 +7,6 @@ use tradebars_tests::*;
 
 const KEY: &str = "db-tradebarsTestKey0123456789abc";
 
-fn generate(name: &str, seed: &str) -> std::path::PathBuf {
-    let path = scratch(name);
-    let out = feeder(
-        &[
-            "generate",
-            "--symbols",
-            "10",
-            "--trades",
-            "20000",
-            "--seed",
-            seed,
-            "--out",
-            &path.display().to_string(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    path
-}
-
 fn backfill(api: &FakeHistorical, db: &str, key: &str) -> std::process::Output {
     Command::new(feeder_bin())
         .args([
@@ -51,7 +31,7 @@ fn backfill(api: &FakeHistorical, db: &str, key: &str) -> std::process::Output {
 #[test]
 fn a_backfill_stages_every_chunk_once_and_resumes_after_a_cut_response() {
     let db = fresh_db("backfill", "");
-    let file = generate("backfill.dbn.zst", "71");
+    let file = generate("backfill.dbn.zst", 10, 20000, 71);
     // the third request's body is cut off halfway
     let api = FakeHistorical::start(&file, KEY, vec![2]);
     let out = backfill(&api, &db, KEY);
@@ -93,7 +73,7 @@ fn a_backfill_stages_every_chunk_once_and_resumes_after_a_cut_response() {
 #[test]
 fn a_refused_key_stops_the_backfill_with_its_own_exit_code() {
     let db = fresh_db("backfill_key", "");
-    let file = generate("backfill-key.dbn", "72");
+    let file = generate("backfill-key.dbn", 10, 20000, 72);
     let api = FakeHistorical::start(&file, KEY, vec![]);
     let wrong = "db-wrongKeyWrongKeyWrongKey12345";
     let out = backfill(&api, &db, wrong);

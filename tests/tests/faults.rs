@@ -5,26 +5,6 @@ use std::time::{Duration, Instant};
 
 use tradebars_tests::*;
 
-fn generate(name: &str, symbols: &str, trades: &str, seed: &str) -> std::path::PathBuf {
-    let path = scratch(name);
-    let out = feeder(
-        &[
-            "generate",
-            "--symbols",
-            symbols,
-            "--trades",
-            trades,
-            "--seed",
-            seed,
-            "--out",
-            &path.display().to_string(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    path
-}
-
 fn db_error(result: Result<u64, postgres::Error>) -> String {
     let e = result.expect_err("must fail");
     e.as_db_error()
@@ -47,7 +27,7 @@ fn wait_for(db: &str, sql: &str) {
 #[test]
 fn a_cancelled_or_killed_rollup_leaves_no_partial_bars() {
     let db = fresh_db("cancel", "");
-    let file = generate("cancel.dbn.zst", "50", "200000", "41");
+    let file = generate("cancel.dbn.zst", 50, 200000, 41);
     assert!(feeder(&["replay", &file.display().to_string()], Some(&db))
         .status
         .success());
@@ -99,7 +79,7 @@ fn a_cancelled_or_killed_rollup_leaves_no_partial_bars() {
 #[test]
 fn a_feeder_killed_in_the_middle_of_its_copy_leaves_nothing_and_a_rerun_is_exact() {
     let db = fresh_db("sigkill", "");
-    let file = generate("sigkill.dbn.zst", "50", "1000000", "42");
+    let file = generate("sigkill.dbn.zst", 50, 1000000, 42);
     let mut child = Command::new(feeder_bin())
         .args(["replay", &file.display().to_string()])
         .env("DATABASE_URL", url(&db))
@@ -165,7 +145,7 @@ fn each_role_can_do_its_job_and_nothing_more() {
     };
 
     // the feeder, as a least-privileged login, does the whole job
-    let file = generate("roles.dbn", "5", "5000", "43");
+    let file = generate("roles.dbn", 5, 5000, 43);
     let feeder_url = format!("postgres://e2e_feeder@127.0.0.1:{PORT}/{db}");
     let out = feeder(
         &[

@@ -34,33 +34,13 @@ fn one<T: for<'a> postgres::types::FromSql<'a>>(db: &str, q: &str) -> T {
         .get(0)
 }
 
-fn generate(name: &str, trades: &str, seed: &str) -> std::path::PathBuf {
-    let path = scratch(name);
-    let out = feeder(
-        &[
-            "generate",
-            "--symbols",
-            "8",
-            "--trades",
-            trades,
-            "--seed",
-            seed,
-            "--out",
-            &path.display().to_string(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    path
-}
-
 #[test]
 fn upgrading_from_0_1_0_gives_what_a_fresh_install_gives() {
     let old = empty_db("upgrade");
     connect(&old)
         .batch_execute("CREATE EXTENSION tradebars VERSION '0.1.0'")
         .expect("installing 0.1.0");
-    let file = generate("upgrade.dbn.zst", "20000", "21");
+    let file = generate("upgrade.dbn.zst", 8, 20000, 21);
     let out = feeder(
         &["replay", &file.display().to_string(), "--rollup"],
         Some(&old),
@@ -95,8 +75,8 @@ fn upgrading_from_0_1_0_gives_what_a_fresh_install_gives() {
 #[test]
 fn dump_and_restore_keep_bars_staging_and_the_ledger() {
     let db = fresh_db("dump", "");
-    let rolled = generate("dump-rolled.dbn.zst", "20000", "31");
-    let staged = generate("dump-staged.dbn.zst", "5000", "32");
+    let rolled = generate("dump-rolled.dbn.zst", 8, 20000, 31);
+    let staged = generate("dump-staged.dbn.zst", 8, 5000, 32);
     assert!(feeder(
         &["replay", &rolled.display().to_string(), "--rollup"],
         Some(&db)

@@ -8,43 +8,11 @@ use tradebars_tests::*;
 
 const KEY: &str = "db-tradebarsTestKey0123456789abc";
 
-fn generate(name: &str, trades: &str, seed: &str) -> std::path::PathBuf {
-    let path = scratch(name);
-    let out = feeder(
-        &[
-            "generate",
-            "--symbols",
-            "12",
-            "--trades",
-            trades,
-            "--seed",
-            seed,
-            "--out",
-            &path.display().to_string(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    path
-}
-
 fn start_live(gateway: &FakeGateway, db: &str, key: &str, extra: &[&str]) -> Child {
-    Command::new(feeder_bin())
-        .args([
-            "live",
-            "--dataset",
-            "XNAS.ITCH",
-            "--all-symbols",
-            "--gateway",
-            &gateway.addr,
-            "--batch-ms",
-            "50",
-            "--rollup-ms",
-            "200",
-        ])
+    gateway
+        .feeder_command(&feeder_bin(), &url(db), key)
+        .args(["--batch-ms", "50", "--rollup-ms", "200"])
         .args(extra)
-        .env("DATABASE_URL", url(db))
-        .env("DATABENTO_API_KEY", key)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -94,7 +62,7 @@ fn exit_within(mut child: Child, limit: Duration) -> (Option<i32>, String) {
 #[test]
 fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
     let db = fresh_db("live_cuts", "");
-    let file = generate("live-cuts.dbn.zst", "30000", "61");
+    let file = generate("live-cuts.dbn.zst", 12, 30000, 61);
     let gateway = FakeGateway::start(
         &file,
         Plan {
@@ -142,7 +110,7 @@ fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
 #[test]
 fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
     let db = fresh_db("live_sigterm", "");
-    let file = generate("live-sigterm.dbn.zst", "40000", "62");
+    let file = generate("live-sigterm.dbn.zst", 12, 40000, 62);
     let gateway = FakeGateway::start(
         &file,
         Plan {
@@ -188,7 +156,7 @@ fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
 #[test]
 fn a_refused_key_fails_fast_with_its_own_exit_code_and_is_never_shown() {
     let db = fresh_db("live_badkey", "");
-    let file = generate("live-badkey.dbn", "100", "63");
+    let file = generate("live-badkey.dbn", 12, 100, 63);
     let gateway = FakeGateway::start(
         &file,
         Plan {
@@ -215,7 +183,7 @@ fn a_refused_key_fails_fast_with_its_own_exit_code_and_is_never_shown() {
 #[test]
 fn metrics_and_health_are_served() {
     let db = fresh_db("live_metrics", "");
-    let file = generate("live-metrics.dbn", "2000", "64");
+    let file = generate("live-metrics.dbn", 12, 2000, 64);
     let gateway = FakeGateway::start(
         &file,
         Plan {
@@ -267,7 +235,7 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(150_000);
     let db = fresh_db("live_soak", "");
-    let file = generate("live-soak.dbn.zst", &trades.to_string(), "65");
+    let file = generate("live-soak.dbn.zst", 12, trades, 65);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let cuts = (0..25)
         .map(|_| {

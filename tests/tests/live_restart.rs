@@ -37,18 +37,9 @@ fn the_live_feeder_rides_out_a_postgres_crash() {
             pace: Some(Duration::from_millis(40)),
         },
     );
-    let mut child = Command::new(feeder_bin())
-        .args([
-            "live",
-            "--dataset",
-            "XNAS.ITCH",
-            "--all-symbols",
-            "--gateway",
-            &gateway.addr,
-        ])
+    let mut child = gateway
+        .feeder_command(&feeder_bin(), &url(&db), KEY)
         .args(["--batch-ms", "50", "--rollup-ms", "200"])
-        .env("DATABASE_URL", url(&db))
-        .env("DATABENTO_API_KEY", KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -4,30 +4,10 @@ use std::thread;
 
 use tradebars_tests::*;
 
-fn generate(name: &str, symbols: &str, trades: &str, seed: &str) -> std::path::PathBuf {
-    let path = scratch(name);
-    let out = feeder(
-        &[
-            "generate",
-            "--symbols",
-            symbols,
-            "--trades",
-            trades,
-            "--seed",
-            seed,
-            "--out",
-            &path.display().to_string(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    path
-}
-
 #[test]
 fn generated_trades_give_exactly_the_oracles_bars() {
     let db = fresh_db("oracle", "");
-    let file = generate("oracle.dbn.zst", "30", "60000", "11");
+    let file = generate("oracle.dbn.zst", 30, 60000, 11);
     let out = feeder(
         &["replay", &file.display().to_string(), "--rollup"],
         Some(&db),
@@ -48,7 +28,7 @@ fn generated_trades_give_exactly_the_oracles_bars() {
 #[test]
 fn replaying_the_same_trades_again_counts_nothing_twice() {
     let db = fresh_db("replay_twice", "");
-    let file = generate("twice.dbn", "5", "5000", "3");
+    let file = generate("twice.dbn", 5, 5000, 3);
     let f = file.display().to_string();
     assert!(feeder(&["replay", &f, "--rollup"], Some(&db))
         .status
@@ -65,14 +45,7 @@ fn replaying_the_same_trades_again_counts_nothing_twice() {
 fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
     let db = fresh_db("concurrent", "");
     let files: Vec<_> = (0..4)
-        .map(|i| {
-            generate(
-                &format!("part{i}.dbn.zst"),
-                "40",
-                "40000",
-                &format!("{}", 100 + i),
-            )
-        })
+        .map(|i| generate(&format!("part{i}.dbn.zst"), 40, 40000, 100 + i))
         .collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -207,7 +180,7 @@ fn real_samples_of_every_version_and_schema_load_once() {
 #[test]
 fn bad_files_fail_with_one_line_and_stage_nothing() {
     let db = fresh_db("bad_files", "");
-    let good = generate("good.dbn.zst", "3", "3000", "5");
+    let good = generate("good.dbn.zst", 3, 3000, 5);
     let bytes = std::fs::read(&good).expect("read");
     let truncated = scratch("truncated.dbn.zst");
     std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).expect("write");
@@ -253,7 +226,7 @@ fn bad_files_fail_with_one_line_and_stage_nothing() {
 
 #[test]
 fn an_unreachable_database_is_one_clear_line_without_the_password() {
-    let file = generate("unreach.dbn", "2", "10", "1");
+    let file = generate("unreach.dbn", 2, 10, 1);
     let out = feeder(
         &[
             "replay",
@@ -275,7 +248,7 @@ fn an_unreachable_database_is_one_clear_line_without_the_password() {
 #[test]
 fn a_second_feeder_is_refused_and_named() {
     let db = fresh_db("second", "");
-    let file = generate("second.dbn", "2", "10", "1");
+    let file = generate("second.dbn", 2, 10, 1);
     let mut holder = connect(&db);
     holder
         .batch_execute(

@@ -1,40 +1,23 @@
 //! DBN files (plain or zstd, DBN versions 1-3) of schema trades, tbbo, mbp-1 or mbo.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::{Record, Schema, TsSymbolMap, VersionUpgradePolicy};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::copy;
 use crate::error::FeederError;
-use crate::trade::{classify, RecordKind};
+use crate::source::{RowEncoder, Summary};
+use crate::trade::RecordKind;
 
 /// Schemas whose records can carry trade events.
 const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, Schema::Mbo];
-
-/// Staging rows are handed over in chunks of about this many bytes.
-const CHUNK_BYTES: usize = 1 << 20;
-
-/// What reading one file found.
-#[derive(Debug, Default, Clone)]
-pub struct FileSummary {
-    pub records: u64,
-    pub trades: u64,
-    pub unmapped_trades: u64,
-    pub last_ts_event: u64,
-    /// Identity for the ingest ledger: a hash of the staged rows themselves, so the same
-    /// trades are recognised whatever the file's name, DBN version or compression.
-    pub source_id: String,
-    pub skipped: BTreeMap<RecordKind, u64>,
-}
 
 /// Counts the bytes read, for progress.
 struct CountingReader<R> {
@@ -97,7 +80,7 @@ impl DbnFile {
     /// Decodes the whole file, sending staging rows in COPY format (no header or trailer).
     /// Runs on a blocking thread. An error is sent down the channel too, so the writer aborts
     /// its COPY and nothing of this file is committed.
-    pub fn decode_into(&self, tx: mpsc::Sender<Result<Bytes, FeederError>>) -> Option<FileSummary> {
+    pub fn decode_into(&self, tx: mpsc::Sender<Result<Bytes, FeederError>>) -> Option<Summary> {
         match self.decode(&tx) {
             Ok(summary) => Some(summary),
             Err(e) => {
@@ -179,7 +162,7 @@ impl DbnFile {
     fn decode(
         &self,
         tx: &mpsc::Sender<Result<Bytes, FeederError>>,
-    ) -> Result<FileSummary, FeederError> {
+    ) -> Result<Summary, FeederError> {
         let metadata_len = self.metadata_len()?;
         let delivered = Arc::new(AtomicU64::new(0));
         let reader = CountingReader {
@@ -196,38 +179,17 @@ impl DbnFile {
         let metadata = decoder.metadata().clone();
         self.check_schema(&metadata)?;
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
-        let mut summary = FileSummary::default();
-        let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 4096);
+        let mut rows = RowEncoder::default();
         let mut hasher = Sha256::new();
         while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
-            summary.records += 1;
             record_bytes += rec.record_size() as u64;
-            let (kind, event) = classify(&rec);
-            match event {
-                Some(ev) => {
-                    let symbol = symbols
-                        .get_for_ts(ev.ts_event, ev.instrument_id)
-                        .map(String::as_str)
-                        .unwrap_or("");
-                    if symbol.is_empty() {
-                        summary.unmapped_trades += 1;
-                    }
-                    summary.trades += 1;
-                    summary.last_ts_event = summary.last_ts_event.max(ev.ts_event);
-                    copy::encode_trade(&mut buf, &ev.with_symbol(symbol));
-                    if buf.len() >= CHUNK_BYTES {
-                        let chunk = buf.split().freeze();
-                        hasher.update(&chunk);
-                        if tx.blocking_send(Ok(chunk)).is_err() {
-                            return Ok(summary); // the writer stopped; it reports why
-                        }
-                    }
-                }
-                None => {
-                    if kind == RecordKind::SymbolMapping {
-                        symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
-                    }
-                    *summary.skipped.entry(kind).or_default() += 1;
+            if rows.push(&rec, &symbols) == Some(RecordKind::SymbolMapping) {
+                symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
+            }
+            if let Some(chunk) = rows.full_chunk() {
+                hasher.update(&chunk);
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return Ok(rows.summary); // the writer stopped; it reports why
                 }
             }
         }
@@ -238,10 +200,11 @@ impl DbnFile {
                 read.saturating_sub(metadata_len + record_bytes)
             )));
         }
-        if !buf.is_empty() {
-            hasher.update(&buf);
-            let _ = tx.blocking_send(Ok(buf.freeze()));
+        if let Some(chunk) = rows.rest() {
+            hasher.update(&chunk);
+            let _ = tx.blocking_send(Ok(chunk));
         }
+        let mut summary = rows.summary;
         let digest: String = hasher
             .finalize()
             .iter()

@@ -2,7 +2,7 @@
 //! fetched in chunks. Each chunk is one source in the ingest ledger, staged whole or not at
 //! all, so an interrupted backfill resumes at the first chunk not yet staged.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use databento::historical::timeseries::GetRangeParams;
 use databento::HistoricalClient;
 use dbn::decode::DbnMetadata;
@@ -10,12 +10,8 @@ use dbn::{SType, Schema, TsSymbolMap};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::copy;
 use crate::error::FeederError;
-use crate::source::file::FileSummary;
-use crate::trade::classify;
-
-const CHUNK_BYTES: usize = 1 << 20;
+use crate::source::{RowEncoder, Summary};
 
 #[derive(Debug, Clone)]
 pub struct BackfillSpec {
@@ -93,7 +89,7 @@ pub async fn fetch_chunk(
     spec: &BackfillSpec,
     (from, to): (OffsetDateTime, OffsetDateTime),
     tx: mpsc::Sender<Result<Bytes, FeederError>>,
-) -> Result<FileSummary, FeederError> {
+) -> Result<Summary, FeederError> {
     let symbols: databento::Symbols = match &spec.symbols {
         Some(list) => list.clone().into(),
         None => databento::Symbols::All,
@@ -105,7 +101,7 @@ pub async fn fetch_chunk(
         .stype_in(SType::RawSymbol)
         .date_time_range((from, to))
         .build();
-    let result: Result<FileSummary, FeederError> = async {
+    let result: Result<Summary, FeederError> = async {
         let mut decoder = client
             .timeseries()
             .get_range(&params)
@@ -113,35 +109,21 @@ pub async fn fetch_chunk(
             .map_err(api_error)?;
         let symbols = TsSymbolMap::from_metadata(decoder.metadata())
             .map_err(|e| FeederError::Gateway(format!("symbology of the response: {e}")))?;
-        let mut summary = FileSummary::default();
-        let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 4096);
+        let mut rows = RowEncoder::default();
         while let Some(rec) = decoder.decode_record_ref().await.map_err(|e| {
             FeederError::Gateway(format!("historical API: reading the response: {e}"))
         })? {
-            summary.records += 1;
-            let (kind, event) = classify(&rec);
-            let Some(ev) = event else {
-                *summary.skipped.entry(kind).or_default() += 1;
-                continue;
-            };
-            let symbol = symbols
-                .get_for_ts(ev.ts_event, ev.instrument_id)
-                .map(String::as_str)
-                .unwrap_or("");
-            if symbol.is_empty() {
-                summary.unmapped_trades += 1;
-            }
-            summary.trades += 1;
-            summary.last_ts_event = summary.last_ts_event.max(ev.ts_event);
-            copy::encode_trade(&mut buf, &ev.with_symbol(symbol));
-            if buf.len() >= CHUNK_BYTES && tx.send(Ok(buf.split().freeze())).await.is_err() {
-                return Ok(summary);
+            rows.push(&rec, &symbols);
+            if let Some(chunk) = rows.full_chunk() {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return Ok(rows.summary);
+                }
             }
         }
-        if !buf.is_empty() {
-            let _ = tx.send(Ok(buf.freeze())).await;
+        if let Some(chunk) = rows.rest() {
+            let _ = tx.send(Ok(chunk)).await;
         }
-        Ok(summary)
+        Ok(rows.summary)
     }
     .await;
     match result {

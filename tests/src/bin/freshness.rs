@@ -29,17 +29,8 @@ fn main() {
         },
     );
     let mut db = postgres::Client::connect(url, postgres::NoTls).expect("database");
-    let mut feeder = Command::new(bin)
-        .args([
-            "live",
-            "--dataset",
-            "XNAS.ITCH",
-            "--all-symbols",
-            "--gateway",
-            &gateway.addr,
-        ])
-        .env("DATABASE_URL", url)
-        .env("DATABENTO_API_KEY", KEY)
+    let mut feeder = gateway
+        .feeder_command(std::path::Path::new(bin), url, KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
