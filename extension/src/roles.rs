@@ -5,20 +5,18 @@
 pgrx::extension_sql!(
     r#"
 DO $do$
+DECLARE
+    role text;
 BEGIN
-    -- Two databases may create the extension at once: the loser of that race finds the role.
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tradebars_feeder') THEN
-        BEGIN
-            CREATE ROLE tradebars_feeder NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tradebars_reader') THEN
-        BEGIN
-            CREATE ROLE tradebars_reader NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
+    FOREACH role IN ARRAY ARRAY['tradebars_feeder', 'tradebars_reader'] LOOP
+        -- Two databases may create the extension at once: the loser of that race finds it.
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+            END;
+        END IF;
+    END LOOP;
 END
 $do$;
 

@@ -30,6 +30,26 @@ pub struct Plan {
     pub pace: Option<Duration>,
 }
 
+impl Plan {
+    /// Accepts `key`, never cuts, never pauses.
+    pub fn new(key: &str) -> Plan {
+        Plan {
+            key: key.into(),
+            ..Plan::default()
+        }
+    }
+
+    pub fn cut_after(mut self, cuts: Vec<usize>) -> Plan {
+        self.cuts = cuts;
+        self
+    }
+
+    pub fn paced(mut self, pause_per_1000: Duration) -> Plan {
+        self.pace = Some(pause_per_1000);
+        self
+    }
+}
+
 pub struct FakeGateway {
     pub addr: String,
     pub connections: Arc<AtomicUsize>,

@@ -63,14 +63,7 @@ fn exit_within(mut child: Child, limit: Duration) -> (Option<i32>, String) {
 fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
     let db = fresh_db("live_cuts", "");
     let file = generate("live-cuts.dbn.zst", 12, 30000, 61);
-    let gateway = FakeGateway::start(
-        &file,
-        Plan {
-            key: KEY.into(),
-            cuts: vec![7_000, 9_000],
-            pace: None,
-        },
-    );
+    let gateway = FakeGateway::start(&file, Plan::new(KEY).cut_after(vec![7_000, 9_000]));
     let mut child = start_live(&gateway, &db, KEY, &[]);
     wait_until("all 30000 trades in bars", Duration::from_secs(60), || {
         count(
@@ -111,14 +104,7 @@ fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
 fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
     let db = fresh_db("live_sigterm", "");
     let file = generate("live-sigterm.dbn.zst", 12, 40000, 62);
-    let gateway = FakeGateway::start(
-        &file,
-        Plan {
-            key: KEY.into(),
-            cuts: vec![],
-            pace: Some(Duration::from_millis(20)),
-        },
-    );
+    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(20)));
     let mut child = start_live(&gateway, &db, KEY, &[]);
     wait_until("some trades staged", Duration::from_secs(60), || {
         stored_trades(&db) >= 5_000
@@ -157,14 +143,7 @@ fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
 fn a_refused_key_fails_fast_with_its_own_exit_code_and_is_never_shown() {
     let db = fresh_db("live_badkey", "");
     let file = generate("live-badkey.dbn", 12, 100, 63);
-    let gateway = FakeGateway::start(
-        &file,
-        Plan {
-            key: KEY.into(),
-            cuts: vec![],
-            pace: None,
-        },
-    );
+    let gateway = FakeGateway::start(&file, Plan::new(KEY));
     let wrong = "db-wrongKeyWrongKeyWrongKey12345";
     let child = start_live(&gateway, &db, wrong, &[]);
     let (code, out) = exit_within(child, Duration::from_secs(15));
@@ -184,14 +163,7 @@ fn a_refused_key_fails_fast_with_its_own_exit_code_and_is_never_shown() {
 fn metrics_and_health_are_served() {
     let db = fresh_db("live_metrics", "");
     let file = generate("live-metrics.dbn", 12, 2000, 64);
-    let gateway = FakeGateway::start(
-        &file,
-        Plan {
-            key: KEY.into(),
-            cuts: vec![],
-            pace: None,
-        },
-    );
+    let gateway = FakeGateway::start(&file, Plan::new(KEY));
     let port = 19187;
     let mut child = start_live(
         &gateway,
@@ -237,7 +209,7 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
     let db = fresh_db("live_soak", "");
     let file = generate("live-soak.dbn.zst", 12, trades, 65);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let cuts = (0..25)
+    let cuts: Vec<usize> = (0..25)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -245,14 +217,7 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
             (x % (trades as u64 / 10).max(2)) as usize
         })
         .collect();
-    let gateway = FakeGateway::start(
-        &file,
-        Plan {
-            key: KEY.into(),
-            cuts,
-            pace: None,
-        },
-    );
+    let gateway = FakeGateway::start(&file, Plan::new(KEY).cut_after(cuts));
     let mut child = start_live(&gateway, &db, KEY, &["--replay-margin-secs", "1"]);
     wait_until("every trade in a bar", Duration::from_secs(180), || {
         count(

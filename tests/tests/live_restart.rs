@@ -29,14 +29,7 @@ fn the_live_feeder_rides_out_a_postgres_crash() {
         None,
     );
     assert!(out.status.success(), "{}", text(&out));
-    let gateway = FakeGateway::start(
-        &file,
-        Plan {
-            key: KEY.into(),
-            cuts: vec![],
-            pace: Some(Duration::from_millis(40)),
-        },
-    );
+    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(40)));
     let mut child = gateway
         .feeder_command(&feeder_bin(), &url(&db), KEY)
         .args(["--batch-ms", "50", "--rollup-ms", "200"])

@@ -20,14 +20,7 @@ fn main() {
     let (bin, url, file) = (&args[1], &args[2], std::path::Path::new(&args[3]));
     let rate: u64 = args.get(4).and_then(|r| r.parse().ok()).unwrap_or(100_000);
     let pace = Duration::from_micros(1_000_000_000 / rate);
-    let gateway = FakeGateway::start(
-        file,
-        Plan {
-            key: KEY.into(),
-            cuts: vec![],
-            pace: Some(pace),
-        },
-    );
+    let gateway = FakeGateway::start(file, Plan::new(KEY).paced(pace));
     let mut db = postgres::Client::connect(url, postgres::NoTls).expect("database");
     let mut feeder = gateway
         .feeder_command(std::path::Path::new(bin), url, KEY)
