@@ -290,3 +290,74 @@ fn rollup_refuses_a_snapshot_that_could_miss_trades() {
         "{err:?}"
     );
 }
+
+#[test]
+fn unmapped_instruments_and_hostile_symbols_are_kept_visible_and_harmless() {
+    use dbn::encode::dbn::Encoder;
+    use dbn::encode::EncodeRecord;
+    use dbn::{MappingInterval, Metadata, RecordHeader, SType, Schema, SymbolMapping, TradeMsg};
+
+    // instrument 1 has a symbol holding SQL and a control character; instrument 2 has none
+    let hostile = "X'); DROP TABLE price_bars; --\u{7}";
+    let day = time::macros::date!(2025 - 10 - 24);
+    let metadata = Metadata::builder()
+        .dataset("XNAS.ITCH".to_string())
+        .schema(Some(Schema::Trades))
+        .start(1_761_316_200_000_000_000)
+        .stype_in(Some(SType::RawSymbol))
+        .stype_out(SType::InstrumentId)
+        .mappings(vec![SymbolMapping {
+            raw_symbol: hostile.to_string(),
+            intervals: vec![MappingInterval {
+                start_date: day,
+                end_date: day.next_day().expect("a day"),
+                symbol: "1".into(),
+            }],
+        }])
+        .build();
+    let path = scratch("hostile.dbn");
+    {
+        let file = std::fs::File::create(&path).expect("create");
+        let mut encoder = Encoder::new(file, &metadata).expect("encoder");
+        for (i, instrument) in [1u32, 2, 1, 2].into_iter().enumerate() {
+            let trade = TradeMsg {
+                hd: RecordHeader::new::<TradeMsg>(
+                    dbn::rtype::MBP_0,
+                    2,
+                    instrument,
+                    1_761_316_200_000_000_000 + i as u64,
+                ),
+                price: 10_000_000_000,
+                size: 5,
+                action: b'T' as std::ffi::c_char,
+                side: b'B' as std::ffi::c_char,
+                ts_recv: 1_761_316_200_000_001_000 + i as u64,
+                sequence: i as u32,
+                ..Default::default()
+            };
+            encoder.encode_record(&trade).expect("record");
+        }
+    }
+    let db = fresh_db("hostile", "");
+    let out = feeder(
+        &["replay", &path.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("4 trades staged (2 without a symbol mapping)"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("2 trades rejected"), "{}", text(&out));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM trades_rejected WHERE reason = 'no symbol mapping' AND instrument_id = 2"),
+        2
+    );
+    let stored: String = connect(&db)
+        .query_one("SELECT symbol FROM price_bars", &[])
+        .expect("the hostile symbol's bar")
+        .get(0);
+    assert_eq!(stored, hostile, "stored as data, byte for byte");
+    assert_eq!(count(&db, "SELECT sum(volume)::bigint FROM price_bars"), 10);
+}
