@@ -374,16 +374,24 @@ mod tests {
             ("ESH4", T0, 2, 1, 4_000_000_000_000, 0),
             ("", T0, 3, 1, 4_000_000_000_000, 1),
             ("ESH4", 5, 4, 1, 4_000_000_000_000, 1),
+            (
+                "ESH4",
+                4_102_444_800_000_000_000,
+                6,
+                1,
+                4_000_000_000_000,
+                1,
+            ), // the year 2100
             ("SPREAD", T0, 5, 1, -2_500_000_000, 3),
         ]);
-        assert_eq!(rollup(), (1, 1, 4));
+        assert_eq!(rollup(), (1, 1, 5));
         let reasons = Spi::get_one::<String>(
             "SELECT string_agg(reason, ',' ORDER BY reason) FROM trades_rejected",
         )
         .unwrap();
         assert_eq!(
             reasons.as_deref(),
-            Some("no symbol mapping,size not positive,ts_event out of range,undefined price")
+            Some("no symbol mapping,size not positive,ts_event out of range,ts_event out of range,undefined price")
         );
         assert_eq!(bars_text(), "SPREAD 22:14 -2.5 -2.5 -2.5 -2.5 3 1 -2.5");
     }

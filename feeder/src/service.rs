@@ -127,6 +127,12 @@ async fn flush(
     Ok(Some(reached))
 }
 
+async fn until_stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn sleep_unless_stopping(d: Duration, stop: &AtomicBool) {
     let until = Instant::now() + d;
     while Instant::now() < until && !stop.load(Ordering::SeqCst) {
@@ -141,7 +147,11 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
     }
     let stop = shutdown_flag();
     let mut client = db::connect(&opts.database_url, "tradebars-feeder").await?;
-    lock::acquire(&client, "live", opts.standby).await?;
+    // Standing by can last: a stop request ends the wait.
+    tokio::select! {
+        taken = lock::acquire(&client, "live", opts.standby) => taken?,
+        _ = until_stopped(&stop) => return Ok(()),
+    }
     let rollups = schedule::spawn(
         opts.database_url.clone(),
         opts.rollup_interval,
@@ -259,7 +269,10 @@ async fn reconnect_database(
         match db::connect(&opts.database_url, "tradebars-feeder").await {
             Ok(client) => {
                 // The lock died with the old session: take it again, or step aside.
-                lock::acquire(&client, "live", opts.standby).await?;
+                tokio::select! {
+                    taken = lock::acquire(&client, "live", opts.standby) => taken?,
+                    _ = until_stopped(stop) => return Err(FeederError::Usage("stopped while standing by".into())),
+                }
                 Metrics::add(&metrics.reconnects, 1);
                 return Ok(client);
             }

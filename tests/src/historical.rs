@@ -12,7 +12,7 @@ use std::sync::Arc;
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
-use dbn::{Metadata, TradeMsg, VersionUpgradePolicy};
+use dbn::{BidAskPair, Mbp1Msg, Metadata, RecordHeader, Schema, TradeMsg, VersionUpgradePolicy};
 
 pub struct FakeHistorical {
     pub url: String,
@@ -120,23 +120,46 @@ fn answer(
             .unwrap_or(0)
     };
     let (start, end) = (field("start"), field("end"));
+    let as_mbp1 = form.split('&').any(|kv| kv == "schema=mbp-1");
     let mut meta = metadata.clone();
     meta.start = start;
+    if as_mbp1 {
+        meta.schema = Some(Schema::Mbp1);
+    }
+    let err = |e: dbn::Error| std::io::Error::other(e.to_string());
     let mut dbn = Vec::new();
     {
-        let mut encoder = Encoder::with_zstd(&mut dbn, &meta)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut encoder = Encoder::with_zstd(&mut dbn, &meta).map_err(err)?;
         for t in trades
             .iter()
             .filter(|t| t.hd.ts_event >= start && t.hd.ts_event < end)
         {
-            encoder
-                .encode_record(t)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if as_mbp1 {
+                let quote = |action: u8| Mbp1Msg {
+                    hd: RecordHeader::new::<Mbp1Msg>(
+                        dbn::rtype::MBP_1,
+                        t.hd.publisher_id,
+                        t.hd.instrument_id,
+                        t.hd.ts_event,
+                    ),
+                    price: t.price,
+                    size: t.size,
+                    action: action as std::ffi::c_char,
+                    side: t.side,
+                    flags: t.flags,
+                    depth: 0,
+                    ts_recv: t.ts_recv,
+                    ts_in_delta: 0,
+                    sequence: t.sequence,
+                    levels: [BidAskPair::default()],
+                };
+                encoder.encode_record(&quote(b'A')).map_err(err)?;
+                encoder.encode_record(&quote(b'T')).map_err(err)?;
+            } else {
+                encoder.encode_record(t).map_err(err)?;
+            }
         }
-        encoder
-            .flush()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        encoder.flush().map_err(err)?;
     }
     write!(
         out,

@@ -8,6 +8,15 @@ use tradebars_tests::*;
 const KEY: &str = "db-tradebarsTestKey0123456789abc";
 
 fn backfill(api: &FakeHistorical, db: &str, key: &str) -> std::process::Output {
+    backfill_schema(api, db, key, "trades")
+}
+
+fn backfill_schema(
+    api: &FakeHistorical,
+    db: &str,
+    key: &str,
+    schema: &str,
+) -> std::process::Output {
     Command::new(feeder_bin())
         .args([
             "backfill",
@@ -21,6 +30,8 @@ fn backfill(api: &FakeHistorical, db: &str, key: &str) -> std::process::Output {
             "--historical-url",
             &api.url,
             "--rollup",
+            "--schema",
+            schema,
         ])
         .env("DATABASE_URL", url(db))
         .env("DATABENTO_API_KEY", key)
@@ -85,4 +96,20 @@ fn a_refused_key_stops_the_backfill_with_its_own_exit_code() {
         "no retry with a refused key"
     );
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+}
+
+#[test]
+fn a_backfill_from_mbp1_rederives_the_trades_with_their_volume() {
+    let db = fresh_db("backfill_mbp1", "");
+    let file = generate("backfill-mbp1.dbn.zst", 10, 20000, 73);
+    let api = FakeHistorical::start(&file, KEY, vec![]);
+    let out = backfill_schema(&api, &db, KEY, "mbp-1");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("(20000 trades)"), "{}", text(&out));
+    assert_eq!(
+        stored_bars(&db),
+        oracle(&file),
+        "only the 'T' records count, each once"
+    );
+    assert!(count(&db, "SELECT min(volume) FROM price_bars") > 0);
 }

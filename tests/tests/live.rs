@@ -240,3 +240,34 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
     );
     assert_eq!(stored_bars(&db), oracle(&file));
 }
+
+#[test]
+fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
+    let db = fresh_db("live_standby", "");
+    let file = generate("live-standby.dbn.zst", 12, 40000, 67);
+    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(50)));
+    let mut first = start_live(&gateway, &db, KEY, &[]);
+    wait_until("the first feeder staging", Duration::from_secs(60), || {
+        stored_trades(&db) >= 5_000
+    });
+    let mut second = start_live(&gateway, &db, KEY, &["--standby"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        second.try_wait().expect("status").is_none(),
+        "the second feeder stands by"
+    );
+    sigterm(&mut first);
+    let (code, out) = exit_within(first, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    wait_until("all 40000 trades in bars", Duration::from_secs(60), || {
+        count(
+            &db,
+            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+        ) == 40_000
+    });
+    sigterm(&mut second);
+    let (code, out) = exit_within(second, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("standing by"), "{out}");
+    assert_eq!(stored_bars(&db), oracle(&file));
+}

@@ -49,7 +49,8 @@ fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
         .collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let rollers: Vec<_> = (0..2)
+    // four sessions rolling up in a loop while the feeder loads four files
+    let rollers: Vec<_> = (0..4)
         .map(|_| {
             let (db, stop, started) = (db.clone(), stop.clone(), started.clone());
             thread::spawn(move || {
@@ -66,7 +67,7 @@ fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
             })
         })
         .collect();
-    while started.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+    while started.load(std::sync::atomic::Ordering::Relaxed) < 4 {
         thread::sleep(std::time::Duration::from_millis(5));
     }
     for f in &files {
@@ -75,7 +76,7 @@ fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let calls: i32 = rollers.into_iter().map(|h| h.join().expect("roller")).sum();
-    assert!(calls >= 2, "both rollup sessions ran ({calls} calls)");
+    assert!(calls >= 4, "all four rollup sessions ran ({calls} calls)");
     assert!(feeder(&["rollup"], Some(&db)).status.success());
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
     // Each file's trades are its own, so the bars of all four are the merge of four oracles.
