@@ -24,6 +24,10 @@ case "$cmd" in
       as_pg "$PG_BIN/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
     fi
     if ! as_pg "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+      if "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+        echo "cluster.sh: port $port is taken by another PostgreSQL server; stop it or choose another port" >&2
+        exit 1
+      fi
       as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_wal_size=4GB" start >/dev/null
     fi

@@ -14,7 +14,13 @@ pub mod historical;
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::{MboMsg, Mbp1Msg, TradeMsg, TsSymbolMap, VersionUpgradePolicy};
 
-pub const PORT: u16 = 55439;
+/// The test cluster's port: TRADEBARS_TEST_PORT, or 55439.
+pub fn port() -> u16 {
+    std::env::var("TRADEBARS_TEST_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(55439)
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -41,7 +47,7 @@ fn cluster_script(args: &[&str]) {
 /// Starts the tests' cluster once per test binary (scripts/test.sh stops it at the end).
 fn cluster() {
     static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| cluster_script(&["start", &PORT.to_string()]));
+    STARTED.get_or_init(|| cluster_script(&["start", &port().to_string()]));
 }
 
 /// Kills the cluster the hard way and starts it again. Only for a test binary of its own:
@@ -51,7 +57,7 @@ pub fn crash_restart_cluster() {
 }
 
 pub fn url(db: &str) -> String {
-    format!("postgres://postgres@127.0.0.1:{PORT}/{db}")
+    format!("postgres://postgres@127.0.0.1:{}/{db}", port())
 }
 
 pub fn connect(db: &str) -> postgres::Client {
@@ -89,7 +95,14 @@ pub fn fresh_db(name: &str, setup: &str) -> String {
 /// A PostgreSQL client program of the cluster's version, pointed at the test cluster.
 pub fn pg_tool(tool: &str, args: &[&str]) -> Output {
     Command::new(format!("/usr/lib/postgresql/15/bin/{tool}"))
-        .args(["-h", "127.0.0.1", "-p", &PORT.to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {tool}: {e}"))

@@ -138,7 +138,7 @@ fn each_role_can_do_its_job_and_nothing_more() {
         .expect("login roles");
     let as_role = |role: &str| {
         postgres::Client::connect(
-            &format!("postgres://{role}@127.0.0.1:{PORT}/{db}"),
+            &format!("postgres://{role}@127.0.0.1:{}/{db}", port()),
             postgres::NoTls,
         )
         .expect("connecting as a role")
@@ -146,7 +146,7 @@ fn each_role_can_do_its_job_and_nothing_more() {
 
     // the feeder, as a least-privileged login, does the whole job
     let file = generate("roles.dbn", 5, 5000, 43);
-    let feeder_url = format!("postgres://e2e_feeder@127.0.0.1:{PORT}/{db}");
+    let feeder_url = format!("postgres://e2e_feeder@127.0.0.1:{}/{db}", port());
     let out = feeder(
         &[
             "replay",
