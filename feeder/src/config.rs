@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "Streams Databento trades into the tradebars staging table of PostgreSQL, where the \
                   tradebars extension's bars_rollup() turns them into exact 1-minute OHLCV bars.\n\n\
                   Exit codes: 0 done, 1 failed (the message says what and where), 2 bad usage, \
-                  3 another feeder already feeds the database."
+                  3 another feeder already feeds the database, 4 Databento refused the API key."
 )]
 pub struct Cli {
     /// Log format on standard error.
