@@ -16,9 +16,12 @@ CREATE TABLE trades_staging_0 (
     price         bigint   NOT NULL,  -- 9223372036854775807 = undefined
     size          bigint   NOT NULL,
     side          "char"   NOT NULL,
-    flags         smallint NOT NULL
+    flags         smallint NOT NULL,
+    -- The trade's place among the trades of its publisher and instrument that share its
+    -- ts_recv, in the order Databento delivered them (0.3.0): with ts_recv, its identity.
+    ord           integer  NOT NULL DEFAULT 0
 );
-CREATE TABLE trades_staging_1 (LIKE trades_staging_0);
+CREATE TABLE trades_staging_1 (LIKE trades_staging_0 INCLUDING DEFAULTS);
 COMMENT ON TABLE trades_staging_0 IS 'tradebars: staged trades, slot 0 (see staging_slot())';
 COMMENT ON TABLE trades_staging_1 IS 'tradebars: staged trades, slot 1 (see staging_slot())';
 
@@ -34,10 +37,21 @@ CREATE VIEW trades_staging AS
 COMMENT ON VIEW trades_staging IS 'tradebars: every trade staged and not yet rolled up';
 
 -- Trades bars_rollup() did not count, kept for a DBA to see, with the reason.
+-- Columns in the order an upgraded 0.2.0 database has them (ord came in 0.3.0).
 CREATE TABLE trades_rejected (
-    LIKE trades_staging_0,
+    symbol        text     NOT NULL,
+    instrument_id bigint   NOT NULL,
+    publisher_id  integer  NOT NULL,
+    ts_event      bigint   NOT NULL,
+    ts_recv       bigint   NOT NULL,
+    sequence      bigint   NOT NULL,
+    price         bigint   NOT NULL,
+    size          bigint   NOT NULL,
+    side          "char"   NOT NULL,
+    flags         smallint NOT NULL,
     reason      text        NOT NULL,
-    rejected_at timestamptz NOT NULL DEFAULT now()
+    rejected_at timestamptz NOT NULL DEFAULT now(),
+    ord         integer     NOT NULL DEFAULT 0
 );
 CREATE INDEX trades_rejected_reason ON trades_rejected (reason, rejected_at);
 

@@ -18,7 +18,8 @@ CREATE TYPE bar AS (
     trade_count bigint,
     vwap        numeric,
     data_source text,
-    is_legacy   boolean
+    is_legacy   boolean,
+    clock       text     -- the database's bar clock (bar_clock()): ts_recv or ts_event
 );
 
 CREATE FUNCTION bars(
@@ -68,7 +69,8 @@ BEGIN
            sum(m.trade_count)::bigint,
            trim_scale(round(sum(m.notional) / nullif(sum(m.volume) FILTER (WHERE m.notional IS NOT NULL), 0), 9)),
            CASE WHEN count(DISTINCT m.data_source) <= 1 THEN min(m.data_source) ELSE 'mixed' END,
-           bool_or(m.legacy)
+           bool_or(m.legacy),
+           bar_clock()
     FROM minute_bars m
     GROUP BY t
     ORDER BY t;
@@ -78,5 +80,5 @@ COMMENT ON FUNCTION bars(text, timestamptz, timestamptz, boolean, interval, bool
     'tradebars: bars of one symbol in [start, end): trades bars win over legacy bars; bucket from 1 minute to 1 day';
 "#,
     name = "bars_query",
-    requires = ["migration_legacy", checked_bucket],
+    requires = ["migration_legacy", "tradebars_identity", checked_bucket],
 );

@@ -15,6 +15,11 @@ pub mod rollup;
 pub mod staging;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "tradebars_schema", bootstrap);
+pgrx::extension_sql_file!(
+    "../../sql/identity.sql",
+    name = "tradebars_identity",
+    requires = ["tradebars_schema", "migration_legacy"]
+);
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

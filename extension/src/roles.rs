@@ -29,12 +29,19 @@ GRANT SELECT, INSERT, UPDATE ON ingest_ledger, feeder_status TO tradebars_feeder
 GRANT EXECUTE ON FUNCTION bars_rollup(), staging_slot() TO tradebars_feeder;
 GRANT SELECT ON rollup_stats TO tradebars_feeder, tradebars_reader;
 GRANT SELECT ON price_bars TO tradebars_reader;
+-- Trade identity (0.3.0): the feeder reads and extends what is already counted.
+GRANT SELECT, INSERT, DELETE ON trade_coverage TO tradebars_feeder;
+GRANT SELECT, INSERT, UPDATE ON live_positions TO tradebars_feeder;
+GRANT SELECT ON bar_settings TO tradebars_feeder, tradebars_reader;
+REVOKE EXECUTE ON FUNCTION prune_trade_identity(), identity_refusal(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION prune_trade_identity(), identity_refusal(bigint) TO tradebars_feeder;
 
 -- The DBA's functions change or remove bars: not for everyone.
 REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_deleted(interval, regclass, boolean),
     archive_legacy(), restore_legacy(boolean), hard_delete_legacy(regclass, boolean),
     rollback_trades(boolean), prepare_price_bars(),
-    delete_legacy_bars(text, timestamptz, regclass, boolean) FROM PUBLIC;
+    delete_legacy_bars(text, timestamptz, regclass, boolean),
+    set_bar_clock(text), set_identity_retention(interval) FROM PUBLIC;
 "#,
     name = "roles",
     requires = [
@@ -42,6 +49,7 @@ REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_delete
         "migration_verify",
         "bars_query",
         "staging_functions",
+        "tradebars_identity",
         bars_rollup
     ],
 );

@@ -21,78 +21,133 @@ pub fn quiet_slot(epoch: i64) -> &'static str {
     SLOTS[((epoch + 1).rem_euclid(2)) as usize]
 }
 
-/// Plausible event times, in minutes since the epoch: from 1980 to a day past now.
-/// A trade outside is kept in trades_rejected ('ts_event out of range'), not counted.
+/// Plausible trade times, in minutes since the epoch: from 1980 to a day past now.
+/// A trade outside is kept in trades_rejected ('ts_recv out of range' or 'ts_event out of
+/// range', by the clock), not counted.
 const MIN_MINUTE: i64 = 315_532_800 / 60;
 
-fn merge_sql(slot: &str) -> String {
+/// Which timestamp places a trade in its minute, and which key orders trades within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Databento's OHLCV: the minute of `ts_recv`; open and close by stream order, that is
+    /// `ts_recv`, then the trade's place among those sharing it (`ord`).
+    Recv,
+    /// Exchange time, as tradebars 0.1.0 and 0.2.0 built bars: the minute of `ts_event`;
+    /// open and close by (`ts_event`, `sequence`, publisher).
+    Event,
+}
+
+impl Clock {
+    pub fn parse(name: &str) -> Option<Clock> {
+        match name {
+            "ts_recv" => Some(Clock::Recv),
+            "ts_event" => Some(Clock::Event),
+            _ => None,
+        }
+    }
+
+    /// The column that places a trade in its minute.
+    fn time(self) -> &'static str {
+        match self {
+            Clock::Recv => "ts_recv",
+            Clock::Event => "ts_event",
+        }
+    }
+
+    /// The column that orders trades sharing that time.
+    fn tiebreak(self) -> &'static str {
+        match self {
+            Clock::Recv => "ord",
+            Clock::Event => "sequence",
+        }
+    }
+}
+
+/// What a trade that cannot be counted looks like, given the minute bounds $1 and $2.
+fn unusable(clock: Clock) -> String {
+    let t = clock.time();
+    format!(
+        "symbol = '' OR {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 \
+         OR price = 9223372036854775807 OR size <= 0"
+    )
+}
+
+/// How many trades the slot holds, and how many of them cannot be counted.
+fn census_sql(slot: &str, clock: Clock) -> String {
+    format!(
+        "SELECT count(*), count(*) FILTER (WHERE {}) FROM {slot}",
+        unusable(clock)
+    )
+}
+
+/// The rollup's one aggregating statement. It has the shape Citus runs on the workers, with
+/// staging and price_bars distributed by symbol: a plain INSERT ... SELECT ... GROUP BY
+/// symbol, minute over colocated tables, no CTE (a CTE's rows are pulled through the
+/// coordinator) and nothing that spans symbols. So the counts come from `census_sql` and
+/// rejected trades are set aside by a statement of their own (`reject_sql`).
+fn merge_sql(slot: &str, clock: Clock) -> String {
+    let (t, tiebreak) = (clock.time(), clock.tiebreak());
     format!(
         r#"
-WITH agg AS MATERIALIZED (
-    SELECT symbol, ts_event / 60000000000 AS minute,
-           ohlcv(ts_event, sequence, publisher_id, price, size) AS b
+INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
+                             vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
+                             is_legacy, data_source)
+SELECT symbol, to_timestamp(minute * 60),
+       fixed_to_numeric((b).open_px), fixed_to_numeric((b).high_px),
+       fixed_to_numeric((b).low_px), fixed_to_numeric((b).close_px),
+       (b).volume, (b).trade_count,
+       trim_scale(round(fixed_to_numeric((b).notional_px) / (b).volume, 9)),
+       fixed_to_numeric((b).notional_px),
+       (b).open_ts, (b).open_seq, (b).close_ts, (b).close_seq,
+       false, 'trades'
+FROM (
+    SELECT symbol, {t} / 60000000000 AS minute,
+           ohlcv({t}, {tiebreak}, publisher_id, price, size) AS b
     FROM {slot}
-    GROUP BY 1, 2
-), graded AS MATERIALIZED (
-    SELECT symbol, minute, b,
-           symbol <> '' AND minute >= $1 AND minute < $2 AND (b).trade_count > 0 AS good
-    FROM agg
-), ins AS (
-    INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
-                                 vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
-                                 is_legacy, data_source)
-    SELECT symbol, to_timestamp(minute * 60),
-           fixed_to_numeric((b).open_px), fixed_to_numeric((b).high_px),
-           fixed_to_numeric((b).low_px), fixed_to_numeric((b).close_px),
-           (b).volume, (b).trade_count,
-           trim_scale(round(fixed_to_numeric((b).notional_px) / (b).volume, 9)),
-           fixed_to_numeric((b).notional_px),
-           (b).open_ts, (b).open_seq, (b).close_ts, (b).close_seq,
-           false, 'trades'
-    FROM graded WHERE good
-    ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
-        open = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
-                       < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open ELSE p.open END,
-        open_ts_ns = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
-                       < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open_ts_ns ELSE p.open_ts_ns END,
-        open_seq = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
-                       < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open_seq ELSE p.open_seq END,
-        close = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
-                       > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close ELSE p.close END,
-        close_ts_ns = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
-                       > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close_ts_ns ELSE p.close_ts_ns END,
-        close_seq = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
-                       > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close_seq ELSE p.close_seq END,
-        high = GREATEST(p.high, EXCLUDED.high),
-        low = LEAST(p.low, EXCLUDED.low),
-        volume = p.volume + EXCLUDED.volume,
-        trade_count = p.trade_count + EXCLUDED.trade_count,
-        notional = p.notional + EXCLUDED.notional,
-        vwap = trim_scale(round((p.notional + EXCLUDED.notional) / (p.volume + EXCLUDED.volume), 9))
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM ins)::bigint,
-       coalesce(sum((b).trade_count) FILTER (WHERE good), 0)::bigint,
-       coalesce(sum((b).rejected + CASE WHEN good THEN 0 ELSE (b).trade_count END), 0)::bigint
-FROM graded
+    WHERE symbol <> '' AND {t} / 60000000000 >= $1 AND {t} / 60000000000 < $2
+    GROUP BY symbol, {t} / 60000000000
+) agg
+WHERE (b).trade_count > 0
+ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
+    open = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
+                   < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open ELSE p.open END,
+    open_ts_ns = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
+                   < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open_ts_ns ELSE p.open_ts_ns END,
+    open_seq = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
+                   < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open_seq ELSE p.open_seq END,
+    close = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
+                   > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close ELSE p.close END,
+    close_ts_ns = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
+                   > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close_ts_ns ELSE p.close_ts_ns END,
+    close_seq = CASE WHEN (EXCLUDED.close_ts_ns, EXCLUDED.close_seq, EXCLUDED.close)
+                   > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close_seq ELSE p.close_seq END,
+    high = GREATEST(p.high, EXCLUDED.high),
+    low = LEAST(p.low, EXCLUDED.low),
+    volume = p.volume + EXCLUDED.volume,
+    trade_count = p.trade_count + EXCLUDED.trade_count,
+    notional = p.notional + EXCLUDED.notional,
+    vwap = trim_scale(round((p.notional + EXCLUDED.notional) / (p.volume + EXCLUDED.volume), 9))
 "#
     )
 }
 
-fn reject_sql(slot: &str) -> String {
+/// `with_ord`: the tables have 0.3.0's `ord` column.
+fn reject_sql(slot: &str, clock: Clock, with_ord: bool) -> String {
+    let t = clock.time();
+    let ord = if with_ord { "ord, " } else { "" };
     format!(
         r#"
 INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
-                             price, size, side, flags, reason)
-SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags,
+                             price, size, side, flags, {ord}reason)
+SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags, {ord}
        CASE WHEN symbol = '' THEN 'no symbol mapping'
-            WHEN ts_event / 60000000000 < $1 OR ts_event / 60000000000 >= $2 THEN 'ts_event out of range'
+            WHEN {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 THEN '{t} out of range'
             WHEN price = 9223372036854775807 THEN 'undefined price'
             ELSE 'size not positive' END
 FROM {slot}
-WHERE symbol = '' OR ts_event / 60000000000 < $1 OR ts_event / 60000000000 >= $2
-   OR price = 9223372036854775807 OR size <= 0
-"#
+WHERE {}
+"#,
+        unusable(clock)
     )
 }
 
@@ -103,114 +158,162 @@ pub struct RollupResult {
     pub rejected: i64,
 }
 
+type Client<'a> = pgrx::spi::SpiClient<'a>;
+
+/// Runs `sql` with the minute bounds; a failure is a PostgreSQL ERROR naming the step.
+fn run(client: &mut Client<'_>, sql: &str, bounds: Option<[i64; 2]>, what: &str) -> u64 {
+    let args: Vec<pgrx::datum::DatumWithOid> = bounds
+        .map(|b| b.iter().map(|v| (*v).into()).collect())
+        .unwrap_or_default();
+    client
+        .update(sql, None, &args)
+        .map(|t| t.len() as u64)
+        .unwrap_or_else(|e| pgrx::error!("bars_rollup: {what}: {e}"))
+}
+
+/// One value of a one-row query.
+fn value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    client: &mut Client<'_>,
+    sql: &str,
+) -> Option<T> {
+    client
+        .update(sql, None, &[])
+        .and_then(|t| t.first().get_one::<T>())
+        .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
+}
+
+/// Refuses to run where it could miss trades or has nowhere to write them.
+fn check_preconditions(client: &mut Client<'_>) {
+    let isolation: String =
+        value(client, "SELECT current_setting('transaction_isolation')").unwrap_or_default();
+    if isolation != "read committed" {
+        pgrx::error!(
+            "bars_rollup() needs READ COMMITTED isolation (this transaction is {isolation}): \
+             it must see every trade committed before it consumes staging"
+        );
+    }
+    if !value::<bool>(client, "SELECT price_bars_is_ready()").unwrap_or(false) {
+        pgrx::error!(
+            "price_bars was made by another application and lacks the columns trades bars need: \
+             run SELECT mark_legacy(); first (it keeps every existing bar, marked legacy)"
+        );
+    }
+}
+
+/// The database's clock, pinned by the first rollup so that it never changes under bars.
+/// `None`: the database's objects are still 0.2.0's (the library was upgraded, ALTER
+/// EXTENSION ... UPDATE not yet run): it rolls up as 0.2.0 did, on the event clock.
+fn pinned_clock(client: &mut Client<'_>) -> Option<Clock> {
+    if !value::<bool>(client, "SELECT to_regclass('bar_settings') IS NOT NULL").unwrap_or(false) {
+        return None;
+    }
+    run(
+        client,
+        "INSERT INTO bar_settings (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
+        None,
+        "pinning the bar clock",
+    );
+    let name: String = value(client, "SELECT clock FROM bar_settings").unwrap_or_default();
+    let clock = Clock::parse(&name)
+        .unwrap_or_else(|| pgrx::error!("bars_rollup: unknown bar clock {name}"));
+    Some(clock)
+}
+
+/// Moves the feeder to the other slot; returns the slot it left, then the one it writes.
+fn claim_slots(client: &mut Client<'_>) -> [&'static str; 2] {
+    run(
+        client,
+        &format!("SELECT pg_advisory_xact_lock({TRADEBARS_LOCK_CLASS}, {ROLLUP_LOCK})"),
+        None,
+        "waiting for another rollup",
+    );
+    let epoch: i64 = value(client, "SELECT nextval('staging_epoch')")
+        .unwrap_or_else(|| pgrx::error!("bars_rollup: staging_epoch returned NULL"));
+    let quiet = quiet_slot(epoch);
+    let other = SLOTS.iter().copied().find(|s| *s != quiet).unwrap_or(quiet);
+    [quiet, other]
+}
+
+/// Whether the slot the feeder now writes holds stragglers and nobody is writing there.
+/// (A batch that began before the switch, or a rolled-back rollup's trades: taking them
+/// too when it is idle makes one call roll up everything committed before it.)
+fn idle_with_stragglers(client: &mut Client<'_>, slot: &str) -> bool {
+    value::<bool>(
+        client,
+        &format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '{slot}'::regclass \
+             AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM {slot})"
+        ),
+    )
+    .unwrap_or(false)
+}
+
+/// Rolls up one slot: counts, merges the bars, sets aside what cannot be counted, empties it.
+fn roll_slot(
+    client: &mut Client<'_>,
+    slot: &str,
+    clock: Option<Clock>,
+    bounds: [i64; 2],
+) -> RollupResult {
+    let (clock, with_ord) = (clock.unwrap_or(Clock::Event), clock.is_some());
+    // Waits for a COPY still writing to this slot; later writers of it wait for us.
+    run(
+        client,
+        &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
+        None,
+        "claiming staging",
+    );
+    let args: Vec<pgrx::datum::DatumWithOid> = bounds.iter().map(|v| (*v).into()).collect();
+    let (staged, unusable) = client
+        .select(&census_sql(slot, clock), None, &args)
+        .and_then(|t| t.first().get_two::<i64, i64>())
+        .unwrap_or_else(|e| pgrx::error!("bars_rollup: counting staged trades: {e}"));
+    let (staged, unusable) = (staged.unwrap_or(0), unusable.unwrap_or(0));
+    let mut result = RollupResult {
+        trades: staged - unusable,
+        ..Default::default()
+    };
+    if staged == 0 {
+        return result;
+    }
+    result.bars = run(client, &merge_sql(slot, clock), Some(bounds), "merging bars") as i64;
+    if unusable > 0 {
+        result.rejected = run(
+            client,
+            &reject_sql(slot, clock, with_ord),
+            Some(bounds),
+            "keeping rejected trades",
+        ) as i64;
+    }
+    run(client, &format!("TRUNCATE {slot}"), None, "consuming staging");
+    result
+}
+
 fn run_rollup() -> RollupResult {
     Spi::connect_mut(|client| {
-        let isolation = client
-            .select("SELECT current_setting('transaction_isolation')", None, &[])
-            .and_then(|t| t.first().get_one::<String>())
-            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
-            .unwrap_or_default();
-        if isolation != "read committed" {
-            pgrx::error!(
-                "bars_rollup() needs READ COMMITTED isolation (this transaction is {isolation}): \
-                 it must see every trade committed before it consumes staging"
-            );
-        }
-        let ready = client
-            .select("SELECT price_bars_is_ready()", None, &[])
-            .and_then(|t| t.first().get_one::<bool>())
-            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
-            .unwrap_or(false);
-        if !ready {
-            pgrx::error!(
-                "price_bars was made by another application and lacks the columns trades bars need: \
-                 run SELECT mark_legacy(); first (it keeps every existing bar, marked legacy)"
-            );
-        }
-        let step = |client: &mut pgrx::spi::SpiClient<'_>, sql: &str, what: &str| {
-            if let Err(e) = client.update(sql, None, &[]) {
-                pgrx::error!("bars_rollup: {what}: {e}");
-            }
-        };
-        step(
-            client,
-            &format!("SELECT pg_advisory_xact_lock({TRADEBARS_LOCK_CLASS}, {ROLLUP_LOCK})"),
-            "waiting for another rollup",
-        );
-        let epoch = client
-            .update("SELECT nextval('staging_epoch')", None, &[])
-            .and_then(|t| t.first().get_one::<i64>())
-            .unwrap_or_else(|e| {
-                pgrx::error!("bars_rollup: moving the feeder to the other slot: {e}")
-            })
-            .unwrap_or_else(|| pgrx::error!("bars_rollup: staging_epoch returned NULL"));
-        let quiet = quiet_slot(epoch);
-        let other = SLOTS.iter().copied().find(|s| *s != quiet).unwrap_or(quiet);
+        check_preconditions(client);
+        let [quiet, other] = claim_slots(client);
+        let clock = pinned_clock(client);
         // A day of trades makes a few hundred thousand bars: with the default 4MB the hash
         // aggregate spills to disk. Raised for this rollup only, put back before returning.
-        let work_mem = client
-            .update(
-                &format!(
-                    "SELECT current_setting('work_mem'), \
-                     CASE WHEN pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{ROLLUP_WORK_MEM}') \
-                          THEN set_config('work_mem', '{ROLLUP_WORK_MEM}', true) END"
-                ),
-                None,
-                &[],
-            )
-            .and_then(|t| t.first().get_one::<String>())
-            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
-            .unwrap_or_default();
-        let now_minute = client
-            .select("SELECT (extract(epoch FROM now())::bigint / 60)", None, &[])
-            .and_then(|t| t.first().get_one::<i64>())
-            .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
-            .unwrap_or_default();
+        let work_mem: String = value(
+            client,
+            &format!(
+                "SELECT current_setting('work_mem'), \
+                 CASE WHEN pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{ROLLUP_WORK_MEM}') \
+                      THEN set_config('work_mem', '{ROLLUP_WORK_MEM}', true) END"
+            ),
+        )
+        .unwrap_or_default();
+        let now_minute: i64 =
+            value(client, "SELECT (extract(epoch FROM now())::bigint / 60)").unwrap_or_default();
         let bounds = [MIN_MINUTE, now_minute + 24 * 60];
-        let mut result = RollupResult::default();
-        for slot in [quiet, other] {
-            if slot == other {
-                // The slot now being written holds only stragglers (a batch that began before
-                // the switch, or a rolled-back rollup's trades). Take them too when no one is
-                // writing there, so one call rolls up everything committed before it.
-                let idle = client
-                    .select(
-                        &format!(
-                            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '{slot}'::regclass \
-                             AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM {slot})"
-                        ),
-                        None,
-                        &[],
-                    )
-                    .and_then(|t| t.first().get_one::<bool>())
-                    .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
-                    .unwrap_or(false);
-                if !idle {
-                    continue;
-                }
-            }
-            // Waits for a COPY still writing to this slot; later writers of it wait for us.
-            step(
-                client,
-                &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
-                "claiming staging",
-            );
-            let args = bounds.map(|b| b.into());
-            let merged = client
-                .update(merge_sql(slot).as_str(), None, &args)
-                .and_then(|t| t.first().get_three::<i64, i64, i64>())
-                .unwrap_or_else(|e| pgrx::error!("bars_rollup: merging bars: {e}"));
-            let rejected = merged.2.unwrap_or(0);
-            result.bars += merged.0.unwrap_or(0);
-            result.trades += merged.1.unwrap_or(0);
-            result.rejected += rejected;
-            if rejected > 0 {
-                let args = bounds.map(|b| b.into());
-                if let Err(e) = client.update(reject_sql(slot).as_str(), None, &args) {
-                    pgrx::error!("bars_rollup: keeping rejected trades: {e}");
-                }
-            }
-            step(client, &format!("TRUNCATE {slot}"), "consuming staging");
+        let mut result = roll_slot(client, quiet, clock, bounds);
+        if idle_with_stragglers(client, other) {
+            let more = roll_slot(client, other, clock, bounds);
+            result.trades += more.trades;
+            result.bars += more.bars;
+            result.rejected += more.rejected;
         }
         let stats = format!(
             "UPDATE rollup_stats SET rollups = rollups + 1, trades = trades + {t}, \
@@ -220,18 +323,18 @@ fn run_rollup() -> RollupResult {
             b = result.bars,
             r = result.rejected
         );
-        step(client, &stats, "recording totals");
+        run(client, &stats, None, "recording totals");
         let restore = format!(
             "SELECT set_config('work_mem', {}, true)",
             pgrx::spi::quote_literal(&work_mem)
         );
-        step(client, &restore, "restoring work_mem");
+        run(client, &restore, None, "restoring work_mem");
         result
     })
 }
 
 /// Rolls every staged trade into 1-minute bars. Returns what it did.
-#[pg_extern(volatile, security_definer, requires = ["tradebars_schema", "staging_functions", "migration_legacy", "ohlcv_aggregate"])]
+#[pg_extern(volatile, security_definer, requires = ["tradebars_schema", "staging_functions", "migration_legacy", "ohlcv_aggregate", "tradebars_identity"])]
 #[search_path(@extschema@, pg_temp)]
 fn bars_rollup() -> TableIterator<
     'static,
@@ -391,9 +494,77 @@ mod tests {
         .unwrap();
         assert_eq!(
             reasons.as_deref(),
-            Some("no symbol mapping,size not positive,ts_event out of range,ts_event out of range,undefined price")
+            Some("no symbol mapping,size not positive,ts_recv out of range,ts_recv out of range,undefined price")
         );
         assert_eq!(bars_text(), "SPREAD 22:14 -2.5 -2.5 -2.5 -2.5 3 1 -2.5");
+    }
+
+    /// Stages one trade with distinct times: (symbol, ts_event, ts_recv, ord, price, size).
+    fn stage_timed(symbol: &str, ts_event: i64, ts_recv: i64, ord: i32, price: i64, size: i64) {
+        Spi::run("SELECT pg_advisory_xact_lock(1, 1)").unwrap();
+        let slot = Spi::get_one::<i64>("SELECT last_value % 2 FROM staging_epoch")
+            .unwrap()
+            .unwrap();
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO trades_staging_{slot} (symbol, instrument_id, publisher_id, ts_event, \
+                 ts_recv, sequence, price, size, side, flags, ord) \
+                 VALUES ($1, 1, 1, $2, $3, 16013, $4, $5, 'B', 0, $6)"
+            ),
+            &[
+                symbol.into(),
+                ts_event.into(),
+                ts_recv.into(),
+                price.into(),
+                size.into(),
+                ord.into(),
+            ],
+        )
+        .unwrap();
+    }
+
+    fn minutes_of(symbol: &str) -> String {
+        Spi::get_one::<String>(&format!(
+            "SELECT string_agg(to_char(\"timestamp\" AT TIME ZONE 'UTC', 'HH24:MI') || ' ' || open || ' ' || close || ' ' || volume, ',' ORDER BY \"timestamp\")
+             FROM price_bars WHERE symbol = '{symbol}'"
+        ))
+        .unwrap()
+        .unwrap_or_default()
+    }
+
+    #[pg_test]
+    fn a_trade_belongs_to_the_minute_of_its_receipt_by_default() {
+        // executed 0.4 ms before 22:15, received 0.3 ms after: Databento's 22:15 bar
+        stage_timed("ESH4", T0 + MIN - 400_000, T0 + MIN + 300_000, 0, 4_807_000_000_000, 2);
+        stage_timed("ESH4", T0 + 5, T0 + 9, 0, 4_806_000_000_000, 1);
+        rollup();
+        assert_eq!(minutes_of("ESH4"), "22:14 4806 4806 1,22:15 4807 4807 2");
+        assert_eq!(
+            Spi::get_one::<String>("SELECT bar_clock()").unwrap().as_deref(),
+            Some("ts_recv")
+        );
+        // the clock is fixed once trades bars exist
+        let refused = std::panic::catch_unwind(|| {
+            Spi::run("SELECT set_bar_clock('ts_event')").unwrap();
+        });
+        assert!(refused.is_err());
+    }
+
+    #[pg_test]
+    fn under_the_event_clock_a_trade_belongs_to_its_exchange_minute() {
+        Spi::run("SELECT set_bar_clock('ts_event')").unwrap();
+        stage_timed("ESH4", T0 + MIN - 400_000, T0 + MIN + 300_000, 0, 4_807_000_000_000, 2);
+        rollup();
+        assert_eq!(minutes_of("ESH4"), "22:14 4807 4807 2");
+    }
+
+    #[pg_test]
+    fn trades_sharing_a_receipt_keep_the_order_they_were_delivered_in() {
+        // a sweep: one ts_recv, one sequence, the higher price first (as ESH4 at 23:03)
+        stage_timed("ESH4", T0 + 7, T0 + 10, 1, 4_806_750_000_000, 1);
+        stage_timed("ESH4", T0 + 7, T0 + 10, 0, 4_807_000_000_000, 1);
+        rollup();
+        assert_eq!(minutes_of("ESH4"), "22:14 4807 4806.75 2");
     }
 
     #[test]
@@ -408,7 +579,7 @@ mod tests {
     #[test]
     fn rollup_sql_reads_only_the_named_slot() {
         for slot in SLOTS {
-            let sql = merge_sql(slot) + &reject_sql(slot);
+            let sql = merge_sql(slot, Clock::Recv) + &reject_sql(slot, Clock::Event, true);
             let other = SLOTS
                 .iter()
                 .find(|s| **s != slot)

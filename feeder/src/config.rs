@@ -79,6 +79,10 @@ pub struct LoadArgs {
     /// If another feeder holds the database, wait for it instead of failing.
     #[arg(long)]
     pub standby: bool,
+    /// Load even into a period whose trade identity was pruned (see prune_trade_identity())
+    /// while trades bars exist there: trades already counted there would count twice.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use crate::trade::Trade;
 
 /// The staging columns, in the order `encode_trade` writes them.
 pub const COLUMNS: &str =
-    "symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags";
+    "symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags, ord";
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -32,7 +32,9 @@ fn ts(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(-1)
 }
 
-pub fn encode_trade(buf: &mut BytesMut, trade: &Trade) {
+/// One staging row: the trade, and `ord`, its place among the trades of its publisher and
+/// instrument that share its `ts_recv` (see identity.rs).
+pub fn encode_trade(buf: &mut BytesMut, trade: &Trade, ord: u32) {
     // A NUL cannot be stored in text; such a symbol is as good as none.
     let symbol = if trade.symbol.as_bytes().contains(&0) {
         ""
@@ -40,7 +42,7 @@ pub fn encode_trade(buf: &mut BytesMut, trade: &Trade) {
         trade.symbol
     };
     let t = &trade.event;
-    buf.put_i16(10);
+    buf.put_i16(11);
     buf.put_i32(symbol.len() as i32);
     buf.put_slice(symbol.as_bytes());
     put_i64(buf, i64::from(t.instrument_id));
@@ -55,6 +57,8 @@ pub fn encode_trade(buf: &mut BytesMut, trade: &Trade) {
     buf.put_u8(t.side);
     buf.put_i32(2);
     buf.put_i16(i16::from(t.flags));
+    buf.put_i32(4);
+    buf.put_i32(i32::try_from(ord).unwrap_or(i32::MAX));
 }
 
 #[cfg(test)]
@@ -62,7 +66,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_row_has_ten_fields_of_the_right_widths() {
+    fn a_row_has_eleven_fields_of_the_right_widths() {
         let t = Trade {
             symbol: "WGRX",
             event: crate::trade::TradeEvent {
@@ -78,12 +82,13 @@ mod tests {
             },
         };
         let mut buf = BytesMut::new();
-        encode_trade(&mut buf, &t);
-        assert_eq!(&buf[0..2], &10i16.to_be_bytes());
+        encode_trade(&mut buf, &t, 3);
+        assert_eq!(&buf[0..2], &11i16.to_be_bytes());
         assert_eq!(&buf[2..6], &4i32.to_be_bytes());
         assert_eq!(&buf[6..10], b"WGRX");
-        // symbol + 6 int8 + int4 + "char" + int2, each with its length word
-        assert_eq!(buf.len(), 2 + (4 + 4) + 6 * 12 + 8 + 5 + 6);
+        // symbol + 6 int8 + int4 + "char" + int2 + int4, each with its length word
+        assert_eq!(buf.len(), 2 + (4 + 4) + 6 * 12 + 8 + 5 + 6 + 8);
+        assert_eq!(&buf[buf.len() - 4..], &3i32.to_be_bytes());
         // the undefined ts_event is staged as -1
         assert_eq!(&buf[34..42], &(-1i64).to_be_bytes());
         let nul = Trade {
@@ -91,7 +96,7 @@ mod tests {
             ..t
         };
         let mut buf = BytesMut::new();
-        encode_trade(&mut buf, &nul);
+        encode_trade(&mut buf, &nul, 0);
         assert_eq!(&buf[2..6], &0i32.to_be_bytes());
     }
 

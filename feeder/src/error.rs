@@ -17,6 +17,8 @@ pub enum FeederError {
     Connect { target: String, msg: String },
     #[error("PostgreSQL: {context}: {msg}")]
     Db { context: String, msg: String },
+    #[error("{origin}: nothing of it staged: {msg}")]
+    Identity { origin: String, msg: String },
     #[error("{0}")]
     FeederRunning(String),
     #[error("Databento refused the API key: {0}")]

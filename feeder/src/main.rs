@@ -2,8 +2,10 @@
 
 mod config;
 mod copy;
+mod coverage;
 mod db;
 mod error;
+mod identity;
 mod lock;
 mod metrics;
 mod schedule;
@@ -64,13 +66,24 @@ fn describe_skipped(summary: &Summary) -> String {
         .join(", ")
 }
 
-async fn replay_file(client: &mut Client, path: &Path) -> Result<(u64, u64), FeederError> {
+/// "N trades already counted (overlap with ...)", when there were any.
+fn overlap_suffix(summary: &Summary) -> String {
+    summary
+        .overlap_note()
+        .map(|n| format!("; {n}"))
+        .unwrap_or_default()
+}
+
+async fn replay_file(
+    client: &mut Client,
+    path: &Path,
+    force: bool,
+) -> Result<(u64, u64), FeederError> {
     let file = DbnFile::open(path)?;
+    let (from, to) = file.check()?;
     let bar = progress_bar(file.size, "bytes");
     bar.set_message(path.display().to_string());
-    let (tx, rx) = mpsc::channel(8);
     let bytes_read = file.bytes_read.clone();
-    let decoder = tokio::task::spawn_blocking(move || file.decode_into(tx));
     let ticker = {
         let bar = bar.clone();
         tokio::spawn(async move {
@@ -80,51 +93,52 @@ async fn replay_file(client: &mut Client, path: &Path) -> Result<(u64, u64), Fee
             }
         })
     };
-    let summary = std::sync::Arc::new(std::sync::Mutex::new(Summary::default()));
-    let kept = summary.clone();
-    let end = async move {
-        let s = decoder
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| FeederError::Decode {
-                file: path.to_path_buf(),
-                msg: "decoding stopped".into(),
-            })?;
-        let end = sink::SourceEnd {
-            source: s.source_id.clone(),
-            last_ts_event: i64::try_from(s.last_ts_event).unwrap_or(-1),
-        };
-        if let Ok(mut k) = kept.lock() {
-            *k = s;
-        }
-        Ok(end)
+    let label = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let load = sink::Load {
+        kind: "file",
+        label: &label,
+        from,
+        to,
+        force,
     };
-    let loaded = sink::load_source(client, "file", rx, end).await;
+    let loaded = sink::load_source(client, &load, |identity| {
+        let (tx, rx) = mpsc::channel(8);
+        let decoder = tokio::task::spawn_blocking(move || file.decode_into(identity, tx));
+        let end = async move {
+            let (summary, changes) =
+                decoder
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| FeederError::Decode {
+                        file: path.to_path_buf(),
+                        msg: "decoding stopped".into(),
+                    })?;
+            Ok(sink::SourceEnd {
+                ledger_id: summary.source_id.clone(),
+                summary,
+                changes,
+            })
+        };
+        (rx, end)
+    })
+    .await;
     ticker.abort();
     bar.finish_and_clear();
-    let s = summary.lock().map(|s| s.clone()).unwrap_or_default();
-    match loaded? {
-        sink::Loaded::Before { trades, at } => {
-            println!(
-                "{}: these {} trades were already loaded at {at}; nothing staged",
-                path.display(),
-                trades
-            );
-            Ok((s.trades, 0))
-        }
-        sink::Loaded::Now { rows } => {
-            println!(
-                "{}: {} records read, {} trades staged ({} without a symbol mapping); not trades: {}",
-                path.display(),
-                s.records,
-                rows,
-                s.unmapped_trades,
-                describe_skipped(&s)
-            );
-            Ok((s.trades, rows))
-        }
-    }
+    let s = loaded?;
+    println!(
+        "{}: {} records read, {} trades staged ({} without a symbol mapping){}; not trades: {}",
+        path.display(),
+        s.records,
+        s.staged,
+        s.unmapped_trades,
+        overlap_suffix(&s),
+        describe_skipped(&s)
+    );
+    Ok((s.trades, s.staged))
 }
 
 async fn rollup(client: &Client) -> Result<(), FeederError> {
@@ -145,7 +159,7 @@ async fn rollup(client: &Client) -> Result<(), FeederError> {
 fn preflight(files: &[PathBuf]) -> Result<(), FeederError> {
     files
         .iter()
-        .try_for_each(|path| DbnFile::open(path)?.check())
+        .try_for_each(|path| DbnFile::open(path)?.check().map(|_| ()))
 }
 
 async fn replay(args: ReplayArgs) -> Result<(), FeederError> {
@@ -154,7 +168,7 @@ async fn replay(args: ReplayArgs) -> Result<(), FeederError> {
     lock::acquire(&client, "replay", args.load.standby).await?;
     let mut result = Ok(());
     for path in &args.files {
-        match replay_file(&mut client, path).await {
+        match replay_file(&mut client, path, args.load.force).await {
             Ok((received, written)) => {
                 lock::report(&client, received as i64, written as i64).await?;
             }
@@ -246,8 +260,10 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
     bar.set_message("backfill");
     let (mut staged_chunks, mut skipped_chunks, mut trades) = (0u64, 0u64, 0u64);
     let mut result = Ok(());
+    let mut already = Summary::default();
     for chunk in chunks {
         let source = spec.source_id(chunk.0, chunk.1);
+        // A chunk of this very request staged before: not fetched again (it costs money).
         let done = client
             .query_opt("SELECT 1 FROM ingest_ledger WHERE source = $1", &[&source])
             .await
@@ -257,28 +273,43 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
             bar.inc(1);
             continue;
         }
-        let (tx, rx) = mpsc::channel(8);
-        let fetch_spec = spec.clone();
-        let fetch = tokio::spawn(async move {
-            let mut hist = fetch_spec.client()?;
-            fetch_chunk(&mut hist, &fetch_spec, chunk, tx).await
-        });
-        let id = source.clone();
-        let end = async move {
-            let summary = fetch
-                .await
-                .map_err(|e| FeederError::Gateway(format!("fetch task: {e}")))??;
-            Ok(sink::SourceEnd {
-                source: id,
-                last_ts_event: i64::try_from(summary.last_ts_event).unwrap_or(-1),
-            })
+        let label = format!("backfill {} {} to {}", spec.dataset, chunk.0, chunk.1);
+        let load = sink::Load {
+            kind: "backfill",
+            label: &label,
+            from: i64::try_from(chunk.0.unix_timestamp_nanos()).unwrap_or(0),
+            to: i64::try_from(chunk.1.unix_timestamp_nanos()).ok(),
+            force: args.load.force,
         };
-        match sink::load_source(&mut client, "backfill", rx, end).await {
-            Ok(sink::Loaded::Now { rows }) => {
+        let fetch_spec = spec.clone();
+        let loaded = sink::load_source(&mut client, &load, |identity| {
+            let (tx, rx) = mpsc::channel(8);
+            let fetch = tokio::spawn(async move {
+                let mut hist = fetch_spec.client()?;
+                fetch_chunk(&mut hist, &fetch_spec, chunk, identity, tx).await
+            });
+            let end = async move {
+                let (summary, changes) = fetch
+                    .await
+                    .map_err(|e| FeederError::Gateway(format!("fetch task: {e}")))??;
+                Ok(sink::SourceEnd {
+                    summary,
+                    changes,
+                    ledger_id: source,
+                })
+            };
+            (rx, end)
+        })
+        .await;
+        match loaded {
+            Ok(s) => {
                 staged_chunks += 1;
-                trades += rows;
+                trades += s.staged;
+                already.already_counted += s.already_counted;
+                for (name, n) in s.overlaps {
+                    *already.overlaps.entry(name).or_default() += n;
+                }
             }
-            Ok(sink::Loaded::Before { .. }) => skipped_chunks += 1,
             Err(e) => {
                 lock::report_error(&client, &e.to_string()).await;
                 result = Err(e);
@@ -289,8 +320,8 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
     }
     bar.finish_and_clear();
     println!(
-        "backfill {} {} {} to {}: {staged_chunks} chunks staged ({trades} trades), {skipped_chunks} already staged",
-        spec.dataset, spec.schema, spec.start, spec.end
+        "backfill {} {} {} to {}: {staged_chunks} chunks staged ({trades} trades{}), {skipped_chunks} already staged",
+        spec.dataset, spec.schema, spec.start, spec.end, overlap_suffix(&already)
     );
     if result.is_ok() && args.load.rollup {
         result = rollup(&client).await;

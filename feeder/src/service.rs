@@ -19,7 +19,9 @@ use crate::error::FeederError;
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::schedule;
-use crate::sink::{self, StreamPosition};
+use crate::coverage;
+use crate::identity::{Identity, NS_PER_MINUTE};
+use crate::sink;
 use crate::source::live::{LiveSource, LiveSpec, Step};
 
 #[derive(Debug, Clone)]
@@ -37,37 +39,60 @@ struct Batch {
     rows: BytesMut,
     trades: u64,
     last_ts_event: i64,
-    position: StreamPosition,
+    /// The latest ts_recv read (staged or already counted).
+    last_ts_recv: i64,
     started: Option<Instant>,
 }
 
 impl Batch {
-    fn new(position: StreamPosition) -> Self {
+    fn new() -> Self {
         Self {
             rows: BytesMut::with_capacity(1 << 20),
             trades: 0,
             last_ts_event: 0,
-            position,
+            last_ts_recv: 0,
             started: None,
         }
     }
 
-    fn add(&mut self, ts_event: u64, ts_recv: u64) {
-        let ts_recv = i64::try_from(ts_recv).unwrap_or(i64::MAX);
-        if ts_recv == self.position.last_ts_recv {
-            self.position.at_last_ts_recv += 1;
-        } else if ts_recv > self.position.last_ts_recv {
-            self.position = StreamPosition {
-                last_ts_recv: ts_recv,
-                at_last_ts_recv: 1,
-            };
+    fn add(&mut self, staged: u32, ts_event: u64, ts_recv: u64) {
+        self.last_ts_recv = self
+            .last_ts_recv
+            .max(i64::try_from(ts_recv).unwrap_or(i64::MAX));
+        if staged == 0 {
+            return;
         }
         self.last_ts_event = self
             .last_ts_event
             .max(i64::try_from(ts_event).unwrap_or(-1));
-        self.trades += 1;
+        self.trades += u64::from(staged);
         self.started.get_or_insert_with(Instant::now);
     }
+}
+
+/// Where a (re)subscription starts: `margin` before the latest ts_recv staged for these
+/// symbols, or now (no replay) when nothing was staged for them.
+async fn replay_start(
+    client: &Client,
+    spec: &LiveSpec,
+) -> Result<Option<i64>, FeederError> {
+    let position = sink::live_position(client, &spec.dataset, &spec.position_keys()).await?;
+    let margin = i64::try_from(spec.replay_margin.as_nanos()).unwrap_or(i64::MAX);
+    Ok(position.map(|p| p.saturating_sub(margin)))
+}
+
+/// The trade identity a (re)subscription meets: what is staged from its replay start on.
+async fn identity_from(
+    client: &Client,
+    spec: &LiveSpec,
+    start: Option<i64>,
+) -> Result<Identity, FeederError> {
+    let from = start.unwrap_or_else(|| {
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0)
+    });
+    let spans = coverage::load(client, from - NS_PER_MINUTE, None).await?;
+    let horizon = coverage::horizon(client).await?;
+    Ok(Identity::new(&spec.source_id(), spans).skipping_before(horizon))
 }
 
 fn shutdown_flag() -> Arc<AtomicBool> {
@@ -92,39 +117,49 @@ fn shutdown_flag() -> Arc<AtomicBool> {
     flag
 }
 
-/// Commits `batch` with the stream position it reaches, and returns that position; an empty
-/// batch commits nothing.
+/// Commits `batch` with what it adds to trade identity and the stream position it reaches.
 async fn flush(
     client: &mut Client,
-    source: &str,
+    spec: &LiveSpec,
     batch: &mut Batch,
+    identity: &mut Identity,
     metrics: &Metrics,
-) -> Result<Option<StreamPosition>, FeederError> {
-    if batch.trades == 0 {
-        return Ok(None);
+) -> Result<(), FeederError> {
+    let changes = identity.take_changes().map_err(|e| FeederError::Identity {
+        origin: "live stream".into(),
+        msg: e.to_string(),
+    })?;
+    if batch.trades == 0 && changes.insert.is_empty() {
+        return Ok(());
     }
+    // Not past a group still held for matching: a restart must replay it.
+    let position = match identity.earliest_held() {
+        Some(held) => batch.last_ts_recv.min(held - 1),
+        None => batch.last_ts_recv,
+    };
     let rows = batch.rows.split().freeze();
     sink::write_batch(
         client,
-        source,
-        "live",
-        rows,
-        batch.trades as i64,
-        batch.last_ts_event,
-        batch.position,
+        &sink::Batch {
+            source: &spec.source_id(),
+            dataset: &spec.dataset,
+            symbols: &spec.position_keys(),
+            rows,
+            trades: batch.trades as i64,
+            last_ts_event: batch.last_ts_event,
+            position,
+            changes: &changes,
+        },
     )
     .await?;
-    let reached = batch.position;
     Metrics::add(&metrics.trades_written, batch.trades);
     Metrics::add(&metrics.batches_written, 1);
     metrics
         .last_ts_event
         .fetch_max(batch.last_ts_event, Ordering::Relaxed);
-    metrics
-        .last_ts_recv
-        .store(reached.last_ts_recv, Ordering::Relaxed);
-    *batch = Batch::new(reached);
-    Ok(Some(reached))
+    metrics.last_ts_recv.store(position, Ordering::Relaxed);
+    *batch = Batch::new();
+    Ok(())
 }
 
 async fn until_stopped(stop: &AtomicBool) {
@@ -157,13 +192,13 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
         opts.rollup_interval,
         metrics.clone(),
     );
-    let source_id = spec.source_id();
-    let mut committed = sink::stream_position(&client, &source_id).await?;
     let mut backoff = Duration::from_millis(100);
     let mut failure: Option<FeederError> = None;
 
     'session: while !stop.load(Ordering::SeqCst) {
-        let mut source = match LiveSource::connect(&spec, committed).await {
+        let start = replay_start(&client, &spec).await?;
+        let mut identity = identity_from(&client, &spec, start).await?;
+        let mut source = match LiveSource::connect(&spec, start).await {
             Ok(s) => s,
             Err(e @ FeederError::Auth(_)) => {
                 failure = Some(e);
@@ -178,8 +213,8 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
                 continue;
             }
         };
-        tracing::info!(resume = ?committed, "subscribed");
-        let mut batch = Batch::new(committed.unwrap_or_default());
+        tracing::info!(replay_from = ?start, "subscribed");
+        let mut batch = Batch::new();
         let mut fresh_records = 0u64;
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -189,22 +224,32 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
                 .started
                 .map(|t| opts.batch_interval.saturating_sub(t.elapsed()))
                 .unwrap_or(opts.batch_interval);
-            let step = tokio::time::timeout(wait, source.next_into(&mut batch.rows)).await;
+            let skips = identity.skipped + identity.skipped_before_horizon;
+            let step =
+                tokio::time::timeout(wait, source.next_into(&mut batch.rows, &mut identity)).await;
+            Metrics::add(
+                &metrics.trades_already_staged,
+                identity.skipped + identity.skipped_before_horizon - skips,
+            );
             let ended = match step {
-                Ok(Ok(Step::Trade { ts_event, ts_recv })) => {
+                Ok(Ok(Step::Trade {
+                    staged,
+                    ts_event,
+                    ts_recv,
+                })) => {
                     Metrics::add(&metrics.trades_received, 1);
-                    batch.add(ts_event, ts_recv);
+                    batch.add(staged, ts_event, ts_recv);
                     fresh_records += 1;
-                    None
-                }
-                Ok(Ok(Step::AlreadyStaged)) => {
-                    Metrics::add(&metrics.trades_already_staged, 1);
                     None
                 }
                 Ok(Ok(Step::Other)) => None,
                 Ok(Ok(Step::Closed)) => Some(FeederError::Gateway(
                     "the gateway closed the session".into(),
                 )),
+                Ok(Err(e @ FeederError::Identity { .. })) => {
+                    failure = Some(e);
+                    break 'session;
+                }
                 Ok(Err(e)) => Some(e),
                 Err(_) => None, // time to flush what waits
             };
@@ -213,16 +258,18 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
                 .started
                 .is_some_and(|t| t.elapsed() >= opts.batch_interval);
             if full || due || ended.is_some() {
-                match flush(&mut client, &source_id, &mut batch, &metrics).await {
-                    Ok(Some(reached)) => committed = Some(reached),
-                    Ok(None) => {}
+                match flush(&mut client, &spec, &mut batch, &mut identity, &metrics).await {
+                    Ok(()) => {}
+                    Err(e @ FeederError::Identity { .. }) => {
+                        failure = Some(e);
+                        break 'session;
+                    }
                     Err(e) => {
                         // Nothing of this batch is committed: reconnect to both, read it again.
                         Metrics::add(&metrics.database_errors, 1);
                         tracing::warn!(error = %e, "cannot write to PostgreSQL; reconnecting");
                         source.close().await;
                         client = reconnect_database(&opts, &stop, &metrics).await?;
-                        committed = sink::stream_position(&client, &source_id).await?;
                         continue 'session;
                     }
                 }
@@ -241,7 +288,7 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
             }
         }
         // stopping: what is read is committed above only when due, so flush it now
-        if let Err(e) = flush(&mut client, &source_id, &mut batch, &metrics).await {
+        if let Err(e) = flush(&mut client, &spec, &mut batch, &mut identity, &metrics).await {
             tracing::warn!(error = %e, "could not flush on stop; the gateway replays it on restart");
         }
         source.close().await;
@@ -291,28 +338,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_tracks_the_stream_position_it_reaches() {
-        let mut b = Batch::new(StreamPosition {
-            last_ts_recv: 10,
-            at_last_ts_recv: 1,
-        });
-        b.add(5, 10);
-        assert_eq!(
-            b.position,
-            StreamPosition {
-                last_ts_recv: 10,
-                at_last_ts_recv: 2
-            }
-        );
-        b.add(6, 12);
-        b.add(4, 12);
-        assert_eq!(
-            b.position,
-            StreamPosition {
-                last_ts_recv: 12,
-                at_last_ts_recv: 2
-            }
-        );
-        assert_eq!((b.trades, b.last_ts_event), (3, 6));
+    fn a_batch_counts_staged_trades_and_the_furthest_receipt() {
+        let mut b = Batch::new();
+        b.add(0, 5, 10); // already counted: moves the position only
+        assert_eq!((b.trades, b.last_ts_recv, b.started.is_some()), (0, 10, false));
+        b.add(2, 6, 12);
+        b.add(1, 4, 11);
+        assert_eq!((b.trades, b.last_ts_event, b.last_ts_recv), (3, 6, 12));
+        assert!(b.started.is_some());
     }
 }

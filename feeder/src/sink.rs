@@ -1,6 +1,7 @@
-//! Into staging by binary COPY, each write in one transaction with its `ingest_ledger` entry:
-//! a file is staged whole and exactly once or not at all; a stream's batch is staged together
-//! with the position it reached, so a resumed stream skips exactly what is already staged.
+//! Into staging by binary COPY, each write in one transaction with what it adds to trade
+//! identity (`trade_coverage`) and its `ingest_ledger` entry: a file or a backfill chunk is
+//! staged whole or not at all, a live batch together with the position it reaches. Which
+//! trades are new is decided by trade identity (identity.rs), whatever source staged them.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -8,19 +9,10 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, Transaction};
 
 use crate::copy;
+use crate::coverage;
 use crate::error::FeederError;
-
-#[derive(Debug)]
-pub enum Loaded {
-    /// The ledger already holds this source: nothing was written.
-    Before {
-        trades: i64,
-        at: String,
-    },
-    Now {
-        rows: u64,
-    },
-}
+use crate::identity::{Changes, Identity};
+use crate::source::Summary;
 
 /// The staging table to COPY into, as the extension names it for this batch.
 async fn staging_slot(tx: &Transaction<'_>) -> Result<String, FeederError> {
@@ -81,125 +73,143 @@ async fn copy_rows(
         .map_err(|e| FeederError::db("finishing COPY into staging", e))
 }
 
-/// What identifies a finished source, known once all of it has been read.
-pub struct SourceEnd {
-    pub source: String,
-    pub last_ts_event: i64,
+/// A bounded source to load whole: a file, or a backfill chunk.
+#[derive(Debug, Clone)]
+pub struct Load<'a> {
+    /// 'file' or 'backfill', for the ledger.
+    pub kind: &'a str,
+    /// How the source is named in messages and in `trade_coverage`.
+    pub label: &'a str,
+    /// The ts_recv range its trades were requested for, in ns (`to`: exclusive; `None`: open).
+    pub from: i64,
+    pub to: Option<i64>,
+    /// Load even where trade identity was pruned (trades there may count twice).
+    pub force: bool,
 }
 
-/// Stages everything `chunks` delivers, then records the source in the ledger in the same
-/// transaction. An `Err` from `chunks` (a decode error) aborts the COPY and rolls the whole
-/// source back; a source the ledger already holds is rolled back too, so it counts once.
-pub async fn load_source(
+/// What a source read and what its load adds to trade identity, known once all of it is read.
+pub struct SourceEnd {
+    pub summary: Summary,
+    pub changes: Changes,
+    /// The source's name in the ingest ledger.
+    pub ledger_id: String,
+}
+
+/// Stages the trades of one source that are not yet counted, in one transaction with what
+/// they add to trade identity and the source's ledger entry. `start` receives the trade
+/// identity the source meets and starts reading it: staging rows down the channel, an `Err`
+/// there (a decode error, a source that disagrees with what is stored) aborts the COPY and
+/// rolls the whole source back.
+pub async fn load_source<S, F>(
     client: &mut Client,
-    kind: &str,
-    chunks: mpsc::Receiver<Result<Bytes, FeederError>>,
-    end: impl std::future::Future<Output = Result<SourceEnd, FeederError>>,
-) -> Result<Loaded, FeederError> {
+    load: &Load<'_>,
+    start: S,
+) -> Result<Summary, FeederError>
+where
+    S: FnOnce(Identity) -> (mpsc::Receiver<Result<Bytes, FeederError>>, F),
+    F: std::future::Future<Output = Result<SourceEnd, FeederError>>,
+{
     let tx = client
         .transaction()
         .await
         .map_err(|e| FeederError::db("starting the load", e))?;
+    coverage::lock(&tx).await?;
+    if !load.force {
+        if let Some(why) = coverage::refusal(&tx, load.from).await? {
+            return Err(FeederError::Identity {
+                origin: load.label.to_string(),
+                msg: format!("{why}; --force loads it anyway"),
+            });
+        }
+    }
+    let spans = coverage::load(&tx, load.from, load.to).await?;
+    let (chunks, end) = start(Identity::new(load.label, spans));
     let rows = futures_util::stream::unfold(chunks, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
     let rows = copy_rows(&tx, rows).await?;
     let SourceEnd {
-        source,
-        last_ts_event,
+        summary,
+        changes,
+        ledger_id,
     } = end.await?;
-    if rows == 0 {
-        return Ok(Loaded::Now { rows }); // no trades: nothing to stage or to remember
-    }
-    // Claims the source: a second feeder loading the same trades waits here for the first to
-    // commit, then finds them loaded and rolls its copy back.
-    let claimed = tx
-        .execute(
-            "INSERT INTO ingest_ledger (source, kind, position) VALUES ($1, $2, 0) ON CONFLICT (source) DO NOTHING",
-            &[&source, &kind],
+    coverage::store(&tx, &changes).await?;
+    {
+        let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+        let last_ts_event = i64::try_from(summary.last_ts_event).unwrap_or(-1);
+        tx.execute(
+            "INSERT INTO ingest_ledger AS l (source, kind, position, trades, last_ts_event)
+             VALUES ($1, $2, $3, $3, $4)
+             ON CONFLICT (source) DO UPDATE SET position = l.position + $3, trades = l.trades + $3,
+                 last_ts_event = greatest(l.last_ts_event, $4), updated_at = now()",
+            &[&ledger_id, &load.kind, &rows, &last_ts_event],
         )
         .await
-        .map_err(|e| FeederError::db("claiming the source in ingest_ledger", e))?;
-    if claimed == 0 {
-        let row = tx
-            .query_one(
-                "SELECT trades, to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS TZ') FROM ingest_ledger WHERE source = $1",
-                &[&source],
-            )
-            .await
-            .map_err(|e| FeederError::db("reading ingest_ledger", e))?;
-        return Ok(Loaded::Before {
-            trades: row.get(0),
-            at: row.get(1),
-        }); // tx rolls back
+        .map_err(|e| FeederError::db("recording the load in ingest_ledger", e))?;
     }
-    let rows_i64 = i64::try_from(rows).unwrap_or(i64::MAX);
-    tx.execute(
-        "UPDATE ingest_ledger SET position = $2, trades = $2, last_ts_event = $3, updated_at = now() WHERE source = $1",
-        &[&source, &rows_i64, &last_ts_event],
-    )
-    .await
-    .map_err(|e| FeederError::db("recording the load in ingest_ledger", e))?;
     tx.commit()
         .await
         .map_err(|e| FeederError::db("committing the load", e))?;
-    Ok(Loaded::Now { rows })
+    Ok(summary)
 }
 
-/// How far a stream has been staged: the `ts_recv` of the last staged trade and how many
-/// staged trades share it. Streams arrive in `ts_recv` order, so this is a stream position.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamPosition {
-    pub last_ts_recv: i64,
-    pub at_last_ts_recv: i64,
-}
-
-/// The position a stream's ledger entry records, if it has one.
-pub async fn stream_position(
+/// Where a live subscription stands: the latest `ts_recv` staged for any of `symbols` of
+/// `dataset` ('*' is a subscription to every symbol). A restarted stream replays from there.
+pub async fn live_position(
     client: &Client,
-    source: &str,
-) -> Result<Option<StreamPosition>, FeederError> {
+    dataset: &str,
+    symbols: &[String],
+) -> Result<Option<i64>, FeederError> {
     let row = client
-        .query_opt(
-            "SELECT last_ts_recv, position FROM ingest_ledger WHERE source = $1 AND last_ts_recv IS NOT NULL",
-            &[&source],
+        .query_one(
+            "SELECT max(last_ts_recv) FROM live_positions
+             WHERE dataset = $1 AND (symbol = ANY($2) OR symbol = '*')",
+            &[&dataset, &symbols],
         )
         .await
-        .map_err(|e| FeederError::db("reading the stream's position from ingest_ledger", e))?;
-    Ok(row.map(|r| StreamPosition {
-        last_ts_recv: r.get(0),
-        at_last_ts_recv: r.get(1),
-    }))
+        .map_err(|e| FeederError::db("reading the stream's position from live_positions", e))?;
+    Ok(row.get(0))
 }
 
-/// Stages one batch of a stream together with the position it reaches.
-pub async fn write_batch(
-    client: &mut Client,
-    source: &str,
-    kind: &str,
-    rows: Bytes,
-    trades: i64,
-    last_ts_event: i64,
-    reached: StreamPosition,
-) -> Result<(), FeederError> {
+/// One batch of a live stream: its rows, and where it leaves the stream.
+pub struct Batch<'a> {
+    pub source: &'a str,
+    pub dataset: &'a str,
+    pub symbols: &'a [String],
+    pub rows: Bytes,
+    pub trades: i64,
+    pub last_ts_event: i64,
+    pub position: i64,
+    pub changes: &'a Changes,
+}
+
+/// Stages one batch of a stream together with what it adds to trade identity and the
+/// position it reaches.
+pub async fn write_batch(client: &mut Client, batch: &Batch<'_>) -> Result<(), FeederError> {
     let tx = client
         .transaction()
         .await
         .map_err(|e| FeederError::db("starting a batch", e))?;
-    copy_rows(&tx, futures_util::stream::iter([Ok(rows)])).await?;
+    coverage::lock(&tx).await?;
+    if batch.trades > 0 {
+        copy_rows(&tx, futures_util::stream::iter([Ok(batch.rows.clone())])).await?;
+    }
+    coverage::store(&tx, batch.changes).await?;
+    tx.execute(
+        "INSERT INTO live_positions AS p (dataset, symbol, last_ts_recv)
+         SELECT $1, s, $3 FROM unnest($2::text[]) AS s
+         ON CONFLICT (dataset, symbol) DO UPDATE
+             SET last_ts_recv = greatest(p.last_ts_recv, EXCLUDED.last_ts_recv), updated_at = now()",
+        &[&batch.dataset, &batch.symbols, &batch.position],
+    )
+    .await
+    .map_err(|e| FeederError::db("recording the stream's position in live_positions", e))?;
     tx.execute(
         "INSERT INTO ingest_ledger AS l (source, kind, position, last_ts_event, last_ts_recv, trades)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (source) DO UPDATE SET position = $3, last_ts_event = greatest(l.last_ts_event, $4),
-             last_ts_recv = $5, trades = l.trades + $6, updated_at = now()",
-        &[
-            &source,
-            &kind,
-            &reached.at_last_ts_recv,
-            &last_ts_event,
-            &reached.last_ts_recv,
-            &trades,
-        ],
+         VALUES ($1, 'live', 0, $2, $3, $4)
+         ON CONFLICT (source) DO UPDATE SET last_ts_event = greatest(l.last_ts_event, $2),
+             last_ts_recv = greatest(l.last_ts_recv, $3), trades = l.trades + $4, updated_at = now()",
+        &[&batch.source, &batch.last_ts_event, &batch.position, &batch.trades],
     )
     .await
     .map_err(|e| FeederError::db("recording the batch in ingest_ledger", e))?;

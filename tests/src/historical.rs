@@ -132,27 +132,10 @@ fn answer(
         let mut encoder = Encoder::with_zstd(&mut dbn, &meta).map_err(err)?;
         for t in trades
             .iter()
-            .filter(|t| t.hd.ts_event >= start && t.hd.ts_event < end)
+            .filter(|t| t.ts_recv >= start && t.ts_recv < end) // Databento cuts ranges on ts_recv
         {
             if as_mbp1 {
-                let quote = |action: u8| Mbp1Msg {
-                    hd: RecordHeader::new::<Mbp1Msg>(
-                        dbn::rtype::MBP_1,
-                        t.hd.publisher_id,
-                        t.hd.instrument_id,
-                        t.hd.ts_event,
-                    ),
-                    price: t.price,
-                    size: t.size,
-                    action: action as std::ffi::c_char,
-                    side: t.side,
-                    flags: t.flags,
-                    depth: 0,
-                    ts_recv: t.ts_recv,
-                    ts_in_delta: 0,
-                    sequence: t.sequence,
-                    levels: [BidAskPair::default()],
-                };
+                let quote = |action: u8| mbp1_of(t, action);
                 encoder.encode_record(&quote(b'A')).map_err(err)?;
                 encoder.encode_record(&quote(b'T')).map_err(err)?;
             } else {
@@ -171,6 +154,29 @@ fn answer(
         return out.shutdown(std::net::Shutdown::Both);
     }
     out.write_all(&dbn)
+}
+
+/// The MBP-1 record of a trade's book event (`action` 'T' for the trade itself, 'A' for an
+/// add around it): the same trade as the quote feed carries it.
+pub fn mbp1_of(t: &TradeMsg, action: u8) -> Mbp1Msg {
+    Mbp1Msg {
+        hd: RecordHeader::new::<Mbp1Msg>(
+            dbn::rtype::MBP_1,
+            t.hd.publisher_id,
+            t.hd.instrument_id,
+            t.hd.ts_event,
+        ),
+        price: t.price,
+        size: t.size,
+        action: action as std::ffi::c_char,
+        side: t.side,
+        flags: t.flags,
+        depth: 0,
+        ts_recv: t.ts_recv,
+        ts_in_delta: 0,
+        sequence: t.sequence,
+        levels: [BidAskPair::default()],
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 pub mod gateway;
 pub mod historical;
 
-use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
+use dbn::decode::{DbnMetadata, DecodeRecord, DecodeRecordRef, DynDecoder};
+use dbn::encode::EncodeRecord;
 use dbn::{MboMsg, Mbp1Msg, TradeMsg, TsSymbolMap, VersionUpgradePolicy};
 
 /// The test cluster's port: TRADEBARS_TEST_PORT, or 55439.
@@ -129,6 +130,12 @@ pub fn feeder(args: &[&str], db: Option<&str>) -> Output {
 
 /// A generated TRADES file (`tradebars-feeder generate`) in the scratch folder.
 pub fn generate(name: &str, symbols: usize, trades: usize, seed: u64) -> PathBuf {
+    generate_on(name, symbols, trades, seed, "2025-10-24")
+}
+
+/// The same, for another trading day: files of different days hold different trades of
+/// the same instruments (two files of one day would be two versions of the same trades).
+pub fn generate_on(name: &str, symbols: usize, trades: usize, seed: u64, date: &str) -> PathBuf {
     let path = scratch(name);
     let out = feeder(
         &[
@@ -139,6 +146,8 @@ pub fn generate(name: &str, symbols: usize, trades: usize, seed: u64) -> PathBuf
             &trades.to_string(),
             "--seed",
             &seed.to_string(),
+            "--date",
+            date,
             "--out",
             &path.display().to_string(),
         ],
@@ -179,56 +188,171 @@ pub fn sample(name: &str) -> Option<PathBuf> {
 /// high, low, close (fixed-point integers), volume, trade count.
 pub type BarKey = (String, i64);
 pub type BarVal = (i64, i64, i64, i64, i64, i64);
-/// A trade as the oracle orders it: ts_event, sequence, publisher, price, size.
-type OracleTrade = (u64, u32, u16, i64, u32);
 
-/// Databento's OHLCV-1m, computed from the file by the plainest means: collect the valid
-/// trades of each (symbol, UTC minute), sort them by (ts_event, sequence, publisher, price).
-pub fn oracle(path: &Path) -> BTreeMap<BarKey, BarVal> {
+/// A trade as the oracle sees it: the fields that place and weigh it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OracleTrade {
+    pub instrument_id: u32,
+    pub publisher_id: u16,
+    pub ts_event: u64,
+    pub ts_recv: u64,
+    pub sequence: u32,
+    pub price: i64,
+    pub size: u32,
+}
+
+/// Every trade event of a DBN file (TRADES records, and MBP-1/TBBO/MBO records of action
+/// 'T'), in file order, with its symbol.
+pub fn trades_of(path: &Path) -> Vec<(String, OracleTrade)> {
     let mut decoder =
         DynDecoder::from_file(path, VersionUpgradePolicy::UpgradeToV3).expect("decoding the file");
     let symbols = TsSymbolMap::from_metadata(decoder.metadata()).expect("symbology");
-    let mut trades: BTreeMap<BarKey, Vec<OracleTrade>> = BTreeMap::new();
+    let mut out = Vec::new();
     while let Some(rec) = decoder.decode_record_ref().expect("record") {
         let t = if let Some(t) = rec.get::<TradeMsg>() {
-            Some((t.hd, t.sequence, t.price, t.size))
+            Some((t.hd, t.ts_recv, t.sequence, t.price, t.size))
         } else if let Some(m) = rec.get::<Mbp1Msg>() {
-            (m.action as u8 == b'T').then_some((m.hd, m.sequence, m.price, m.size))
+            (m.action as u8 == b'T').then_some((m.hd, m.ts_recv, m.sequence, m.price, m.size))
         } else if let Some(m) = rec.get::<MboMsg>() {
-            (m.action as u8 == b'T').then_some((m.hd, m.sequence, m.price, m.size))
+            (m.action as u8 == b'T').then_some((m.hd, m.ts_recv, m.sequence, m.price, m.size))
         } else {
             None
         };
-        let Some((hd, seq, price, size)) = t else {
+        let Some((hd, ts_recv, sequence, price, size)) = t else {
             continue;
         };
-        if price == i64::MAX || size == 0 {
-            continue;
-        }
-        let Some(symbol) = symbols.get_for_ts(hd.ts_event, hd.instrument_id) else {
-            continue;
-        };
-        let minute = (hd.ts_event / 60_000_000_000) as i64 * 60;
-        trades.entry((symbol.clone(), minute)).or_default().push((
-            hd.ts_event,
-            seq,
-            hd.publisher_id,
-            price,
-            size,
+        let symbol = symbols
+            .get_for_ts(hd.ts_event, hd.instrument_id)
+            .cloned()
+            .unwrap_or_default();
+        out.push((
+            symbol,
+            OracleTrade {
+                instrument_id: hd.instrument_id,
+                publisher_id: hd.publisher_id,
+                ts_event: hd.ts_event,
+                ts_recv,
+                sequence,
+                price,
+                size,
+            },
         ));
     }
-    trades
-        .into_iter()
-        .map(|(key, mut ts)| {
-            ts.sort();
-            let open = ts[0].3;
-            let close = ts[ts.len() - 1].3;
-            let high = ts.iter().map(|t| t.3).max().unwrap_or(open);
-            let low = ts.iter().map(|t| t.3).min().unwrap_or(open);
-            let volume = ts.iter().map(|t| i64::from(t.4)).sum();
+    out
+}
+
+/// Which timestamp places a trade in its minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OracleClock {
+    Recv,
+    Event,
+}
+
+/// Databento's OHLCV-1m of `trades` (given in stream order), computed by the plainest
+/// means: the valid trades of each (symbol, UTC minute of ts_recv), open the first in
+/// stream order, close the last, high and low the extremes, volume the sum of sizes.
+pub fn oracle_of(trades: &[(String, OracleTrade)], clock: OracleClock) -> BTreeMap<BarKey, BarVal> {
+    let mut bars: BTreeMap<BarKey, Vec<(i64, u32)>> = BTreeMap::new();
+    let mut ordered: Vec<&(String, OracleTrade)> = trades.iter().collect();
+    if clock == OracleClock::Event {
+        // exchange order, as tradebars 0.2.0 built bars
+        ordered.sort_by_key(|(_, t)| (t.ts_event, t.sequence, t.publisher_id, t.price));
+    }
+    for (symbol, t) in ordered {
+        if t.price == i64::MAX || t.size == 0 || symbol.is_empty() {
+            continue;
+        }
+        let at = match clock {
+            OracleClock::Recv => t.ts_recv,
+            OracleClock::Event => t.ts_event,
+        };
+        let minute = (at / 60_000_000_000) as i64 * 60;
+        bars.entry((symbol.clone(), minute))
+            .or_default()
+            .push((t.price, t.size));
+    }
+    bars.into_iter()
+        .map(|(key, ts)| {
+            let open = ts[0].0;
+            let close = ts[ts.len() - 1].0;
+            let high = ts.iter().map(|t| t.0).max().unwrap_or(open);
+            let low = ts.iter().map(|t| t.0).min().unwrap_or(open);
+            let volume = ts.iter().map(|t| i64::from(t.1)).sum();
             (key, (open, high, low, close, volume, ts.len() as i64))
         })
         .collect()
+}
+
+/// The bars a DBN file must give under Databento's clock.
+pub fn oracle(path: &Path) -> BTreeMap<BarKey, BarVal> {
+    oracle_of(&trades_of(path), OracleClock::Recv)
+}
+
+/// Writes the records of `src` received in `[from, to)` (ns) to `dst`: as TRADES, or as the
+/// MBP-1 quote feed of the same trades (each trade with an add before it). The metadata
+/// says the range, as a Databento request for it would.
+pub fn cut_file(src: &Path, dst: &Path, from: u64, to: u64, mbp1: bool) -> usize {
+    let mut decoder =
+        DynDecoder::from_file(src, VersionUpgradePolicy::UpgradeToV3).expect("decoding the file");
+    let mut meta = decoder.metadata().clone();
+    meta.start = from;
+    meta.end = std::num::NonZeroU64::new(to);
+    if mbp1 {
+        meta.schema = Some(dbn::Schema::Mbp1);
+    }
+    let file = std::fs::File::create(dst).expect("creating the cut file");
+    let mut encoder = dbn::encode::dbn::Encoder::with_zstd(file, &meta).expect("encoder");
+    let mut kept = 0;
+    while let Some(t) = decoder.decode_record::<TradeMsg>().expect("record") {
+        if t.ts_recv < from || t.ts_recv >= to {
+            continue;
+        }
+        kept += 1;
+        if mbp1 {
+            encoder
+                .encode_record(&historical::mbp1_of(t, b'A'))
+                .expect("encoding");
+            encoder
+                .encode_record(&historical::mbp1_of(t, b'T'))
+                .expect("encoding");
+        } else {
+            encoder.encode_record(t).expect("encoding");
+        }
+    }
+    encoder.flush().expect("flushing");
+    kept
+}
+
+/// The ts_recv range a generated file's trades were made for: its metadata's start and end.
+pub fn range_of(path: &Path) -> (u64, u64) {
+    let decoder =
+        DynDecoder::from_file(path, VersionUpgradePolicy::UpgradeToV3).expect("decoding the file");
+    let m = decoder.metadata();
+    (m.start, m.end.map_or(u64::MAX, |e| e.get()))
+}
+
+/// Stages a file's trades with plain SQL, as any version of the extension takes them (its
+/// own columns only), for databases the current feeder does not write to.
+pub fn stage_with_sql(db: &str, path: &Path) {
+    let mut c = connect(db);
+    let slot: String = c
+        .query_one("SELECT staging_slot()", &[])
+        .expect("staging_slot()")
+        .get(0);
+    let mut rows = String::new();
+    for (symbol, t) in trades_of(path) {
+        rows.push_str(&format!(
+            "{symbol}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\tA\t0\n",
+            t.instrument_id, t.publisher_id, t.ts_event, t.ts_recv, t.sequence, t.price, t.size
+        ));
+    }
+    let mut w = c
+        .copy_in(&format!(
+            "COPY {slot} (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags) FROM STDIN"
+        ))
+        .expect("COPY");
+    std::io::Write::write_all(&mut w, rows.as_bytes()).expect("COPY rows");
+    w.finish().expect("COPY finish");
 }
 
 /// The trades bars of a database, in the oracle's form.

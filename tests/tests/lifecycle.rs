@@ -27,6 +27,25 @@ SELECT string_agg(d, E'\n' ORDER BY d) FROM (
       AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'tradebars')
 ) objects"#;
 
+/// The extension's objects in `upgraded` are those of a fresh install, `fresh`; on a
+/// difference, the lines that differ.
+fn assert_same_objects(upgraded: &str, fresh: &str) {
+    let (a, b) = (
+        one::<String>(upgraded, EXTENSION_OBJECTS),
+        one::<String>(fresh, EXTENSION_OBJECTS),
+    );
+    let only = |x: &str, y: &str| -> Vec<String> {
+        let other: std::collections::HashSet<&str> = y.lines().collect();
+        x.lines().filter(|l| !other.contains(l)).map(String::from).collect()
+    };
+    assert!(
+        a == b,
+        "upgraded only:\n{}\nfresh only:\n{}",
+        only(&a, &b).join("\n"),
+        only(&b, &a).join("\n")
+    );
+}
+
 fn one<T: for<'a> postgres::types::FromSql<'a>>(db: &str, q: &str) -> T {
     connect(db)
         .query_one(q, &[])
@@ -34,31 +53,49 @@ fn one<T: for<'a> postgres::types::FromSql<'a>>(db: &str, q: &str) -> T {
         .get(0)
 }
 
-#[test]
-fn upgrading_from_0_1_0_gives_what_a_fresh_install_gives() {
-    let old = empty_db("upgrade");
-    connect(&old)
-        .batch_execute("CREATE EXTENSION tradebars VERSION '0.1.0'")
-        .expect("installing 0.1.0");
-    let file = generate("upgrade.dbn.zst", 8, 20000, 21);
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&old),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let before = stored_bars(&old);
-    assert_eq!(before, oracle(&file));
+/// A database created at an earlier `version`, with bars built by that version's rollup from
+/// `file` (staged with SQL: the current feeder writes the current staging).
+fn old_database(name: &str, version: &str, file: &std::path::Path) -> String {
+    let db = empty_db(name);
+    connect(&db)
+        .batch_execute(&format!("CREATE EXTENSION tradebars VERSION '{version}'"))
+        .unwrap_or_else(|e| panic!("installing {version}: {e}"));
+    stage_with_sql(&db, file);
+    connect(&db)
+        .batch_execute("SELECT bars_rollup()")
+        .expect("the old version's rollup");
+    db
+}
 
-    connect(&old)
+fn error_of(db: &str, sql: &str) -> String {
+    match connect(db).batch_execute(sql) {
+        Ok(()) => panic!("{sql} succeeded"),
+        Err(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default(),
+    }
+}
+
+fn update_to_current(db: &str) {
+    connect(db)
         .batch_execute("ALTER EXTENSION tradebars UPDATE")
         .expect("ALTER EXTENSION UPDATE");
     assert_eq!(
         one::<String>(
-            &old,
+            db,
             "SELECT extversion FROM pg_extension WHERE extname = 'tradebars'"
         ),
-        "0.2.0"
+        "0.3.0"
     );
+}
+
+#[test]
+fn upgrading_from_0_1_0_gives_what_a_fresh_install_gives() {
+    let file = generate("upgrade.dbn.zst", 8, 20000, 21);
+    let old = old_database("upgrade", "0.1.0", &file);
+    let before = stored_bars(&old);
+    // 0.1.0 built bars on exchange time
+    assert_eq!(before, oracle_of(&trades_of(&file), OracleClock::Event));
+
+    update_to_current(&old);
     assert_eq!(stored_bars(&old), before, "the upgrade keeps every bar");
     assert_eq!(
         one::<i64>(&old, "SELECT trades_rolled_up FROM rollup_status()"),
@@ -66,17 +103,86 @@ fn upgrading_from_0_1_0_gives_what_a_fresh_install_gives() {
     );
 
     let fresh = fresh_db("fresh", "");
+    assert_same_objects(&old, &fresh);
+}
+
+#[test]
+fn upgrading_from_0_2_0_keeps_the_clock_its_bars_were_built_with() {
+    let day1 = generate("upgrade2-day1.dbn.zst", 8, 20000, 22);
+    let day2 = generate_on("upgrade2-day2.dbn.zst", 8, 10000, 23, "2025-10-27");
+    let event = |f: &std::path::Path| oracle_of(&trades_of(f), OracleClock::Event);
+    // the generated days hold trades whose ts_event and ts_recv minutes differ
+    assert_ne!(event(&day1), oracle(&day1));
+    let db = old_database("upgrade2", "0.2.0", &day1);
+    // a 0.2.0 live feeder's position, under the spelling of its --symbols
+    connect(&db)
+        .batch_execute(
+            "INSERT INTO ingest_ledger (source, kind, position, last_ts_recv)
+             VALUES ('live:XNAS.ITCH:trades:WGRX,DHB', 'live', 1, 1761317000000000000)",
+        )
+        .expect("a 0.2.0 ledger entry");
+    assert_eq!(stored_bars(&db), event(&day1));
+
+    update_to_current(&db);
+    let fresh = fresh_db("fresh2", "");
+    assert_same_objects(&db, &fresh);
+    assert_eq!(one::<String>(&db, "SELECT bar_clock()"), "ts_event");
+    assert_eq!(one::<String>(&fresh, "SELECT bar_clock()"), "ts_recv");
     assert_eq!(
-        one::<String>(&old, EXTENSION_OBJECTS),
-        one::<String>(&fresh, EXTENSION_OBJECTS)
+        one::<String>(
+            &db,
+            "SELECT bar_clock FROM migration_status() WHERE data_source = 'trades'"
+        ),
+        "ts_event"
     );
+    assert_eq!(
+        one::<String>(
+            &db,
+            "SELECT string_agg(symbol || '@' || last_ts_recv, ',' ORDER BY symbol) FROM live_positions"
+        ),
+        "DHB@1761317000000000000,WGRX@1761317000000000000"
+    );
+
+    // new trades go on in the same clock, loaded by the current feeder
+    let out = feeder(&["replay", &day2.display().to_string(), "--rollup"], Some(&db));
+    assert!(out.status.success(), "{}", text(&out));
+    let mut expected = event(&day1);
+    expected.extend(event(&day2));
+    assert_eq!(stored_bars(&db), expected);
+    assert_eq!(
+        one::<String>(&db, "SELECT clock FROM bars('WGRX', '2025-10-27', '2025-10-28') LIMIT 1"),
+        "ts_event"
+    );
+    // trades before the upgrade have no identity: loading them again is refused
+    let again = feeder(&["replay", &day1.display().to_string()], Some(&db));
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        text(&again).contains("trade identity is no longer kept") && text(&again).contains("--force"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(stored_bars(&db), expected, "nothing of it staged");
+
+    // the DBA's way to Databento's clock: roll back the trades bars, set it, load again
+    assert!(error_of(&db, "SELECT set_bar_clock('ts_recv')").contains("built on the ts_event clock"));
+    assert!(error_of(&db, "SELECT set_bar_clock('utc')").contains("must be"));
+    connect(&db)
+        .batch_execute("SELECT rollback_trades(); SELECT set_bar_clock('ts_recv');")
+        .expect("rollback and switch");
+    for f in [&day1, &day2] {
+        let out = feeder(&["replay", &f.display().to_string(), "--rollup"], Some(&db));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut expected = oracle(&day1);
+    expected.extend(oracle(&day2));
+    assert_eq!(stored_bars(&db), expected);
 }
 
 #[test]
 fn dump_and_restore_keep_bars_staging_and_the_ledger() {
     let db = fresh_db("dump", "");
     let rolled = generate("dump-rolled.dbn.zst", 8, 20000, 31);
-    let staged = generate("dump-staged.dbn.zst", 8, 5000, 32);
+    let staged = generate_on("dump-staged.dbn.zst", 8, 5000, 32, "2025-10-27");
     assert!(feeder(
         &["replay", &rolled.display().to_string(), "--rollup"],
         Some(&db)
@@ -111,24 +217,23 @@ fn dump_and_restore_keep_bars_staging_and_the_ledger() {
         5000
     );
     assert_eq!(count(&restored, "SELECT count(*) FROM ingest_ledger"), 2);
-    // the restored database goes on: the staged trades roll up, a loaded file stays loaded
+    assert_eq!(
+        count(&restored, "SELECT count(*) FROM trade_coverage"),
+        count(&db, "SELECT count(*) FROM trade_coverage")
+    );
+    // the restored database goes on: the staged trades roll up, trade identity survived
     let again = feeder(
         &["replay", &rolled.display().to_string(), "--rollup"],
         Some(&restored),
     );
     assert!(
-        again.status.success() && text(&again).contains("already loaded"),
+        again.status.success() && text(&again).contains("20000 trades already counted"),
         "{}",
         text(&again)
     );
     let mut expected = oracle(&rolled);
-    let staged_bars = oracle(&staged);
-    let stored = stored_bars(&restored);
-    assert_eq!(stored.values().map(|v| v.5).sum::<i64>(), 25000);
-    expected.retain(|k, _| !staged_bars.contains_key(k));
-    for (k, v) in &expected {
-        assert_eq!(stored.get(k), Some(v), "bar {k:?}");
-    }
+    expected.extend(oracle(&staged));
+    assert_eq!(stored_bars(&restored), expected);
 }
 
 #[test]

@@ -36,7 +36,13 @@ fn replaying_the_same_trades_again_counts_nothing_twice() {
     let first = stored_bars(&db);
     let again = feeder(&["replay", &f, &f, "--rollup"], Some(&db));
     assert!(again.status.success(), "{}", text(&again));
-    assert!(text(&again).contains("already loaded"), "{}", text(&again));
+    assert!(
+        text(&again).contains("5000 trades already counted (overlap with ")
+            && text(&again).contains("twice.dbn)"),
+        "{}",
+        text(&again)
+    );
+    assert!(text(&again).contains("0 trades staged"), "{}", text(&again));
     assert_eq!(stored_bars(&db), first);
     assert_eq!(first, oracle(&file));
 }
@@ -45,7 +51,10 @@ fn replaying_the_same_trades_again_counts_nothing_twice() {
 fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
     let db = fresh_db("concurrent", "");
     let files: Vec<_> = (0..4)
-        .map(|i| generate(&format!("part{i}.dbn.zst"), 40, 40000, 100 + i))
+        .map(|i| {
+            let day = format!("2025-10-{}", 20 + i);
+            generate_on(&format!("part{i}.dbn.zst"), 40, 40000, 100 + i, &day)
+        })
         .collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -153,7 +162,9 @@ fn real_samples_of_every_version_and_schema_load_once() {
     assert!(out.status.success(), "{}", text(&out));
     // v1, v2, v3 and plain hold the same 2 trades: loaded once
     assert_eq!(
-        text(&out).matches("already loaded").count(),
+        text(&out)
+            .matches("2 trades already counted (overlap with dbn-test_data.trades.v1.dbn.zst)")
+            .count(),
         3,
         "{}",
         text(&out)

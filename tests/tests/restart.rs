@@ -12,7 +12,11 @@ fn a_postgres_crash_mid_copy_loses_nothing_committed_and_stages_nothing_half() {
     let db = fresh_db("crash", "");
     let first = scratch("crash-first.dbn.zst");
     let second = scratch("crash-second.dbn.zst");
-    for (file, trades, seed) in [(&first, "20000", "51"), (&second, "1000000", "52")] {
+    // two trading days: different trades of the same instruments
+    for (file, trades, seed, date) in [
+        (&first, "20000", "51", "2025-10-24"),
+        (&second, "1000000", "52", "2025-10-27"),
+    ] {
         let out = feeder(
             &[
                 "generate",
@@ -22,6 +26,8 @@ fn a_postgres_crash_mid_copy_loses_nothing_committed_and_stages_nothing_half() {
                 trades,
                 "--seed",
                 seed,
+                "--date",
+                date,
                 "--out",
                 &file.display().to_string(),
             ],

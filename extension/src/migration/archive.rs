@@ -181,19 +181,31 @@ DECLARE
 BEGIN
     PERFORM require_price_bars_ready('rollback_trades');
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
+    -- Staged trades would become trades bars again after the rollback, and their identity
+    -- goes with the ledger: roll them up first, or remove them with the bars.
+    IF NOT coalesce(include_staging, false) AND EXISTS (SELECT 1 FROM trades_staging) THEN
+        RAISE EXCEPTION 'rollback_trades: % trades are staged and not yet rolled up',
+            (SELECT count(*) FROM trades_staging)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'SELECT bars_rollup(); first, or SELECT rollback_trades(include_staging => true);';
+    END IF;
     DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy;
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- What was loaded is forgotten with the bars, so the same files, chunks and live
+    -- periods can be fed again and count once (0.3.0).
+    DELETE FROM ingest_ledger;
+    DELETE FROM live_positions;
+    DELETE FROM trade_coverage;
     IF coalesce(include_staging, false) THEN
         TRUNCATE trades_staging_0, trades_staging_1, trades_rejected;
-        DELETE FROM ingest_ledger;
-        RAISE NOTICE 'rollback_trades: removed % trades bars, staged trades and the ingest ledger', n;
+        RAISE NOTICE 'rollback_trades: removed % trades bars, staged trades, the ingest ledger and trade identity', n;
     ELSE
-        RAISE NOTICE 'rollback_trades: removed % trades bars; legacy bars untouched', n;
+        RAISE NOTICE 'rollback_trades: removed % trades bars, the ingest ledger and trade identity; legacy bars untouched', n;
     END IF;
     RETURN n;
 END
 $fn$;
 "#,
     name = "migration_archive",
-    requires = ["migration_legacy", checked_age],
+    requires = ["migration_legacy", "tradebars_identity", checked_age],
 );

@@ -5,7 +5,8 @@ pgrx::extension_sql!(
     r#"
 CREATE FUNCTION migration_status()
 RETURNS TABLE (location text, data_source text, is_legacy boolean, soft_deleted boolean,
-               bars bigint, total_volume numeric, first_bar timestamptz, last_bar timestamptz)
+               bars bigint, total_volume numeric, first_bar timestamptz, last_bar timestamptz,
+               bar_clock text)
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, pg_temp
 AS $fn$
@@ -13,14 +14,15 @@ BEGIN
     PERFORM require_price_bars_ready('migration_status');
     RETURN QUERY
         SELECT 'price_bars', p.data_source, p.is_legacy, p.deleted_at IS NOT NULL, count(*),
-               sum(p.volume)::numeric, min(p."timestamp"), max(p."timestamp")
+               sum(p.volume)::numeric, min(p."timestamp"), max(p."timestamp"),
+               CASE WHEN p.data_source = 'trades' AND NOT p.is_legacy THEN bar_clock() END
         FROM price_bars p
         GROUP BY 2, 3, 4
         ORDER BY 3 DESC, 2, 4;
     IF to_regclass('price_bars_legacy') IS NOT NULL THEN
         RETURN QUERY EXECUTE
             'SELECT ''price_bars_legacy'', a.data_source, a.is_legacy, a.deleted_at IS NOT NULL, count(*),
-                    sum(a.volume)::numeric, min(a."timestamp"), max(a."timestamp")
+                    sum(a.volume)::numeric, min(a."timestamp"), max(a."timestamp"), NULL::text
              FROM price_bars_legacy a GROUP BY 2, 3, 4 ORDER BY 2, 4';
     END IF;
 END
@@ -138,5 +140,5 @@ END
 $fn$;
 "#,
     name = "migration_verify",
-    requires = ["migration_legacy", "bars_query", checked_age],
+    requires = ["migration_legacy", "bars_query", "tradebars_identity", checked_age],
 );

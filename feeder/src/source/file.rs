@@ -9,10 +9,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::{Record, Schema, TsSymbolMap, VersionUpgradePolicy};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::error::FeederError;
+use crate::identity::{Changes, Identity};
 use crate::source::{RowEncoder, Summary};
 use crate::trade::RecordKind;
 
@@ -77,12 +77,17 @@ impl DbnFile {
         })
     }
 
-    /// Decodes the whole file, sending staging rows in COPY format (no header or trailer).
-    /// Runs on a blocking thread. An error is sent down the channel too, so the writer aborts
-    /// its COPY and nothing of this file is committed.
-    pub fn decode_into(&self, tx: mpsc::Sender<Result<Bytes, FeederError>>) -> Option<Summary> {
-        match self.decode(&tx) {
-            Ok(summary) => Some(summary),
+    /// Decodes the whole file, sending staging rows in COPY format (no header or trailer)
+    /// of the trades `identity` does not know yet. Runs on a blocking thread. An error is
+    /// sent down the channel too, so the writer aborts its COPY and nothing of this file is
+    /// committed.
+    pub fn decode_into(
+        &self,
+        identity: Identity,
+        tx: mpsc::Sender<Result<Bytes, FeederError>>,
+    ) -> Option<(Summary, Changes)> {
+        match self.decode(identity, &tx) {
+            Ok(done) => Some(done),
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
                 None
@@ -148,21 +153,30 @@ impl DbnFile {
         }
     }
 
-    /// Reads only the metadata: is this a DBN file whose schema can carry trades?
-    pub fn check(&self) -> Result<(), FeederError> {
+    /// Reads only the metadata: is this a DBN file whose schema can carry trades? Returns the
+    /// time range its records were requested for, `[start, end)` in ns (end `None`: open).
+    pub fn check(&self) -> Result<(i64, Option<i64>), FeederError> {
         let decoder = DynDecoder::with_buffer(
             io::BufReader::new(self.dbn_stream(Arc::new(AtomicU64::new(0)))?),
             dbn::Compression::None,
             VersionUpgradePolicy::UpgradeToV3,
         )
         .map_err(|e| self.dbn_err(e))?;
-        self.check_schema(decoder.metadata())
+        let metadata = decoder.metadata();
+        self.check_schema(metadata)?;
+        let start = i64::try_from(metadata.start).unwrap_or(0);
+        let end = metadata
+            .end
+            .and_then(|e| i64::try_from(e.get()).ok())
+            .filter(|e| *e > start);
+        Ok((start, end))
     }
 
     fn decode(
         &self,
+        identity: Identity,
         tx: &mpsc::Sender<Result<Bytes, FeederError>>,
-    ) -> Result<Summary, FeederError> {
+    ) -> Result<(Summary, Changes), FeederError> {
         let metadata_len = self.metadata_len()?;
         let delivered = Arc::new(AtomicU64::new(0));
         let reader = CountingReader {
@@ -179,17 +193,16 @@ impl DbnFile {
         let metadata = decoder.metadata().clone();
         self.check_schema(&metadata)?;
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
-        let mut rows = RowEncoder::default();
-        let mut hasher = Sha256::new();
+        let mut rows = RowEncoder::new(identity);
         while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
             record_bytes += rec.record_size() as u64;
-            if rows.push(&rec, &symbols) == Some(RecordKind::SymbolMapping) {
+            let kind = rows.push(&rec, &symbols).map_err(|e| self.identity_err(e))?;
+            if kind == Some(RecordKind::SymbolMapping) {
                 symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
             }
             if let Some(chunk) = rows.full_chunk() {
-                hasher.update(&chunk);
                 if tx.blocking_send(Ok(chunk)).is_err() {
-                    return Ok(rows.summary); // the writer stopped; it reports why
+                    return Ok((rows.summary, Changes::default())); // the writer stopped; it reports why
                 }
             }
         }
@@ -200,17 +213,17 @@ impl DbnFile {
                 read.saturating_sub(metadata_len + record_bytes)
             )));
         }
-        if let Some(chunk) = rows.rest() {
-            hasher.update(&chunk);
+        let (rest, summary, changes) = rows.finish(&symbols).map_err(|e| self.identity_err(e))?;
+        if let Some(chunk) = rest {
             let _ = tx.blocking_send(Ok(chunk));
         }
-        let mut summary = rows.summary;
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        summary.source_id = format!("trades:sha256:{digest}");
-        Ok(summary)
+        Ok((summary, changes))
+    }
+
+    fn identity_err(&self, e: crate::identity::IdentityError) -> FeederError {
+        FeederError::Identity {
+            origin: self.path.display().to_string(),
+            msg: e.to_string(),
+        }
     }
 }

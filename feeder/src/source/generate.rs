@@ -137,14 +137,17 @@ pub fn generate(
     let mut clock = start as f64;
     let mut sequence: u32 = 1_000;
     let mut sweep_left = 0u32;
+    let mut latency = 0i64;
+    let mut last_size = 0u32;
     let mut symbol = 0usize;
     let mut made = Generated {
         symbols: names.len(),
         ..Default::default()
     };
     for i in 0..spec.trades {
-        if sweep_left > 0 {
-            sweep_left -= 1; // same symbol, same nanosecond
+        let in_sweep = sweep_left > 0;
+        if in_sweep {
+            sweep_left -= 1; // same symbol, same ts_recv, same sequence
         } else {
             if spell_left == 0 {
                 let r: f64 = rng.gen();
@@ -167,21 +170,47 @@ pub fn generate(
                 sweep_left = rng.gen_range(1..5);
             }
         }
-        let ts_event = (clock as i64).min(end - 1);
+        // The clock is receipt time: Databento delivers in ts_recv order. The exchange
+        // stamped the trade a little earlier, now and then a good deal earlier (a late
+        // print), so some trades fall in an earlier minute by ts_event than by ts_recv.
+        let ts_recv = (clock as i64).min(end - 1);
+        if !in_sweep {
+            latency = if rng.gen_ratio(1, 50) {
+                rng.gen_range(50_000..5_000_000)
+            } else {
+                rng.gen_range(1_000..50_000)
+            };
+        }
+        let ts_event = ts_recv - latency;
         let step: i64 = match rng.gen_range(0..100) {
             0..=29 => -1,
             30..=69 => 0,
             70..=98 => 1,
             _ => rng.gen_range(-10..=10),
         };
-        let price = (prices[symbol] + step * CENT).max(CENT);
-        prices[symbol] = price;
-        let size: u32 = match rng.gen_range(0..10) {
-            0..=5 => rng.gen_range(1..100),
-            6..=8 => 100 * rng.gen_range(1..=5),
-            _ => rng.gen_range(1000..10000),
+        // A sweep walks the book one way; now and then a fill repeats the previous one exactly.
+        let repeat = in_sweep && rng.gen_ratio(1, 8);
+        let price = if repeat {
+            prices[symbol]
+        } else if in_sweep {
+            (prices[symbol] - CENT).max(CENT)
+        } else {
+            (prices[symbol] + step * CENT).max(CENT)
         };
-        sequence = sequence.wrapping_add(1);
+        prices[symbol] = price;
+        let size: u32 = if repeat {
+            last_size
+        } else {
+            match rng.gen_range(0..10) {
+                0..=5 => rng.gen_range(1..100),
+                6..=8 => 100 * rng.gen_range(1..=5),
+                _ => rng.gen_range(1000..10000),
+            }
+        };
+        last_size = size;
+        if !in_sweep {
+            sequence = sequence.wrapping_add(1);
+        }
         let rec = TradeMsg {
             hd: RecordHeader::new::<TradeMsg>(
                 dbn::rtype::MBP_0,
@@ -195,16 +224,16 @@ pub fn generate(
             side: [b'A', b'B', b'N'][rng.gen_range(0..3)] as std::ffi::c_char,
             flags: FlagSet::empty(),
             depth: 0,
-            ts_recv: ts_event as u64 + rng.gen_range(1_000..50_000),
+            ts_recv: ts_recv as u64,
             ts_in_delta: 0,
             sequence,
         };
         encoder.encode_record(&rec).map_err(enc_err)?;
         if made.trades == 0 {
-            made.first_ts = ts_event as u64;
+            made.first_ts = ts_recv as u64;
         }
         made.trades += 1;
-        made.last_ts = ts_event as u64;
+        made.last_ts = ts_recv as u64;
         if i % 100_000 == 0 {
             progress(i);
         }

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::error::FeederError;
+use crate::identity::{Changes, Identity};
 use crate::source::{RowEncoder, Summary};
 
 #[derive(Debug, Clone)]
@@ -83,13 +84,15 @@ fn api_error(e: databento::Error) -> FeederError {
     }
 }
 
-/// Fetches one chunk and sends its trades as COPY rows; returns what it read.
+/// Fetches one chunk and sends the trades `identity` does not know yet as COPY rows; returns
+/// what it read and what the chunk adds to trade identity.
 pub async fn fetch_chunk(
     client: &mut HistoricalClient,
     spec: &BackfillSpec,
     (from, to): (OffsetDateTime, OffsetDateTime),
+    identity: Identity,
     tx: mpsc::Sender<Result<Bytes, FeederError>>,
-) -> Result<Summary, FeederError> {
+) -> Result<(Summary, Changes), FeederError> {
     let symbols: databento::Symbols = match &spec.symbols {
         Some(list) => list.clone().into(),
         None => databento::Symbols::All,
@@ -101,7 +104,11 @@ pub async fn fetch_chunk(
         .stype_in(SType::RawSymbol)
         .date_time_range((from, to))
         .build();
-    let result: Result<Summary, FeederError> = async {
+    let identity_err = |e: crate::identity::IdentityError| FeederError::Identity {
+        origin: format!("backfill {} {from} to {to}", spec.dataset),
+        msg: e.to_string(),
+    };
+    let result: Result<(Summary, Changes), FeederError> = async {
         let mut decoder = client
             .timeseries()
             .get_range(&params)
@@ -109,25 +116,26 @@ pub async fn fetch_chunk(
             .map_err(api_error)?;
         let symbols = TsSymbolMap::from_metadata(decoder.metadata())
             .map_err(|e| FeederError::Gateway(format!("symbology of the response: {e}")))?;
-        let mut rows = RowEncoder::default();
+        let mut rows = RowEncoder::new(identity);
         while let Some(rec) = decoder.decode_record_ref().await.map_err(|e| {
             FeederError::Gateway(format!("historical API: reading the response: {e}"))
         })? {
-            rows.push(&rec, &symbols);
+            rows.push(&rec, &symbols).map_err(identity_err)?;
             if let Some(chunk) = rows.full_chunk() {
                 if tx.send(Ok(chunk)).await.is_err() {
-                    return Ok(rows.summary);
+                    return Ok((rows.summary, Changes::default()));
                 }
             }
         }
-        if let Some(chunk) = rows.rest() {
+        let (rest, summary, changes) = rows.finish(&symbols).map_err(identity_err)?;
+        if let Some(chunk) = rest {
             let _ = tx.send(Ok(chunk)).await;
         }
-        Ok(rows.summary)
+        Ok((summary, changes))
     }
     .await;
     match result {
-        Ok(summary) => Ok(summary),
+        Ok(done) => Ok(done),
         Err(e) => {
             // The writer reports it (and aborts its COPY); this copy is for a writer that left.
             let text = e.to_string();

@@ -1,11 +1,11 @@
-//! Databento's live gateway, through the official client: subscribe, keep the trade events,
-//! and after any disconnect resume exactly where staging stands.
+//! Databento's live gateway, through the official client: subscribe, keep the trade events
+//! that are not yet counted, and after any disconnect resume where staging stands.
 //!
-//! A live stream arrives in `ts_recv` order, so (last staged `ts_recv`, how many staged trades
-//! share it) is a position in the stream. Intraday replay filters on `ts_event`, which is never
-//! later than `ts_recv`: a resumed subscription starts `replay_margin` before the position and
-//! the records up to the position are skipped, which leaves no gap as long as no trade takes
-//! longer than the margin from event to receipt, and no duplicate.
+//! A live stream arrives in `ts_recv` order. Intraday replay filters on `ts_event`, which is
+//! never later than `ts_recv`: a resumed subscription starts `replay_margin` before the last
+//! staged `ts_recv` of its symbols, and trade identity (identity.rs) skips every replayed trade
+//! already counted, whoever staged it. That leaves no gap as long as no trade takes longer than
+//! the margin from event to receipt, and no duplicate whatever the margin.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use dbn::{ErrorMsg, PitSymbolMap, SType, Schema, SystemMsg};
 
 use crate::copy;
 use crate::error::FeederError;
-use crate::sink::StreamPosition;
+use crate::identity::Identity;
 use crate::trade::{classify, RecordKind};
 
 #[derive(Debug, Clone)]
@@ -32,69 +32,45 @@ pub struct LiveSpec {
 }
 
 impl LiveSpec {
-    /// The stream's name in the ingest ledger.
+    /// The stream's name in the ingest ledger and in trade identity.
     pub fn source_id(&self) -> String {
-        let symbols = match &self.symbols {
-            Some(s) => s.join(","),
-            None => "ALL_SYMBOLS".into(),
-        };
-        format!("live:{}:{}:{}", self.dataset, self.schema, symbols)
+        format!("live {} {}", self.dataset, self.schema)
+    }
+
+    /// The keys of its positions in `live_positions`: each symbol, or '*' for all. A
+    /// position belongs to the data, not to how `--symbols` was spelled.
+    pub fn position_keys(&self) -> Vec<String> {
+        match &self.symbols {
+            Some(list) => {
+                let mut keys = list.clone();
+                keys.sort();
+                keys.dedup();
+                keys
+            }
+            None => vec!["*".into()],
+        }
     }
 }
 
 /// What one read from the stream gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// A trade, encoded into the caller's buffer.
-    Trade { ts_event: u64, ts_recv: u64 },
-    /// A trade the stream replayed that is already staged.
-    AlreadyStaged,
+    /// A trade: `staged` trades were encoded into the caller's buffer (none when it is
+    /// already counted or held until its group is complete; more when a held group ends).
+    Trade {
+        staged: u32,
+        ts_event: u64,
+        ts_recv: u64,
+    },
     /// Anything else: symbology, heartbeats, system and error messages (logged here).
     Other,
     /// The gateway closed the session.
     Closed,
 }
 
-/// Decides which replayed trades are already staged.
-#[derive(Debug, Clone, Copy)]
-pub struct Resume {
-    position: StreamPosition,
-    seen_at_last: i64,
-    done: bool,
-}
-
-impl Resume {
-    pub fn new(position: StreamPosition) -> Self {
-        Self {
-            position,
-            seen_at_last: 0,
-            done: false,
-        }
-    }
-
-    /// Whether the trade received at `ts_recv` is already staged.
-    pub fn already_staged(&mut self, ts_recv: i64) -> bool {
-        if self.done {
-            return false;
-        }
-        if ts_recv < self.position.last_ts_recv {
-            return true;
-        }
-        if ts_recv == self.position.last_ts_recv
-            && self.seen_at_last < self.position.at_last_ts_recv
-        {
-            self.seen_at_last += 1;
-            return true;
-        }
-        self.done = true;
-        false
-    }
-}
-
 pub struct LiveSource {
     client: LiveClient,
     symbols: PitSymbolMap,
-    resume: Option<Resume>,
 }
 
 /// Whether an error means the key itself was refused: retrying cannot help.
@@ -118,11 +94,8 @@ fn gateway_error(e: databento::Error) -> FeederError {
 }
 
 impl LiveSource {
-    /// Connects, authenticates and subscribes, replaying from before `from` when resuming.
-    pub async fn connect(
-        spec: &LiveSpec,
-        from: Option<StreamPosition>,
-    ) -> Result<Self, FeederError> {
+    /// Connects, authenticates and subscribes, replaying from `replay_from` (ns) if given.
+    pub async fn connect(spec: &LiveSpec, replay_from: Option<i64>) -> Result<Self, FeederError> {
         let builder = LiveClient::builder();
         let builder = match &spec.gateway {
             Some(addr) => builder.addr(addr.as_str()).await.map_err(gateway_error)?,
@@ -139,11 +112,9 @@ impl LiveSource {
             Some(list) => list.clone().into(),
             None => databento::Symbols::All,
         };
-        let subscription = match from {
-            Some(p) => {
-                let margin = i128::try_from(spec.replay_margin.as_nanos()).unwrap_or(i128::MAX);
-                let start = (i128::from(p.last_ts_recv) - margin).max(0);
-                let start = time::OffsetDateTime::from_unix_timestamp_nanos(start)
+        let subscription = match replay_from {
+            Some(start) => {
+                let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start.max(0)))
                     .map_err(|e| FeederError::Gateway(format!("replay start: {e}")))?;
                 Subscription::builder()
                     .symbols(symbols)
@@ -166,32 +137,42 @@ impl LiveSource {
         Ok(Self {
             client,
             symbols: PitSymbolMap::new(),
-            resume: from.map(Resume::new),
         })
     }
 
-    /// Reads one record; a trade not yet staged is encoded into `rows`.
-    pub async fn next_into(&mut self, rows: &mut BytesMut) -> Result<Step, FeederError> {
+    /// Reads one record; the trades it makes ready to stage are encoded into `rows`.
+    pub async fn next_into(
+        &mut self,
+        rows: &mut BytesMut,
+        identity: &mut Identity,
+    ) -> Result<Step, FeederError> {
         let Some(rec) = self.client.next_record().await.map_err(gateway_error)? else {
             return Ok(Step::Closed);
         };
         let (kind, event) = classify(&rec);
         if let Some(ev) = event {
+            let mut staged = 0u32;
+            let symbols = &self.symbols;
+            let mut stage = |ev: crate::trade::TradeEvent, ord: u32| {
+                let symbol = symbols
+                    .get(ev.instrument_id)
+                    .map(String::as_str)
+                    .unwrap_or("");
+                copy::encode_trade(rows, &ev.with_symbol(symbol), ord);
+                staged += 1;
+            };
+            let identity_err = |e: crate::identity::IdentityError| FeederError::Identity {
+                origin: "live stream".into(),
+                msg: e.to_string(),
+            };
+            // The stream is in ts_recv order: every group before this trade is complete.
             let ts_recv = i64::try_from(ev.ts_recv).unwrap_or(i64::MAX);
-            if self
-                .resume
-                .as_mut()
-                .is_some_and(|r| r.already_staged(ts_recv))
-            {
-                return Ok(Step::AlreadyStaged);
-            }
-            let symbol = self
-                .symbols
-                .get(ev.instrument_id)
-                .map(String::as_str)
-                .unwrap_or("");
-            copy::encode_trade(rows, &ev.with_symbol(symbol));
+            identity
+                .finish_before(ts_recv, &mut stage)
+                .map_err(identity_err)?;
+            identity.push(ev, &mut stage).map_err(identity_err)?;
             return Ok(Step::Trade {
+                staged,
                 ts_event: ev.ts_event,
                 ts_recv: ev.ts_recv,
             });
@@ -234,30 +215,24 @@ impl LiveSource {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_resumed_stream_skips_exactly_what_is_staged() {
-        let mut r = Resume::new(StreamPosition {
-            last_ts_recv: 100,
-            at_last_ts_recv: 2,
-        });
-        // replayed from before the position: everything up to it, and 2 of the trades at it
-        let seen: Vec<bool> = [90, 99, 100, 100, 100, 101, 100]
-            .iter()
-            .map(|t| r.already_staged(*t))
-            .collect();
-        assert_eq!(seen, [true, true, true, true, false, false, false]);
-    }
-
-    #[test]
-    fn the_source_id_names_dataset_schema_and_symbols() {
-        let spec = LiveSpec {
+    fn spec(symbols: Option<Vec<&str>>) -> LiveSpec {
+        LiveSpec {
             dataset: "XNAS.ITCH".into(),
             schema: Schema::Trades,
-            symbols: Some(vec!["WGRX".into(), "QQQ".into()]),
+            symbols: symbols.map(|s| s.into_iter().map(String::from).collect()),
             gateway: None,
             key: "k".into(),
             replay_margin: Duration::from_secs(10),
-        };
-        assert_eq!(spec.source_id(), "live:XNAS.ITCH:trades:WGRX,QQQ");
+        }
+    }
+
+    #[test]
+    fn positions_belong_to_the_symbols_not_to_their_spelling() {
+        let a = spec(Some(vec!["WGRX", "DHB"]));
+        let b = spec(Some(vec!["DHB", "WGRX", "DHB"]));
+        assert_eq!(a.position_keys(), b.position_keys());
+        assert_eq!(a.position_keys(), vec!["DHB".to_string(), "WGRX".into()]);
+        assert_eq!(spec(None).position_keys(), vec!["*".to_string()]);
+        assert_eq!(a.source_id(), b.source_id());
     }
 }

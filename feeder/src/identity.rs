@@ -1,0 +1,753 @@
+//! Trade identity: which trades of a source are already counted, whoever delivered them.
+//!
+//! A trade is (publisher, instrument, `ts_recv`, `ord`), where `ord` is its place among the
+//! trades of that publisher and instrument sharing its `ts_recv`, in the order Databento
+//! delivered them. Databento's time ranges cut on `ts_recv` and never inside such a group, so
+//! a live stream, a backfill chunk of any size and a file of any schema number a trade alike.
+//!
+//! What the database keeps (`trade_coverage`, see sql/identity.sql) is not one row per trade
+//! but one per publisher, instrument and `ts_recv` minute for each stretch already staged: its
+//! first and last `ts_recv`, how many trades, a digest of them, and the fingerprints of the
+//! trades at both ends. A source's trade strictly inside a stretch is already counted; one at
+//! an end is matched by fingerprint against the trades stored there (a stretch can end inside
+//! a group: a live batch, a stream cut mid-group); one outside every stretch is new. Where a
+//! source covers a whole stretch, its trades there must be the same ones (count and digest),
+//! or the source is cut mid-group or corrupt: that is an error and nothing of it is staged.
+//!
+//! Sources must deliver each instrument's trades in `ts_recv` order, as Databento does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
+
+use crate::trade::TradeEvent;
+
+pub const NS_PER_MINUTE: i64 = 60_000_000_000;
+
+/// Hash maps keyed by small integers, touched once per trade: FxHash-like multiply-shift
+/// hashing, several times cheaper than SipHash here (keys are not attacker-chosen).
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Mix>>;
+
+#[derive(Default)]
+struct Mix(u64);
+
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// Who sequences a trade: the publisher (venue feed) and its instrument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Instrument {
+    pub publisher: u16,
+    pub instrument: u32,
+}
+
+/// What must agree between two sources that deliver the same trade. A fixed mix (not std's
+/// hasher, which may change between Rust versions): fingerprints are stored.
+pub fn fingerprint(ts_recv: i64, sequence: u32, price: i64, size: u32) -> i64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let mut h = mix(ts_recv as u64 ^ 0x9e37_79b9_7f4a_7c15);
+    h = mix(h ^ u64::from(sequence));
+    h = mix(h ^ price as u64);
+    h = mix(h ^ u64::from(size));
+    h as i64
+}
+
+/// One stretch of trades already staged: a row of `trade_coverage`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub at: Instrument,
+    pub minute: i64,
+    pub first: i64,
+    pub last: i64,
+    pub trades: i64,
+    pub digest: i64,
+    pub first_group: Vec<i64>,
+    pub last_group: Vec<i64>,
+    pub source: String,
+}
+
+/// What a load changes in `trade_coverage`: stretches it merged away, and the new ones.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    pub delete: Vec<(Instrument, i64)>,
+    pub insert: Vec<Span>,
+}
+
+/// A source that cannot be trusted to say which of its trades are already counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("instrument {instrument} (publisher {publisher}): its trades at ts_recv {ts_recv} differ from those {stored_by} staged (the source is cut inside a group of trades sharing a ts_recv, or corrupt)")]
+    Mismatch {
+        publisher: u16,
+        instrument: u32,
+        ts_recv: i64,
+        stored_by: String,
+    },
+    #[error("instrument {instrument} (publisher {publisher}), minute {minute}: {here} trades here where {stored_by} staged {stored} in the same ts_recv range, or they differ (the source is cut or corrupt)")]
+    Disagrees {
+        publisher: u16,
+        instrument: u32,
+        minute: i64,
+        here: i64,
+        stored: i64,
+        stored_by: String,
+    },
+    #[error("instrument {instrument} (publisher {publisher}): ts_recv {ts_recv} comes after {previous}: trades must be in ts_recv order")]
+    OutOfOrder {
+        publisher: u16,
+        instrument: u32,
+        ts_recv: i64,
+        previous: i64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    span: Span,
+    /// This live session staged up to the stretch's end itself: its trades at `last` that
+    /// continue the same group are new.
+    owned: bool,
+}
+
+/// The trades of one instrument at one `ts_recv` that meet a stored stretch's end, held until
+/// the group is complete and can be matched by fingerprint.
+#[derive(Debug)]
+struct Boundary {
+    span: usize,
+    trades: Vec<(TradeEvent, u32, i64)>,
+}
+
+#[derive(Debug)]
+struct Group {
+    ts: i64,
+    next_ord: u32,
+    boundary: Option<Boundary>,
+}
+
+/// What this source delivered of one instrument in one minute, since the last `take_changes`.
+#[derive(Debug, Default)]
+struct Seen {
+    first: i64,
+    last: i64,
+    first_group: Vec<i64>,
+    last_group: Vec<i64>,
+    staged: i64,
+    staged_digest: i64,
+    /// Per stored stretch (index): trades found already counted there, and their digest.
+    matched: HashMap<usize, (i64, i64)>,
+}
+
+impl Seen {
+    fn observe(&mut self, ts: i64, fp: i64, matched: Option<usize>) {
+        if self.first_group.is_empty() {
+            (self.first, self.last) = (ts, ts);
+            self.first_group.push(fp);
+            self.last_group.push(fp);
+        } else if ts == self.last {
+            self.last_group.push(fp);
+            if self.first == self.last {
+                self.first_group.push(fp);
+            }
+        } else {
+            self.last = ts;
+            self.last_group = vec![fp];
+        }
+        match matched {
+            Some(i) => {
+                let m = self.matched.entry(i).or_default();
+                m.0 += 1;
+                m.1 = m.1.wrapping_add(fp);
+            }
+            None => {
+                self.staged += 1;
+                self.staged_digest = self.staged_digest.wrapping_add(fp);
+            }
+        }
+    }
+}
+
+enum Place {
+    New,
+    Inside(usize),
+    AtEnd(usize),
+}
+
+/// Decides, trade by trade, what a source stages, and what it adds to `trade_coverage`.
+#[derive(Debug)]
+pub struct Identity {
+    source: String,
+    stored: FastMap<(Instrument, i64), Vec<Stored>>,
+    groups: FastMap<Instrument, Group>,
+    seen: FastMap<(Instrument, i64), Seen>,
+    /// Trades received before this are taken as counted (live only: identity before the
+    /// horizon is gone, and a live replay reaches back into what was staged).
+    skip_before: i64,
+    pub skipped: u64,
+    pub skipped_before_horizon: u64,
+    /// Sources whose trades this one found already counted, and how many.
+    pub overlaps: BTreeMap<String, u64>,
+}
+
+impl Identity {
+    pub fn new(source: &str, spans: Vec<Span>) -> Self {
+        let mut stored: FastMap<(Instrument, i64), Vec<Stored>> = FastMap::default();
+        for span in spans {
+            stored
+                .entry((span.at, span.minute))
+                .or_default()
+                .push(Stored { span, owned: false });
+        }
+        for list in stored.values_mut() {
+            list.sort_by_key(|s| s.span.first);
+        }
+        Self {
+            source: source.to_string(),
+            stored,
+            groups: FastMap::default(),
+            seen: FastMap::default(),
+            skip_before: i64::MIN,
+            skipped: 0,
+            skipped_before_horizon: 0,
+            overlaps: BTreeMap::new(),
+        }
+    }
+
+    /// Trades received before `ts` count as already staged (see `skip_before`).
+    pub fn skipping_before(mut self, ts: i64) -> Self {
+        self.skip_before = ts;
+        self
+    }
+
+    /// The earliest `ts_recv` of a group still held for matching, if any: a live stream's
+    /// position must not pass it.
+    pub fn earliest_held(&self) -> Option<i64> {
+        self.groups
+            .values()
+            .filter(|g| g.boundary.is_some())
+            .map(|g| g.ts)
+            .min()
+    }
+
+    fn place(&self, at: Instrument, minute: i64, ts: i64) -> Place {
+        let Some(list) = self.stored.get(&(at, minute)) else {
+            return Place::New;
+        };
+        for (i, s) in list.iter().enumerate() {
+            let span = &s.span;
+            if ts > span.first && ts < span.last {
+                return Place::Inside(i);
+            }
+            if ts == span.last && s.owned {
+                return Place::New; // this session's own group, continued
+            }
+            if ts == span.first || ts == span.last {
+                return Place::AtEnd(i);
+            }
+        }
+        Place::New
+    }
+
+    /// Takes one trade in stream order; `stage` receives each trade to stage with its `ord`
+    /// (at once, or when the group it belongs to is complete).
+    pub fn push(
+        &mut self,
+        ev: TradeEvent,
+        stage: &mut impl FnMut(TradeEvent, u32),
+    ) -> Result<(), IdentityError> {
+        let Ok(ts) = i64::try_from(ev.ts_recv) else {
+            stage(ev, 0); // an undefined ts_recv: the rollup sets it aside
+            return Ok(());
+        };
+        let at = Instrument {
+            publisher: ev.publisher_id,
+            instrument: ev.instrument_id,
+        };
+        let previous = self.groups.get(&at).map(|g| g.ts);
+        if previous != Some(ts) {
+            if let Some(previous) = previous.filter(|p| *p > ts) {
+                return Err(IdentityError::OutOfOrder {
+                    publisher: at.publisher,
+                    instrument: at.instrument,
+                    ts_recv: ts,
+                    previous,
+                });
+            }
+            self.close_group(at, stage)?;
+            let fresh = Group {
+                ts,
+                next_ord: 0,
+                boundary: None,
+            };
+            match self.groups.get_mut(&at) {
+                Some(g) => *g = fresh,
+                None => {
+                    self.groups.insert(at, fresh);
+                }
+            }
+        }
+        let minute = ts.div_euclid(NS_PER_MINUTE);
+        let fp = fingerprint(ts, ev.sequence, ev.price, ev.size);
+        let place = self.place(at, minute, ts);
+        let Some(group) = self.groups.get_mut(&at) else {
+            return Ok(());
+        };
+        let ord = group.next_ord;
+        group.next_ord += 1;
+        if ts < self.skip_before {
+            self.skipped_before_horizon += 1;
+            return Ok(());
+        }
+        match place {
+            Place::New => {
+                self.seen.entry((at, minute)).or_default().observe(ts, fp, None);
+                stage(ev, ord);
+            }
+            Place::Inside(i) => {
+                self.seen
+                    .entry((at, minute))
+                    .or_default()
+                    .observe(ts, fp, Some(i));
+                self.count_skip(at, minute, i);
+            }
+            Place::AtEnd(i) => {
+                group
+                    .boundary
+                    .get_or_insert(Boundary {
+                        span: i,
+                        trades: Vec::new(),
+                    })
+                    .trades
+                    .push((ev, ord, fp));
+            }
+        }
+        Ok(())
+    }
+
+    fn count_skip(&mut self, at: Instrument, minute: i64, i: usize) {
+        self.skipped += 1;
+        if let Some(s) = self.stored.get(&(at, minute)).and_then(|l| l.get(i)) {
+            *self.overlaps.entry(s.span.source.clone()).or_default() += 1;
+        }
+    }
+
+    /// Completes the group read last for `at`: a group held at a stretch's end is matched by
+    /// fingerprint against the trades stored there.
+    fn close_group(
+        &mut self,
+        at: Instrument,
+        stage: &mut impl FnMut(TradeEvent, u32),
+    ) -> Result<(), IdentityError> {
+        let Some(group) = self.groups.get_mut(&at) else {
+            return Ok(());
+        };
+        let Some(held) = group.boundary.take() else {
+            return Ok(());
+        };
+        let ts = group.ts;
+        let minute = ts.div_euclid(NS_PER_MINUTE);
+        let span = match self.stored.get(&(at, minute)).and_then(|l| l.get(held.span)) {
+            Some(s) => s.span.clone(),
+            None => return Ok(()),
+        };
+        let stored = if ts == span.last {
+            &span.last_group
+        } else {
+            &span.first_group
+        };
+        let here: Vec<i64> = held.trades.iter().map(|t| t.2).collect();
+        let matched = align(&here, stored, ts == span.first && ts != span.last).ok_or_else(|| {
+            IdentityError::Mismatch {
+                publisher: at.publisher,
+                instrument: at.instrument,
+                ts_recv: ts,
+                stored_by: span.source.clone(),
+            }
+        })?;
+        for (i, (ev, ord, fp)) in held.trades.into_iter().enumerate() {
+            let is_matched = matched.contains(&i);
+            self.seen
+                .entry((at, minute))
+                .or_default()
+                .observe(ts, fp, is_matched.then_some(held.span));
+            if is_matched {
+                self.count_skip(at, minute, held.span);
+            } else {
+                stage(ev, ord);
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes every group still held: the source has ended.
+    pub fn finish(&mut self, stage: &mut impl FnMut(TradeEvent, u32)) -> Result<(), IdentityError> {
+        let held: Vec<Instrument> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.boundary.is_some())
+            .map(|(at, _)| *at)
+            .collect();
+        for at in held {
+            self.close_group(at, stage)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the held groups received before `ts`: a stream in `ts_recv` order has
+    /// delivered all of them.
+    pub fn finish_before(
+        &mut self,
+        ts: i64,
+        stage: &mut impl FnMut(TradeEvent, u32),
+    ) -> Result<(), IdentityError> {
+        let held: Vec<Instrument> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.boundary.is_some() && g.ts < ts)
+            .map(|(at, _)| *at)
+            .collect();
+        for at in held {
+            self.close_group(at, stage)?;
+        }
+        Ok(())
+    }
+
+    /// What the trades observed since the last call add to `trade_coverage`, after checking
+    /// that every stored stretch this source covered whole holds the same trades. The result
+    /// is taken as written: the next trades build on it.
+    pub fn take_changes(&mut self) -> Result<Changes, IdentityError> {
+        let mut changes = Changes::default();
+        let mut seen: Vec<_> = std::mem::take(&mut self.seen).into_iter().collect();
+        seen.sort_unstable_by_key(|(key, _)| *key);
+        for ((at, minute), seen) in seen {
+            let list = self.stored.remove(&(at, minute)).unwrap_or_default();
+            let (merged, kept, gone) = self.merge(at, minute, seen, list)?;
+            changes.delete.extend(gone.into_iter().map(|s| (at, s.first)));
+            changes.insert.push(merged.span.clone());
+            let mut list = kept;
+            list.push(merged);
+            list.sort_by_key(|s| s.span.first);
+            self.stored.insert((at, minute), list);
+        }
+        // Held groups point at stretches by index, which merging renumbers: re-find them.
+        let held: Vec<Instrument> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.boundary.is_some())
+            .map(|(at, _)| *at)
+            .collect();
+        for at in held {
+            if let Some(g) = self.groups.get(&at) {
+                let ts = g.ts;
+                let minute = ts.div_euclid(NS_PER_MINUTE);
+                let index = match self.place(at, minute, ts) {
+                    Place::AtEnd(i) | Place::Inside(i) => Some(i),
+                    Place::New => None,
+                };
+                if let (Some(i), Some(g)) = (index, self.groups.get_mut(&at)) {
+                    if let Some(b) = g.boundary.as_mut() {
+                        b.span = i;
+                    }
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Merges what was seen of one instrument and minute with the stored stretches it
+    /// overlaps (or, for this live session's own stretch, continues). Returns the merged
+    /// stretch, the stretches left as they are, and those merged away.
+    fn merge(
+        &self,
+        at: Instrument,
+        minute: i64,
+        seen: Seen,
+        list: Vec<Stored>,
+    ) -> Result<(Stored, Vec<Stored>, Vec<Span>), IdentityError> {
+        let continued = list
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.owned && s.span.last <= seen.first)
+            .max_by_key(|(_, s)| s.span.last)
+            .map(|(i, _)| i);
+        let (mut involved, mut kept) = (Vec::new(), Vec::new());
+        for (i, s) in list.into_iter().enumerate() {
+            let overlaps = s.span.first <= seen.last && s.span.last >= seen.first;
+            if overlaps || Some(i) == continued {
+                involved.push((i, s));
+            } else {
+                kept.push(s);
+            }
+        }
+        for (i, s) in &involved {
+            // The source holds the whole stretch only if it passed both ends, or met them
+            // with a group at least as long (a source may end inside a group: a stream cut).
+            let whole = (seen.first < s.span.first
+                || (seen.first == s.span.first
+                    && seen.first_group.len() >= s.span.first_group.len()))
+                && (s.span.last < seen.last
+                    || (s.span.last == seen.last
+                        && seen.last_group.len() >= s.span.last_group.len()));
+            let (count, digest) = seen.matched.get(i).copied().unwrap_or_default();
+            if whole && !s.owned && (count, digest) != (s.span.trades, s.span.digest) {
+                return Err(IdentityError::Disagrees {
+                    publisher: at.publisher,
+                    instrument: at.instrument,
+                    minute,
+                    here: count,
+                    stored: s.span.trades,
+                    stored_by: s.span.source.clone(),
+                });
+            }
+        }
+        let mut span = Span {
+            at,
+            minute,
+            first: seen.first,
+            last: seen.last,
+            trades: seen.staged,
+            digest: seen.staged_digest,
+            first_group: seen.first_group.clone(),
+            last_group: seen.last_group.clone(),
+            source: self.source.clone(),
+        };
+        for (_, s) in &involved {
+            let s = &s.span;
+            span.trades += s.trades;
+            span.digest = span.digest.wrapping_add(s.digest);
+        }
+        let mut gone = Vec::new();
+        for (_, s) in involved {
+            let owned = s.owned;
+            let s = s.span;
+            if s.first < span.first {
+                span.first = s.first;
+                span.first_group = s.first_group.clone();
+                span.source = s.source.clone();
+            } else if s.first == span.first {
+                span.first_group = joined(&s.first_group, &span.first_group, owned && s.first == s.last);
+                span.source = s.source.clone();
+            }
+            if s.last > span.last {
+                span.last = s.last;
+                span.last_group = s.last_group.clone();
+            } else if s.last == span.last {
+                span.last_group = joined(&s.last_group, &span.last_group, owned);
+            }
+            gone.push(s);
+        }
+        let owned = seen.last >= span.last;
+        Ok((Stored { span, owned }, kept, gone))
+    }
+}
+
+/// The fingerprints of a group known twice: this session's own group continued is both
+/// parts; otherwise one is a window of the other (see `align`), so the longer is the group.
+fn joined(stored: &[i64], here: &[i64], continued: bool) -> Vec<i64> {
+    if continued {
+        [stored, here].concat()
+    } else if stored.len() >= here.len() {
+        stored.to_vec()
+    } else {
+        here.to_vec()
+    }
+}
+
+/// Which of `here` (a source's group at a stretch's end) are the stored trades `stored`: a
+/// contiguous window of one inside the other. At a stretch's first `ts_recv` the stored
+/// trades end the group (a stream may start inside it), at its last they begin it.
+fn align(here: &[i64], stored: &[i64], stored_ends_group: bool) -> Option<Vec<usize>> {
+    if stored.len() <= here.len() {
+        let windows = 0..=here.len() - stored.len();
+        let fits = |o: &usize| here[*o..*o + stored.len()] == *stored;
+        let offset = if stored_ends_group {
+            windows.rev().find(fits)
+        } else {
+            windows.clone().find(fits)
+        }?;
+        Some((offset..offset + stored.len()).collect())
+    } else {
+        let fits = stored.windows(here.len()).any(|w| w == here);
+        fits.then(|| (0..here.len()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = NS_PER_MINUTE;
+    const T0: i64 = 1_700_000_040 * 1_000_000_000;
+
+    fn trade(ts_recv: i64, sequence: u32, price: i64, size: u32) -> TradeEvent {
+        TradeEvent {
+            instrument_id: 7,
+            publisher_id: 1,
+            ts_event: ts_recv as u64 - 10,
+            ts_recv: ts_recv as u64,
+            sequence,
+            price,
+            size,
+            side: b'A',
+            flags: 0,
+        }
+    }
+
+    /// A stretch of one instrument: groups of 1-3 trades sharing a ts_recv (a group starts at
+    /// every index 7k, 7k+1, 7k+3, 7k+4), and one group of three identical trades.
+    fn stream() -> Vec<TradeEvent> {
+        let mut out = Vec::new();
+        for i in 0..40i64 {
+            let ts = T0 + i * 7 * 1_000_000_000; // crosses several minutes
+            let n = [1, 2, 1, 3][(i % 4) as usize];
+            for k in 0..n {
+                let price = if i == 11 { 100 } else { 100 + k as i64 + i };
+                out.push(trade(ts, i as u32, price, if i == 11 { 5 } else { 1 + k as u32 }));
+            }
+        }
+        out
+    }
+
+    /// Loads `part` as one source on top of `spans`; returns what it staged and the spans after.
+    fn load(
+        spans: Vec<Span>,
+        part: &[TradeEvent],
+        name: &str,
+    ) -> Result<(Vec<(TradeEvent, u32)>, Vec<Span>), IdentityError> {
+        let mut id = Identity::new(name, spans.clone());
+        let mut staged = Vec::new();
+        let mut stage = |ev: TradeEvent, ord: u32| staged.push((ev, ord));
+        for ev in part {
+            id.push(*ev, &mut stage)?;
+        }
+        id.finish(&mut stage)?;
+        let changes = id.take_changes()?;
+        let mut after: Vec<Span> = spans
+            .into_iter()
+            .filter(|s| !changes.delete.contains(&(s.at, s.first)))
+            .collect();
+        after.extend(changes.insert);
+        Ok((staged, after))
+    }
+
+    fn ids(trades: &[(TradeEvent, u32)]) -> Vec<(i64, u32, i64)> {
+        let mut v: Vec<_> = trades
+            .iter()
+            .map(|(e, o)| (e.ts_recv as i64, *o, e.price))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn overlapping_sources_stage_each_trade_once_in_any_order() {
+        let all = stream();
+        let (whole, _) = load(vec![], &all, "whole").expect("whole");
+        // Sources start where a group starts (Databento's ranges never cut one) and end
+        // anywhere (a stream stopped inside a group).
+        for (a_end, b_start) in [(30, 10), (60, 0), (20, 18), (45, 43), (5, 3), (23, 21)] {
+            let (a, b) = (&all[..a_end], &all[b_start..]);
+            for (first, second) in [(a, b), (b, a)] {
+                let (s1, spans) = load(vec![], first, "one").expect("first");
+                let (s2, _) = load(spans, second, "two")
+                    .unwrap_or_else(|e| panic!("cut {a_end}/{b_start}: {e}"));
+                let mut both = s1.clone();
+                both.extend(s2);
+                assert_eq!(ids(&both), ids(&whole), "cut {a_end}/{b_start}");
+            }
+        }
+    }
+
+    #[test]
+    fn identical_trades_in_one_source_all_count() {
+        let all = stream();
+        let (staged, spans) = load(vec![], &all, "one").expect("load");
+        assert_eq!(staged.len(), all.len());
+        let (again, _) = load(spans, &all, "two").expect("again");
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn a_group_that_differs_from_the_stored_one_is_an_error() {
+        let all = stream();
+        let (_, spans) = load(vec![], &all[..20], "first").expect("first");
+        let mut changed = all.clone();
+        changed[5].price += 1; // inside what was stored: the digest differs
+        let err = load(spans.clone(), &changed, "second").expect_err("changed price");
+        assert!(matches!(err, IdentityError::Disagrees { .. }), "{err}");
+        // a source cut inside the group at the end of what was stored, numbering it anew
+        let end = &all[19];
+        let cut: Vec<_> = all[..20]
+            .iter()
+            .filter(|t| t.ts_recv == end.ts_recv)
+            .map(|t| TradeEvent { price: t.price + 3, ..*t })
+            .collect();
+        let err = load(spans, &cut, "cut").expect_err("cut group");
+        assert!(matches!(err, IdentityError::Mismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_source_out_of_order_is_refused() {
+        let all = stream();
+        let mut id = Identity::new("x", vec![]);
+        let mut stage = |_: TradeEvent, _: u32| {};
+        id.push(all[10], &mut stage).expect("first");
+        let err = id.push(all[0], &mut stage).expect_err("earlier");
+        assert!(matches!(err, IdentityError::OutOfOrder { .. }));
+    }
+
+    #[test]
+    fn a_live_session_continues_its_own_group_across_batches() {
+        let all = stream();
+        let mut id = Identity::new("live", vec![]);
+        let mut staged = Vec::new();
+        // batches of 4 trades, cutting groups
+        for batch in all.chunks(4) {
+            let mut stage = |ev: TradeEvent, ord: u32| staged.push((ev, ord));
+            for ev in batch {
+                id.push(*ev, &mut stage).expect("push");
+            }
+            id.take_changes().expect("changes");
+        }
+        assert_eq!(staged.len(), all.len());
+        let spans: Vec<Span> = id.stored.values().flatten().map(|s| s.span.clone()).collect();
+        // one stretch per minute, and the stretches hold every trade
+        let minutes: std::collections::BTreeSet<i64> =
+            all.iter().map(|t| t.ts_recv as i64 / MIN).collect();
+        assert_eq!(spans.len(), minutes.len());
+        assert_eq!(spans.iter().map(|s| s.trades).sum::<i64>(), all.len() as i64);
+        // and a backfill of the whole day over it stages nothing and agrees
+        let (again, _) = load(spans, &all, "backfill").expect("backfill");
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn fingerprints_are_stable() {
+        // stored in the database: must never change between releases
+        assert_eq!(fingerprint(1, 2, 3, 4), fingerprint(1, 2, 3, 4));
+        assert_ne!(fingerprint(1, 2, 3, 4), fingerprint(1, 2, 3, 5));
+        assert_eq!(fingerprint(0, 0, 0, 0), 1_826_112_205_991_530_872);
+    }
+}

@@ -1,0 +1,171 @@
+-- Trade identity and the bar clock (0.3.0).
+--
+-- A trade is identified by (publisher_id, instrument_id, ts_recv, ord): ord is its place
+-- among the trades of that publisher and instrument that share its ts_recv, in the order
+-- Databento delivered them. Databento's time ranges cut on ts_recv, so two sources that
+-- deliver the same period number every trade alike, whatever their schema, DBN version or
+-- chunking: the feeder skips what is already counted before it stages anything.
+--
+-- What is kept to know that: trade_coverage, one row per publisher, instrument and ts_recv
+-- minute for each stretch of trades already staged (first and last ts_recv, how many, a
+-- digest of them, and the fingerprints of the trades at both ends, where a stretch can end
+-- inside a group of trades that share a ts_recv). That is about one row per bar, not one
+-- per trade, so staging and rolling up cost what they cost without it.
+
+-- The database's settings, one row once chosen. No row yet: the defaults below.
+CREATE TABLE bar_settings (
+    id                 integer  PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    -- Which UTC minute a trade belongs to: that of its ts_recv (Databento's own OHLCV) or
+    -- that of its ts_event (exchange time; the only clock of tradebars 0.1.0 and 0.2.0).
+    clock              text     NOT NULL DEFAULT 'ts_recv' CHECK (clock IN ('ts_recv', 'ts_event')),
+    -- How long trade_coverage keeps a minute, counted back from now, by ts_recv.
+    identity_retention interval NOT NULL DEFAULT '7 days' CHECK (identity_retention >= '1 hour'),
+    -- ts_recv (ns) before which trade identity is no longer known (pruned, or loaded by a
+    -- version without it): a load there is refused where trades bars exist, unless forced.
+    identity_horizon   bigint   NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE bar_settings IS 'tradebars: the bar clock and the retention of trade identity';
+
+CREATE TABLE trade_coverage (
+    publisher_id  integer  NOT NULL,
+    instrument_id bigint   NOT NULL,
+    minute        bigint   NOT NULL,  -- ts_recv / 60e9 of every trade of the row
+    first_recv    bigint   NOT NULL,
+    last_recv     bigint   NOT NULL,
+    trades        bigint   NOT NULL,  -- trades staged with first_recv <= ts_recv <= last_recv
+    digest        bigint   NOT NULL,  -- wrapping sum of their fingerprints
+    first_group   bigint[] NOT NULL,  -- fingerprints of the trades at first_recv, in order
+    last_group    bigint[] NOT NULL,  -- and at last_recv
+    source        text     NOT NULL,  -- the source that staged the first of them
+    PRIMARY KEY (publisher_id, instrument_id, first_recv)
+);
+CREATE INDEX trade_coverage_minute ON trade_coverage (minute);
+COMMENT ON TABLE trade_coverage IS
+    'tradebars: which trades are already counted, per publisher, instrument and ts_recv minute';
+
+-- Where each live subscription has got to, per dataset and symbol ('*': every symbol), so
+-- a restarted feeder replays from there whatever the order of its --symbols.
+CREATE TABLE live_positions (
+    dataset      text        NOT NULL,
+    symbol       text        NOT NULL,
+    last_ts_recv bigint      NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (dataset, symbol)
+);
+COMMENT ON TABLE live_positions IS 'tradebars: the last ts_recv staged by live, per dataset and symbol';
+
+SELECT pg_extension_config_dump('bar_settings', '');
+SELECT pg_extension_config_dump('trade_coverage', '');
+SELECT pg_extension_config_dump('live_positions', '');
+
+CREATE FUNCTION bar_clock() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = @extschema@, pg_temp
+    RETURN coalesce((SELECT clock FROM bar_settings), 'ts_recv');
+COMMENT ON FUNCTION bar_clock() IS
+    'tradebars: the clock that places trades in minutes: ts_recv (Databento''s OHLCV) or ts_event';
+
+CREATE FUNCTION set_bar_clock(clock text) RETURNS text
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    IF clock IS NULL OR clock NOT IN ('ts_recv', 'ts_event') THEN
+        RAISE EXCEPTION 'set_bar_clock: clock must be ''ts_recv'' or ''ts_event'', not %',
+            coalesce(quote_literal(clock), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
+    IF clock = bar_clock() THEN
+        RETURN clock;
+    END IF;
+    IF EXISTS (SELECT 1 FROM trades_staging)
+       OR (to_regclass('price_bars') IS NOT NULL AND price_bars_is_ready()
+           AND EXISTS (SELECT 1 FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy)) THEN
+        RAISE EXCEPTION 'set_bar_clock: trades bars built on the % clock exist', bar_clock()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'SELECT rollback_trades(include_staging => true); then set the clock and load the trades again';
+    END IF;
+    INSERT INTO bar_settings AS s (id, clock) VALUES (1, set_bar_clock.clock)
+        ON CONFLICT (id) DO UPDATE SET clock = EXCLUDED.clock;
+    RETURN clock;
+END
+$fn$;
+COMMENT ON FUNCTION set_bar_clock(text) IS
+    'tradebars: choose the bar clock; only while no trades bar exists';
+
+CREATE FUNCTION set_identity_retention(keep interval) RETURNS interval
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    IF keep IS NULL OR keep < interval '1 hour' THEN
+        RAISE EXCEPTION 'set_identity_retention: keep must be at least 1 hour, not %',
+            coalesce(keep::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO bar_settings AS s (id, identity_retention) VALUES (1, keep)
+        ON CONFLICT (id) DO UPDATE SET identity_retention = EXCLUDED.identity_retention;
+    RETURN keep;
+END
+$fn$;
+COMMENT ON FUNCTION set_identity_retention(interval) IS
+    'tradebars: how long trade identity is kept (default 7 days); prune_trade_identity() applies it';
+
+-- Forgets trade identity older than the retention (by ts_recv, counted back from now) and
+-- moves the horizon: a later load before it is refused where trades bars exist.
+CREATE FUNCTION prune_trade_identity() RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    keep interval := coalesce((SELECT identity_retention FROM bar_settings), interval '7 days');
+    cut_minute bigint := floor(extract(epoch FROM now() - keep) / 60)::bigint;
+    n bigint;
+BEGIN
+    DELETE FROM trade_coverage WHERE minute < cut_minute;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO bar_settings AS s (id, identity_horizon) VALUES (1, cut_minute * 60000000000)
+        ON CONFLICT (id) DO UPDATE SET identity_horizon = greatest(s.identity_horizon, EXCLUDED.identity_horizon);
+    RETURN n;
+END
+$fn$;
+COMMENT ON FUNCTION prune_trade_identity() IS
+    'tradebars: drop trade identity older than the retention; returns the rows dropped';
+
+CREATE FUNCTION identity_horizon() RETURNS timestamptz
+    LANGUAGE sql STABLE
+    SET search_path = @extschema@, pg_temp
+    RETURN to_timestamp(coalesce((SELECT identity_horizon FROM bar_settings), 0) / 1e9);
+COMMENT ON FUNCTION identity_horizon() IS
+    'tradebars: before this time trade identity is no longer known';
+
+-- Why a load whose trades start at first_recv (ns) must not go ahead, or NULL: trade
+-- identity before the horizon is gone, so trades there that are already counted in a
+-- trades bar could not be told apart from new ones.
+CREATE FUNCTION identity_refusal(first_recv bigint) RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    horizon bigint := coalesce((SELECT identity_horizon FROM bar_settings), 0);
+    since timestamptz;
+BEGIN
+    IF first_recv IS NULL OR first_recv >= horizon THEN
+        RETURN NULL;
+    END IF;
+    since := to_timestamp(first_recv / 1e9);
+    IF price_bars_is_ready() AND EXISTS (
+            SELECT 1 FROM price_bars
+            WHERE data_source = 'trades' AND NOT is_legacy
+              AND "timestamp" >= since - interval '1 minute'
+              AND "timestamp" < to_timestamp(horizon / 1e9) + interval '1 minute') THEN
+        RETURN format('trades bars exist between %s and %s, where trade identity is no longer kept '
+                      '(identity_horizon() is %s): trades loaded there could be counted twice',
+                      since, to_timestamp(horizon / 1e9), to_timestamp(horizon / 1e9));
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION identity_refusal(bigint) IS
+    'tradebars: why a load starting at this ts_recv (ns) is refused, or NULL (used by the feeder)';
