@@ -23,9 +23,10 @@ mkdir -p "$OUT"
 bash scripts/setup.sh
 echo "bench: building (release)"
 bash scripts/install-extension.sh --release
-cargo build --release -p tradebars-feeder -p tradebars-tests --bin tradebars-feeder --bin freshness --quiet
+cargo build --release -p tradebars-feeder -p tradebars-tests --bin tradebars-feeder --bin freshness --bin dbn-cut --quiet
 FEEDER=$PWD/target/release/tradebars-feeder
 FRESHNESS=$PWD/target/release/freshness
+CUT=$PWD/target/release/dbn-cut
 
 mkdir -p "$DIR/files"
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$DIR/files"
@@ -52,13 +53,14 @@ fresh_db() {
 slot() { sql "SELECT staging_slot()"; }
 stage_from_copy() { sql "TRUNCATE trades_staging_0, trades_staging_1; COPY $(slot) FROM '$1' (FORMAT binary)"; }
 
+# Databento's bars: the minute of ts_recv, open and close by stream order (ts_recv, ord).
 SQL_ROLLUP="
 INSERT INTO sql_bars AS p
-SELECT symbol, to_timestamp(ts_event / 60000000000 * 60),
-       fixed_to_numeric((min(ARRAY[ts_event, sequence, price]))[3]), fixed_to_numeric(max(price)),
-       fixed_to_numeric(min(price)), fixed_to_numeric((max(ARRAY[ts_event, sequence, price]))[3]),
-       sum(size), count(*), min(ARRAY[ts_event, sequence, price]), max(ARRAY[ts_event, sequence, price])
-FROM trades_staging GROUP BY symbol, ts_event / 60000000000
+SELECT symbol, to_timestamp(ts_recv / 60000000000 * 60),
+       fixed_to_numeric((min(ARRAY[ts_recv, ord, price]))[3]), fixed_to_numeric(max(price)),
+       fixed_to_numeric(min(price)), fixed_to_numeric((max(ARRAY[ts_recv, ord, price]))[3]),
+       sum(size), count(*), min(ARRAY[ts_recv, ord, price]), max(ARRAY[ts_recv, ord, price])
+FROM trades_staging GROUP BY symbol, ts_recv / 60000000000
 ON CONFLICT (symbol, \"timestamp\") DO UPDATE SET
     open = CASE WHEN EXCLUDED.open_key < p.open_key THEN EXCLUDED.open ELSE p.open END,
     close = CASE WHEN EXCLUDED.close_key > p.close_key THEN EXCLUDED.close ELSE p.close END,
@@ -66,7 +68,7 @@ ON CONFLICT (symbol, \"timestamp\") DO UPDATE SET
     volume = p.volume + EXCLUDED.volume, trade_count = p.trade_count + EXCLUDED.trade_count"
 BARE_SCAN="SELECT count(*), sum(size), min(price), max(price) FROM trades_staging"
 # What any rollup pays before computing a single bar: grouping every trade by symbol and minute.
-GROUP_FLOOR="SELECT count(*) FROM (SELECT 1 FROM trades_staging GROUP BY symbol, ts_event / 60000000000) g"
+GROUP_FLOOR="SELECT count(*) FROM (SELECT 1 FROM trades_staging GROUP BY symbol, ts_recv / 60000000000) g"
 # The same memory for the plain-SQL rollup as bars_rollup() gives itself.
 SQL_WORK_MEM="SET work_mem = '256MB';"
 
@@ -102,8 +104,25 @@ measure() {
   echo "$(median "${feeder[@]}") $(median "${copy[@]}") $(median "${insert[@]:-0}") $(median "${rollup[@]}") $(median "${sqlr[@]}") $(median "${scan[@]}") $(median "${group[@]}")"
 }
 
+# Half of the input already stored: the first half of the file loaded and rolled up, then
+# the whole file replayed (its first half is skipped by trade identity) and rolled up.
+# Prints: replay_s rollup_s
+measure_overlap() {
+  local file="$DIR/files/trades-$TRADES.dbn.zst" half="$DIR/files/trades-$TRADES-first-half.dbn.zst"
+  [ -f "$half" ] || "$CUT" "$file" "$half" 0 0.5 >/dev/null
+  local replay=() rollup=()
+  for _ in $(seq "$RUNS"); do
+    fresh_db
+    env DATABASE_URL="$URL" "$FEEDER" replay "$half" --rollup >/dev/null
+    replay+=("$(timed env DATABASE_URL="$URL" "$FEEDER" replay "$file")")
+    rollup+=("$(timed sql "SELECT bars_rollup()")")
+  done
+  echo "$(median "${replay[@]}") $(median "${rollup[@]}")"
+}
+
 echo "bench: $TRADES trades of $SYMBOLS symbols, medians of $RUNS runs"
 read -r feeder copy insert rollup sqlr scan group < <(measure "$TRADES" "$RUNS")
+read -r overlap_replay overlap_rollup < <(measure_overlap)
 ingest_rate=$(rate "$TRADES" "$feeder")
 copy_rate=$(rate "$TRADES" "$copy")
 insert_rate=$(rate "$INSERT_ROWS" "$insert")
@@ -129,6 +148,9 @@ IFS=, read -r fresh_p50 fresh_p99 fresh_rss fresh_n fresh_rate < <("$FRESHNESS" 
   echo "rollup_speedup_vs_plain_sql,$(ratio "$sqlr" "$rollup"),x"
   echo "rollup_vs_bare_scan,$(ratio "$rollup" "$scan"),x"
   echo "rollup_vs_group_by_floor,$(ratio "$rollup" "$group"),x"
+  echo "overlap_half_replay,$overlap_replay,s"
+  echo "overlap_half_replay_rate,$(rate "$TRADES" "$overlap_replay"),trades read/s"
+  echo "overlap_half_rollup,$overlap_rollup,s"
   echo "freshness_rate,$fresh_rate,trades/s"
   echo "freshness_p50,$fresh_p50,ms"
   echo "freshness_p99,$fresh_p99,ms"

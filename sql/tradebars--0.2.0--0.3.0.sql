@@ -43,7 +43,7 @@ CREATE TABLE bar_settings (
     -- Which UTC minute a trade belongs to: that of its ts_recv (Databento's own OHLCV) or
     -- that of its ts_event (exchange time; the only clock of tradebars 0.1.0 and 0.2.0).
     clock              text     NOT NULL DEFAULT 'ts_recv' CHECK (clock IN ('ts_recv', 'ts_event')),
-    -- How long trade_coverage keeps a minute, counted back from now, by ts_recv.
+    -- How long trade_coverage keeps a minute, counted back from the newest trade staged.
     identity_retention interval NOT NULL DEFAULT '7 days' CHECK (identity_retention >= '1 hour'),
     -- ts_recv (ns) before which trade identity is no longer known (pruned, or loaded by a
     -- version without it): a load there is refused where trades bars exist, unless forced.
@@ -135,19 +135,25 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION set_identity_retention(interval) IS
-    'tradebars: how long trade identity is kept (default 7 days); prune_trade_identity() applies it';
+    'tradebars: how long trade identity is kept before the newest trade (default 7 days); prune_trade_identity() applies it';
 
--- Forgets trade identity older than the retention (by ts_recv, counted back from now) and
--- moves the horizon: a later load before it is refused where trades bars exist.
+-- Forgets trade identity older than the retention, counted back from the newest trade
+-- staged (data time, not the wall clock: a backfill of last year keeps its identity while it
+-- is the newest), and moves the horizon: a later load before it is refused where trades bars
+-- exist.
 CREATE FUNCTION prune_trade_identity() RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
     keep interval := coalesce((SELECT identity_retention FROM bar_settings), interval '7 days');
-    cut_minute bigint := floor(extract(epoch FROM now() - keep) / 60)::bigint;
+    newest bigint := (SELECT max(minute) FROM trade_coverage);
+    cut_minute bigint := newest - floor(extract(epoch FROM keep) / 60)::bigint;
     n bigint;
 BEGIN
+    IF newest IS NULL THEN
+        RETURN 0;
+    END IF;
     DELETE FROM trade_coverage WHERE minute < cut_minute;
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO bar_settings AS s (id, identity_horizon) VALUES (1, cut_minute * 60000000000)

@@ -276,7 +276,12 @@ fn roll_slot(
     if staged == 0 {
         return result;
     }
-    result.bars = run(client, &merge_sql(slot, clock), Some(bounds), "merging bars") as i64;
+    result.bars = run(
+        client,
+        &merge_sql(slot, clock),
+        Some(bounds),
+        "merging bars",
+    ) as i64;
     if unusable > 0 {
         result.rejected = run(
             client,
@@ -285,7 +290,12 @@ fn roll_slot(
             "keeping rejected trades",
         ) as i64;
     }
-    run(client, &format!("TRUNCATE {slot}"), None, "consuming staging");
+    run(
+        client,
+        &format!("TRUNCATE {slot}"),
+        None,
+        "consuming staging",
+    );
     result
 }
 
@@ -535,12 +545,21 @@ mod tests {
     #[pg_test]
     fn a_trade_belongs_to_the_minute_of_its_receipt_by_default() {
         // executed 0.4 ms before 22:15, received 0.3 ms after: Databento's 22:15 bar
-        stage_timed("ESH4", T0 + MIN - 400_000, T0 + MIN + 300_000, 0, 4_807_000_000_000, 2);
+        stage_timed(
+            "ESH4",
+            T0 + MIN - 400_000,
+            T0 + MIN + 300_000,
+            0,
+            4_807_000_000_000,
+            2,
+        );
         stage_timed("ESH4", T0 + 5, T0 + 9, 0, 4_806_000_000_000, 1);
         rollup();
         assert_eq!(minutes_of("ESH4"), "22:14 4806 4806 1,22:15 4807 4807 2");
         assert_eq!(
-            Spi::get_one::<String>("SELECT bar_clock()").unwrap().as_deref(),
+            Spi::get_one::<String>("SELECT bar_clock()")
+                .unwrap()
+                .as_deref(),
             Some("ts_recv")
         );
         // the clock is fixed once trades bars exist
@@ -553,7 +572,14 @@ mod tests {
     #[pg_test]
     fn under_the_event_clock_a_trade_belongs_to_its_exchange_minute() {
         Spi::run("SELECT set_bar_clock('ts_event')").unwrap();
-        stage_timed("ESH4", T0 + MIN - 400_000, T0 + MIN + 300_000, 0, 4_807_000_000_000, 2);
+        stage_timed(
+            "ESH4",
+            T0 + MIN - 400_000,
+            T0 + MIN + 300_000,
+            0,
+            4_807_000_000_000,
+            2,
+        );
         rollup();
         assert_eq!(minutes_of("ESH4"), "22:14 4807 4807 2");
     }

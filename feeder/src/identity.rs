@@ -40,7 +40,7 @@ impl std::hash::Hasher for Mix {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
     fn write_u32(&mut self, v: u32) {
         self.write_u64(u64::from(v));
@@ -322,7 +322,10 @@ impl Identity {
         }
         match place {
             Place::New => {
-                self.seen.entry((at, minute)).or_default().observe(ts, fp, None);
+                self.seen
+                    .entry((at, minute))
+                    .or_default()
+                    .observe(ts, fp, None);
                 stage(ev, ord);
             }
             Place::Inside(i) => {
@@ -368,7 +371,11 @@ impl Identity {
         };
         let ts = group.ts;
         let minute = ts.div_euclid(NS_PER_MINUTE);
-        let span = match self.stored.get(&(at, minute)).and_then(|l| l.get(held.span)) {
+        let span = match self
+            .stored
+            .get(&(at, minute))
+            .and_then(|l| l.get(held.span))
+        {
             Some(s) => s.span.clone(),
             None => return Ok(()),
         };
@@ -378,20 +385,22 @@ impl Identity {
             &span.first_group
         };
         let here: Vec<i64> = held.trades.iter().map(|t| t.2).collect();
-        let matched = align(&here, stored, ts == span.first && ts != span.last).ok_or_else(|| {
-            IdentityError::Mismatch {
-                publisher: at.publisher,
-                instrument: at.instrument,
-                ts_recv: ts,
-                stored_by: span.source.clone(),
-            }
-        })?;
+        let matched =
+            align(&here, stored, ts == span.first && ts != span.last).ok_or_else(|| {
+                IdentityError::Mismatch {
+                    publisher: at.publisher,
+                    instrument: at.instrument,
+                    ts_recv: ts,
+                    stored_by: span.source.clone(),
+                }
+            })?;
         for (i, (ev, ord, fp)) in held.trades.into_iter().enumerate() {
             let is_matched = matched.contains(&i);
-            self.seen
-                .entry((at, minute))
-                .or_default()
-                .observe(ts, fp, is_matched.then_some(held.span));
+            self.seen.entry((at, minute)).or_default().observe(
+                ts,
+                fp,
+                is_matched.then_some(held.span),
+            );
             if is_matched {
                 self.count_skip(at, minute, held.span);
             } else {
@@ -444,7 +453,9 @@ impl Identity {
         for ((at, minute), seen) in seen {
             let list = self.stored.remove(&(at, minute)).unwrap_or_default();
             let (merged, kept, gone) = self.merge(at, minute, seen, list)?;
-            changes.delete.extend(gone.into_iter().map(|s| (at, s.first)));
+            changes
+                .delete
+                .extend(gone.into_iter().map(|s| (at, s.first)));
             changes.insert.push(merged.span.clone());
             let mut list = kept;
             list.push(merged);
@@ -547,7 +558,11 @@ impl Identity {
                 span.first_group = s.first_group.clone();
                 span.source = s.source.clone();
             } else if s.first == span.first {
-                span.first_group = joined(&s.first_group, &span.first_group, owned && s.first == s.last);
+                span.first_group = joined(
+                    &s.first_group,
+                    &span.first_group,
+                    owned && s.first == s.last,
+                );
                 span.source = s.source.clone();
             }
             if s.last > span.last {
@@ -624,18 +639,21 @@ mod tests {
             let n = [1, 2, 1, 3][(i % 4) as usize];
             for k in 0..n {
                 let price = if i == 11 { 100 } else { 100 + k as i64 + i };
-                out.push(trade(ts, i as u32, price, if i == 11 { 5 } else { 1 + k as u32 }));
+                out.push(trade(
+                    ts,
+                    i as u32,
+                    price,
+                    if i == 11 { 5 } else { 1 + k as u32 },
+                ));
             }
         }
         out
     }
 
+    type Loaded = (Vec<(TradeEvent, u32)>, Vec<Span>);
+
     /// Loads `part` as one source on top of `spans`; returns what it staged and the spans after.
-    fn load(
-        spans: Vec<Span>,
-        part: &[TradeEvent],
-        name: &str,
-    ) -> Result<(Vec<(TradeEvent, u32)>, Vec<Span>), IdentityError> {
+    fn load(spans: Vec<Span>, part: &[TradeEvent], name: &str) -> Result<Loaded, IdentityError> {
         let mut id = Identity::new(name, spans.clone());
         let mut staged = Vec::new();
         let mut stage = |ev: TradeEvent, ord: u32| staged.push((ev, ord));
@@ -702,7 +720,10 @@ mod tests {
         let cut: Vec<_> = all[..20]
             .iter()
             .filter(|t| t.ts_recv == end.ts_recv)
-            .map(|t| TradeEvent { price: t.price + 3, ..*t })
+            .map(|t| TradeEvent {
+                price: t.price + 3,
+                ..*t
+            })
             .collect();
         let err = load(spans, &cut, "cut").expect_err("cut group");
         assert!(matches!(err, IdentityError::Mismatch { .. }), "{err}");
@@ -732,15 +753,96 @@ mod tests {
             id.take_changes().expect("changes");
         }
         assert_eq!(staged.len(), all.len());
-        let spans: Vec<Span> = id.stored.values().flatten().map(|s| s.span.clone()).collect();
+        let spans: Vec<Span> = id
+            .stored
+            .values()
+            .flatten()
+            .map(|s| s.span.clone())
+            .collect();
         // one stretch per minute, and the stretches hold every trade
         let minutes: std::collections::BTreeSet<i64> =
             all.iter().map(|t| t.ts_recv as i64 / MIN).collect();
         assert_eq!(spans.len(), minutes.len());
-        assert_eq!(spans.iter().map(|s| s.trades).sum::<i64>(), all.len() as i64);
+        assert_eq!(
+            spans.iter().map(|s| s.trades).sum::<i64>(),
+            all.len() as i64
+        );
         // and a backfill of the whole day over it stages nothing and agrees
         let (again, _) = load(spans, &all, "backfill").expect("backfill");
         assert!(again.is_empty());
+    }
+
+    /// A live stream cut at many points, each time resumed by a replay from a margin before
+    /// the position, with batches committed as they fill: every trade staged exactly once.
+    #[test]
+    fn a_stream_resumed_after_cuts_stages_every_trade_once() {
+        let mut all = Vec::new();
+        for i in 0..600i64 {
+            let ts = T0 + i * 250_000_000; // 4 per second, 150 s
+            let n = [1, 1, 2, 1, 3][(i % 5) as usize];
+            for k in 0..n {
+                let mut t = trade(ts, i as u32, 100 + k as i64 + (i % 7), 1 + k as u32);
+                t.ts_event = (ts - [1_000, 900_000_000, 2_000][(i % 3) as usize]) as u64;
+                all.push(t);
+            }
+        }
+        let margin = 1_000_000_000i64;
+        let mut db: Vec<Span> = Vec::new();
+        let mut staged: Vec<(TradeEvent, u32)> = Vec::new();
+        let mut position: Option<i64> = None;
+        let cuts = [37usize, 5, 120, 0, 64, 300, 1, 90];
+        for session in 0..=cuts.len() {
+            let start = position.map(|p| p - margin);
+            let mut id = Identity::new("live", db.clone());
+            let mut read = 0usize;
+            let mut last = 0i64;
+            let mut batch = Vec::new();
+            let flush =
+                |id: &mut Identity, db: &mut Vec<Span>, last: i64, pos: &mut Option<i64>| {
+                    let changes = id.take_changes().expect("changes");
+                    db.retain(|s| !changes.delete.contains(&(s.at, s.first)));
+                    db.extend(changes.insert);
+                    let p = match id.earliest_held() {
+                        Some(h) => last.min(h - 1),
+                        None => last,
+                    };
+                    *pos = Some(pos.map_or(p, |q| q.max(p)));
+                };
+            for t in all
+                .iter()
+                .filter(|t| start.is_none_or(|s| t.ts_event as i64 >= s))
+            {
+                if cuts.get(session) == Some(&read) {
+                    break;
+                }
+                read += 1;
+                let ts = t.ts_recv as i64;
+                let mut stage = |ev: TradeEvent, ord: u32| batch.push((ev, ord));
+                id.finish_before(ts, &mut stage).expect("finish");
+                id.push(*t, &mut stage).expect("push");
+                last = last.max(ts);
+                if read.is_multiple_of(10) {
+                    staged.append(&mut batch);
+                    flush(&mut id, &mut db, last, &mut position);
+                }
+            }
+            if cuts.get(session).is_none() {
+                let mut stage = |ev: TradeEvent, ord: u32| batch.push((ev, ord));
+                id.finish(&mut stage).expect("finish");
+            }
+            staged.append(&mut batch);
+            flush(&mut id, &mut db, last, &mut position);
+        }
+        let whole: Vec<(TradeEvent, u32)> = {
+            let mut id = Identity::new("x", vec![]);
+            let mut v = Vec::new();
+            let mut stage = |ev: TradeEvent, ord: u32| v.push((ev, ord));
+            for t in &all {
+                id.push(*t, &mut stage).expect("push");
+            }
+            v
+        };
+        assert_eq!(ids(&staged), ids(&whole));
     }
 
     #[test]

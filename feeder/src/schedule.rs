@@ -1,14 +1,18 @@
 //! Calling `bars_rollup()` on an interval, on a connection of its own, so bars stay fresh
-//! while the feeder writes; it also keeps the feeder's heartbeat in `feeder_status`.
+//! while the feeder writes; it also keeps the feeder's heartbeat in `feeder_status`, and once
+//! an hour forgets trade identity older than its retention (`prune_trade_identity()`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
 use crate::db;
 use crate::error::describe_db_error;
 use crate::metrics::Metrics;
+
+/// How often the retention of trade identity is applied.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -26,8 +30,20 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
             backoff = Duration::from_millis(200);
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pruned: Option<Instant> = None;
             loop {
                 tick.tick().await;
+                if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                    match client.query_one("SELECT prune_trade_identity()", &[]).await {
+                        Ok(row) => {
+                            tracing::debug!(rows = row.get::<_, i64>(0), "trade identity pruned")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %describe_db_error(&e), "pruning trade identity failed")
+                        }
+                    }
+                    pruned = Some(Instant::now());
+                }
                 if let Err(e) = client.execute("SELECT bars_rollup()", &[]).await {
                     Metrics::add(&metrics.database_errors, 1);
                     tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_postgres::Client;
 
+use crate::coverage;
 use crate::db;
 use crate::error::FeederError;
+use crate::identity::{Identity, NS_PER_MINUTE};
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::schedule;
-use crate::coverage;
-use crate::identity::{Identity, NS_PER_MINUTE};
 use crate::sink;
 use crate::source::live::{LiveSource, LiveSpec, Step};
 
@@ -72,10 +72,7 @@ impl Batch {
 
 /// Where a (re)subscription starts: `margin` before the latest ts_recv staged for these
 /// symbols, or now (no replay) when nothing was staged for them.
-async fn replay_start(
-    client: &Client,
-    spec: &LiveSpec,
-) -> Result<Option<i64>, FeederError> {
+async fn replay_start(client: &Client, spec: &LiveSpec) -> Result<Option<i64>, FeederError> {
     let position = sink::live_position(client, &spec.dataset, &spec.position_keys()).await?;
     let margin = i64::try_from(spec.replay_margin.as_nanos()).unwrap_or(i64::MAX);
     Ok(position.map(|p| p.saturating_sub(margin)))
@@ -87,8 +84,11 @@ async fn identity_from(
     spec: &LiveSpec,
     start: Option<i64>,
 ) -> Result<Identity, FeederError> {
+    // Without a position the stream starts at the live edge; what a backfill staged of the
+    // last day (as far back as intraday replay reaches) may still meet it.
     let from = start.unwrap_or_else(|| {
-        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0)
+        let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        i64::try_from(day_ago.unix_timestamp_nanos()).unwrap_or(0)
     });
     let spans = coverage::load(client, from - NS_PER_MINUTE, None).await?;
     let horizon = coverage::horizon(client).await?;
@@ -242,6 +242,10 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
                     fresh_records += 1;
                     None
                 }
+                Ok(Ok(Step::Released { staged })) => {
+                    batch.add(staged, 0, 0);
+                    None
+                }
                 Ok(Ok(Step::Other)) => None,
                 Ok(Ok(Step::Closed)) => Some(FeederError::Gateway(
                     "the gateway closed the session".into(),
@@ -341,7 +345,10 @@ mod tests {
     fn a_batch_counts_staged_trades_and_the_furthest_receipt() {
         let mut b = Batch::new();
         b.add(0, 5, 10); // already counted: moves the position only
-        assert_eq!((b.trades, b.last_ts_recv, b.started.is_some()), (0, 10, false));
+        assert_eq!(
+            (b.trades, b.last_ts_recv, b.started.is_some()),
+            (0, 10, false)
+        );
         b.add(2, 6, 12);
         b.add(1, 4, 11);
         assert_eq!((b.trades, b.last_ts_event, b.last_ts_recv), (3, 6, 12));

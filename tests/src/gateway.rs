@@ -28,6 +28,10 @@ pub struct Plan {
     pub cuts: Vec<usize>,
     /// Pause this long after every 1,000 trades (a paced stream).
     pub pace: Option<Duration>,
+    /// A subscription without replay starts at the live edge, as Databento's does: past
+    /// every trade an earlier connection was sent, and this many more that happened while
+    /// nobody listened. `None`: from the first trade.
+    pub missed_while_away: Option<usize>,
 }
 
 impl Plan {
@@ -48,6 +52,11 @@ impl Plan {
         self.pace = Some(pause_per_1000);
         self
     }
+
+    pub fn live_edge(mut self, missed_while_away: usize) -> Plan {
+        self.missed_while_away = Some(missed_while_away);
+        self
+    }
 }
 
 pub struct FakeGateway {
@@ -57,6 +66,8 @@ pub struct FakeGateway {
     pub all_sent_at: Arc<Mutex<Option<Instant>>>,
     /// On a paced stream: (trades sent so far, when), after every 1,000 trades.
     pub sent_marks: Arc<Mutex<Vec<(usize, Instant)>>>,
+    /// Trades sent over every connection, replays included.
+    pub trades_sent: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -141,6 +152,18 @@ impl FakeGateway {
         cmd
     }
 
+    /// `tradebars-feeder live` through this gateway with the tests' batch and rollup
+    /// intervals, its output piped; `extra` flags come last.
+    pub fn spawn_feeder(&self, db: &str, key: &str, extra: &[&str]) -> std::process::Child {
+        self.feeder_command(&crate::feeder_bin(), &crate::url(db), key)
+            .args(["--batch-ms", "50", "--rollup-ms", "200"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the live feeder")
+    }
+
     pub fn start(file: &Path, plan: Plan) -> FakeGateway {
         let feed = Arc::new(load(file));
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake gateway");
@@ -149,6 +172,9 @@ impl FakeGateway {
         let connections = Arc::new(AtomicUsize::new(0));
         let all_sent_at = Arc::new(Mutex::new(None));
         let sent_marks = Arc::new(Mutex::new(Vec::new()));
+        let edge = Arc::new(AtomicUsize::new(0));
+        let trades_sent = Arc::new(AtomicUsize::new(0));
+        let total = trades_sent.clone();
         let (s, c, a, m) = (
             stop.clone(),
             connections.clone(),
@@ -163,11 +189,14 @@ impl FakeGateway {
                 let Ok(stream) = stream else { continue };
                 let n = c.fetch_add(1, Ordering::SeqCst);
                 let (feed, plan, stop) = (feed.clone(), plan.clone(), s.clone());
-                let (all_at, marks) = (a.clone(), m.clone());
+                let (all_at, marks, edge) = (a.clone(), m.clone(), edge.clone());
+                let total = total.clone();
                 std::thread::spawn(move || {
                     let sent = Sent {
                         all_at: &all_at,
                         marks: &marks,
+                        edge: &edge,
+                        total: &total,
                     };
                     let _ = serve(stream, &feed, &plan, plan.cuts.get(n).copied(), &stop, sent);
                 });
@@ -178,6 +207,7 @@ impl FakeGateway {
             connections,
             all_sent_at,
             sent_marks,
+            trades_sent,
             stop,
         }
     }
@@ -187,6 +217,9 @@ impl FakeGateway {
 struct Sent<'a> {
     all_at: &'a Mutex<Option<Instant>>,
     marks: &'a Mutex<Vec<(usize, Instant)>>,
+    /// Past the last trade sent on any connection.
+    edge: &'a AtomicUsize,
+    total: &'a AtomicUsize,
 }
 
 fn serve(
@@ -246,12 +279,27 @@ fn serve(
         records.encode_record(m).map_err(enc)?;
     }
     let mut sent = 0usize;
-    for t in feed.trades.iter().filter(|t| t.hd.ts_event >= start) {
+    let edge = record.edge.load(Ordering::SeqCst);
+    let first = match plan.missed_while_away {
+        Some(missed) if start == 0 && edge > 0 => edge + missed,
+        _ => 0,
+    };
+    // Intraday replay filters on ts_event, as Databento's does.
+    let from_start = |(_, t): &(usize, &TradeMsg)| t.hd.ts_event >= start;
+    for (i, t) in feed
+        .trades
+        .iter()
+        .enumerate()
+        .skip(first)
+        .filter(from_start)
+    {
         if cut == Some(sent) {
             records.flush().map_err(enc)?;
             return stream.shutdown(Shutdown::Both);
         }
         records.encode_record(t).map_err(enc)?;
+        record.edge.fetch_max(i + 1, Ordering::SeqCst);
+        record.total.fetch_add(1, Ordering::SeqCst);
         sent += 1;
         if sent.is_multiple_of(1000) {
             if let Some(pause) = plan.pace {
@@ -267,10 +315,12 @@ fn serve(
     if let Ok(mut at) = record.all_at.lock() {
         at.get_or_insert_with(Instant::now);
     }
+    // Heartbeats carry the gateway's time, as Databento's do: here just past the last trade.
+    let now = feed.trades.last().map_or(0, |t| t.ts_recv + 1_000_000_000);
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(500));
         records
-            .encode_record(&SystemMsg::heartbeat(0))
+            .encode_record(&SystemMsg::heartbeat(now))
             .map_err(enc)?;
         records.flush().map_err(enc)?;
     }

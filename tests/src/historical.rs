@@ -132,7 +132,8 @@ fn answer(
         let mut encoder = Encoder::with_zstd(&mut dbn, &meta).map_err(err)?;
         for t in trades
             .iter()
-            .filter(|t| t.ts_recv >= start && t.ts_recv < end) // Databento cuts ranges on ts_recv
+            .filter(|t| t.ts_recv >= start && t.ts_recv < end)
+        // Databento cuts ranges on ts_recv
         {
             if as_mbp1 {
                 let quote = |action: u8| mbp1_of(t, action);

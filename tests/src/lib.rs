@@ -157,6 +157,50 @@ pub fn generate_on(name: &str, symbols: usize, trades: usize, seed: u64, date: &
     path
 }
 
+/// Waits until `done`, at most `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+pub fn sigterm(child: &mut std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for a child to exit, at most `limit`; returns its exit code and output.
+pub fn exit_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            let out = child.wait_with_output().expect("output");
+            return (status.code(), text(&out));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Trades in bars and trades still staged, together.
+pub fn stored_trades(db: &str) -> i64 {
+    count(
+        db,
+        "SELECT (SELECT count(*) FROM trades_staging) + (SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars WHERE data_source = 'trades')",
+    )
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",

@@ -36,7 +36,10 @@ fn assert_same_objects(upgraded: &str, fresh: &str) {
     );
     let only = |x: &str, y: &str| -> Vec<String> {
         let other: std::collections::HashSet<&str> = y.lines().collect();
-        x.lines().filter(|l| !other.contains(l)).map(String::from).collect()
+        x.lines()
+            .filter(|l| !other.contains(l))
+            .map(String::from)
+            .collect()
     };
     assert!(
         a == b,
@@ -70,7 +73,10 @@ fn old_database(name: &str, version: &str, file: &std::path::Path) -> String {
 fn error_of(db: &str, sql: &str) -> String {
     match connect(db).batch_execute(sql) {
         Ok(()) => panic!("{sql} succeeded"),
-        Err(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default(),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -144,27 +150,36 @@ fn upgrading_from_0_2_0_keeps_the_clock_its_bars_were_built_with() {
     );
 
     // new trades go on in the same clock, loaded by the current feeder
-    let out = feeder(&["replay", &day2.display().to_string(), "--rollup"], Some(&db));
+    let out = feeder(
+        &["replay", &day2.display().to_string(), "--rollup"],
+        Some(&db),
+    );
     assert!(out.status.success(), "{}", text(&out));
     let mut expected = event(&day1);
     expected.extend(event(&day2));
     assert_eq!(stored_bars(&db), expected);
     assert_eq!(
-        one::<String>(&db, "SELECT clock FROM bars('WGRX', '2025-10-27', '2025-10-28') LIMIT 1"),
+        one::<String>(
+            &db,
+            "SELECT clock FROM bars('WGRX', '2025-10-27', '2025-10-28') LIMIT 1"
+        ),
         "ts_event"
     );
     // trades before the upgrade have no identity: loading them again is refused
     let again = feeder(&["replay", &day1.display().to_string()], Some(&db));
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     assert!(
-        text(&again).contains("trade identity is no longer kept") && text(&again).contains("--force"),
+        text(&again).contains("trade identity is no longer kept")
+            && text(&again).contains("--force"),
         "{}",
         text(&again)
     );
     assert_eq!(stored_bars(&db), expected, "nothing of it staged");
 
     // the DBA's way to Databento's clock: roll back the trades bars, set it, load again
-    assert!(error_of(&db, "SELECT set_bar_clock('ts_recv')").contains("built on the ts_event clock"));
+    assert!(
+        error_of(&db, "SELECT set_bar_clock('ts_recv')").contains("built on the ts_event clock")
+    );
     assert!(error_of(&db, "SELECT set_bar_clock('utc')").contains("must be"));
     connect(&db)
         .batch_execute("SELECT rollback_trades(); SELECT set_bar_clock('ts_recv');")

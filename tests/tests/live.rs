@@ -1,7 +1,7 @@
 //! The feeder as a service against a loopback gateway that speaks Databento's live protocol.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use tradebars_tests::gateway::{FakeGateway, Plan};
 use tradebars_tests::*;
@@ -9,54 +9,7 @@ use tradebars_tests::*;
 const KEY: &str = "db-tradebarsTestKey0123456789abc";
 
 fn start_live(gateway: &FakeGateway, db: &str, key: &str, extra: &[&str]) -> Child {
-    gateway
-        .feeder_command(&feeder_bin(), &url(db), key)
-        .args(["--batch-ms", "50", "--rollup-ms", "200"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the live feeder")
-}
-
-/// Staged and rolled-up trades together.
-fn stored_trades(db: &str) -> i64 {
-    count(
-        db,
-        "SELECT (SELECT count(*) FROM trades_staging) + (SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars)",
-    )
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sigterm(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-/// Waits for the feeder to exit, at most `limit`; returns its exit code and output.
-fn exit_within(mut child: Child, limit: Duration) -> (Option<i32>, String) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("status") {
-            let out = child.wait_with_output().expect("output");
-            return (status.code(), text(&out));
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the feeder did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    gateway.spawn_feeder(db, key, extra)
 }
 
 #[test]
@@ -227,7 +180,9 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
         })
         .collect();
     let gateway = FakeGateway::start(&file, Plan::new(KEY).cut_after(cuts));
-    let mut child = start_live(&gateway, &db, KEY, &["--replay-margin-secs", "1"]);
+    // The margin must cover the longest event-to-receipt delay: the generator's late prints
+    // take up to 3 s (intraday replay filters on ts_event).
+    let mut child = start_live(&gateway, &db, KEY, &["--replay-margin-secs", "5"]);
     wait_until("every trade in a bar", Duration::from_secs(180), || {
         count(
             &db,

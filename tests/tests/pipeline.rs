@@ -133,10 +133,22 @@ fn real_cme_mbo_trades_give_the_oracles_bars_and_fills_are_not_counted() {
     assert!(t.contains("68792 records read, 2973 trades staged"), "{t}");
     assert!(t.contains("6371 fills"), "{t}");
     assert_eq!(stored_bars(&db), oracle(&file));
+    // every trade counts, the 74 identical to another one included
     assert_eq!(
         count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
         2973
     );
+    // A sweep at 23:03: the minute's first two trades share ts_event, ts_recv and sequence
+    // 16013; Databento delivered 4807.00 first, and it opens the bar (sorting on price or
+    // ts_event would open at 4806.75).
+    let open: String = connect(&db)
+        .query_one(
+            "SELECT open::text FROM price_bars WHERE symbol = 'ESH4' AND \"timestamp\" = '2023-12-25 23:03+00'",
+            &[],
+        )
+        .expect("the 23:03 bar")
+        .get(0);
+    assert_eq!(open, "4807");
 }
 
 #[test]

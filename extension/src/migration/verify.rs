@@ -140,5 +140,10 @@ END
 $fn$;
 "#,
     name = "migration_verify",
-    requires = ["migration_legacy", "bars_query", "tradebars_identity", checked_age],
+    requires = [
+        "migration_legacy",
+        "bars_query",
+        "tradebars_identity",
+        checked_age
+    ],
 );

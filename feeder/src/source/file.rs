@@ -196,7 +196,9 @@ impl DbnFile {
         let mut rows = RowEncoder::new(identity);
         while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
             record_bytes += rec.record_size() as u64;
-            let kind = rows.push(&rec, &symbols).map_err(|e| self.identity_err(e))?;
+            let kind = rows
+                .push(&rec, &symbols)
+                .map_err(|e| self.identity_err(e))?;
             if kind == Some(RecordKind::SymbolMapping) {
                 symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
             }

@@ -173,10 +173,13 @@ pub fn generate(
         // The clock is receipt time: Databento delivers in ts_recv order. The exchange
         // stamped the trade a little earlier, now and then a good deal earlier (a late
         // print), so some trades fall in an earlier minute by ts_event than by ts_recv.
-        let ts_recv = (clock as i64).min(end - 1);
+        // Never past the session's end, and never a pile-up at it: past the ceiling, one
+        // nanosecond apart.
+        let ceiling = end - 1 - (spec.trades - i) as i64;
+        let ts_recv = (clock as i64).min(ceiling);
         if !in_sweep {
-            latency = if rng.gen_ratio(1, 50) {
-                rng.gen_range(50_000..5_000_000)
+            latency = if rng.gen_ratio(1, 100) {
+                rng.gen_range(50_000..3_000_000_000) // a print reported late, up to 3 s
             } else {
                 rng.gen_range(1_000..50_000)
             };

@@ -62,6 +62,8 @@ pub enum Step {
         ts_event: u64,
         ts_recv: u64,
     },
+    /// A heartbeat completed groups held for matching: `staged` of their trades were encoded.
+    Released { staged: u32 },
     /// Anything else: symbology, heartbeats, system and error messages (logged here).
     Other,
     /// The gateway closed the session.
@@ -114,8 +116,9 @@ impl LiveSource {
         };
         let subscription = match replay_from {
             Some(start) => {
-                let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start.max(0)))
-                    .map_err(|e| FeederError::Gateway(format!("replay start: {e}")))?;
+                let start =
+                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start.max(0)))
+                        .map_err(|e| FeederError::Gateway(format!("replay start: {e}")))?;
                 Subscription::builder()
                     .symbols(symbols)
                     .schema(spec.schema)
@@ -151,31 +154,23 @@ impl LiveSource {
         };
         let (kind, event) = classify(&rec);
         if let Some(ev) = event {
-            let mut staged = 0u32;
-            let symbols = &self.symbols;
-            let mut stage = |ev: crate::trade::TradeEvent, ord: u32| {
-                let symbol = symbols
-                    .get(ev.instrument_id)
-                    .map(String::as_str)
-                    .unwrap_or("");
-                copy::encode_trade(rows, &ev.with_symbol(symbol), ord);
-                staged += 1;
-            };
-            let identity_err = |e: crate::identity::IdentityError| FeederError::Identity {
-                origin: "live stream".into(),
-                msg: e.to_string(),
-            };
             // The stream is in ts_recv order: every group before this trade is complete.
             let ts_recv = i64::try_from(ev.ts_recv).unwrap_or(i64::MAX);
-            identity
-                .finish_before(ts_recv, &mut stage)
-                .map_err(identity_err)?;
-            identity.push(ev, &mut stage).map_err(identity_err)?;
+            let staged = self.stage(rows, identity, ts_recv, Some(ev))?;
             return Ok(Step::Trade {
                 staged,
                 ts_event: ev.ts_event,
                 ts_recv: ev.ts_recv,
             });
+        }
+        if let Some(msg) = rec.get::<SystemMsg>().filter(|m| m.is_heartbeat()) {
+            // A heartbeat is sent at the gateway's time: every group received before it is
+            // complete, even when no later trade comes (the close, a quiet market).
+            let at = i64::try_from(msg.hd.ts_event).unwrap_or(0);
+            if at > 0 {
+                let staged = self.stage(rows, identity, at, None)?;
+                return Ok(Step::Released { staged });
+            }
         }
         match kind {
             RecordKind::SymbolMapping => {
@@ -204,6 +199,38 @@ impl LiveSource {
             _ => {}
         }
         Ok(Step::Other)
+    }
+
+    /// Completes the groups received before `before`, then takes `trade` (if any); the
+    /// trades that become ready are encoded into `rows`. Returns how many.
+    fn stage(
+        &self,
+        rows: &mut BytesMut,
+        identity: &mut Identity,
+        before: i64,
+        trade: Option<crate::trade::TradeEvent>,
+    ) -> Result<u32, FeederError> {
+        let mut staged = 0u32;
+        let symbols = &self.symbols;
+        let mut stage = |ev: crate::trade::TradeEvent, ord: u32| {
+            let symbol = symbols
+                .get(ev.instrument_id)
+                .map(String::as_str)
+                .unwrap_or("");
+            copy::encode_trade(rows, &ev.with_symbol(symbol), ord);
+            staged += 1;
+        };
+        let identity_err = |e: crate::identity::IdentityError| FeederError::Identity {
+            origin: "live stream".into(),
+            msg: e.to_string(),
+        };
+        identity
+            .finish_before(before, &mut stage)
+            .map_err(identity_err)?;
+        if let Some(ev) = trade {
+            identity.push(ev, &mut stage).map_err(identity_err)?;
+        }
+        Ok(staged)
     }
 
     pub async fn close(mut self) {
