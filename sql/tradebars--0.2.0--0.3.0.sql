@@ -9,8 +9,12 @@
 --   trade already loaded, so a load into that period is refused unless forced.
 -- * Live positions move from the ingest ledger (keyed by the spelling of --symbols) to one
 --   per dataset and symbol.
--- * rollback_trades() forgets the ledger and identity with the bars; bars() and
---   migration_status() say which clock the database uses.
+-- * rollback_trades() forgets the ledger and identity with the bars, and removes only bars
+--   tradebars wrote; bars() and migration_status() say which clock the database uses.
+-- * The migration toolkit on a database the plan already touched: mark_legacy() sets the old
+--   scanner's bars apart as source 'scanner' (bars() prefers trades, then scanner, then
+--   legacy; migration_coverage() counts them); a trigger refuses to relabel trades bars;
+--   irreversible deletes accept only a real copy, compared whole.
 -- Must define exactly what a fresh 0.3.0 install defines; the end-to-end test
 -- `upgrading_from_0_2_0_gives_what_a_fresh_install_gives` compares them.
 
@@ -250,7 +254,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'SELECT bars_rollup(); first, or SELECT rollback_trades(include_staging => true);';
     END IF;
-    DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy;
+    -- Only bars tradebars wrote: those carry the order of their open and close trades.
+    DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     -- What was loaded is forgotten with the bars, so the same files, chunks and live
     -- periods can be fed again and count once (0.3.0).
@@ -266,6 +271,274 @@ BEGIN
     RETURN n;
 END
 $fn$;
+
+CREATE FUNCTION check_backup_table(caller text, backup regclass) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    kind "char";
+    persistence "char";
+    missing text;
+BEGIN
+    SELECT relkind, relpersistence INTO kind, persistence FROM pg_class WHERE oid = backup;
+    IF backup = 'price_bars'::regclass
+       OR backup IN (SELECT relid FROM pg_partition_tree('price_bars'::regclass)) THEN
+        RAISE EXCEPTION '%: backup_table % is price_bars itself (or a partition of it), not a copy', caller, backup
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '%: backup_table % is a %, not a table holding a copy', caller, backup,
+            CASE kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                      ELSE 'relation of kind ' || kind::text END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF persistence <> 'p' THEN
+        RAISE EXCEPTION '%: backup_table % is %: it would not survive a crash or the session', caller, backup,
+            CASE persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO missing
+    FROM pg_attribute p
+    WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
+                      AND b.attnum > 0 AND NOT b.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '%: backup_table % lacks columns of price_bars: %', caller, backup, missing
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text := price_bars_columns();
+    typed text;
+    copies text[] := '{}';
+    copy regclass;
+    n bigint;
+BEGIN
+    FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('price_bars_legacy'), backup], NULL) LOOP
+        -- the archive may predate a column; then it holds no bar whole
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute p
+                       WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+                         AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = copy
+                                         AND b.attname = p.attname AND NOT b.attisdropped)) THEN
+            SELECT string_agg(format('%I::%s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
+              INTO typed
+              FROM pg_attribute
+             WHERE attrelid = 'price_bars'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+            copies := array_append(copies, format(' EXCEPT ALL SELECT %s FROM %s', typed, copy));
+        END IF;
+    END LOOP;
+    EXECUTE format('SELECT count(*) FROM (SELECT %s FROM price_bars WHERE is_legacy AND ($1 IS NULL OR deleted_at < $1)%s) d',
+                   cols, array_to_string(copies, ''))
+        INTO n USING deleted_before;
+    RETURN n;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION delete_legacy_bars(caller text, deleted_before timestamptz, backup regclass,
+                                   confirm boolean) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    unprotected bigint;
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready(caller);
+    IF backup IS NOT NULL THEN
+        PERFORM check_backup_table(caller, backup);
+    END IF;
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    unprotected := legacy_bars_unprotected(deleted_before, backup);
+    IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
+        RAISE EXCEPTION '%: % legacy bars are held whole (every column equal) in no archive or backup table; nothing deleted', caller, unprotected
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
+    END IF;
+    DELETE FROM price_bars WHERE is_legacy AND (deleted_before IS NULL OR deleted_at < deleted_before);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RAISE NOTICE '%: deleted % legacy bars; VACUUM (FULL) price_bars returns the space', caller, n;
+    RETURN n;
+END
+$fn$;
+
+CREATE FUNCTION protect_trades_bars() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    RAISE EXCEPTION 'price_bars: the bar of % at % was built by tradebars from trades; it cannot become legacy or another source',
+        OLD.symbol, OLD."timestamp"
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'this looks like the migration plan''s phase 1 SQL run again after mark_legacy(); nothing was changed. SELECT mark_legacy(); is the idempotent way';
+END
+$fn$;
+
+CREATE FUNCTION guard_trades_bars() RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'price_bars'::regclass
+                   AND tgname = 'price_bars_protect_trades_bars') THEN
+        CREATE TRIGGER price_bars_protect_trades_bars
+            BEFORE UPDATE OF is_legacy, data_source ON price_bars
+            FOR EACH ROW
+            WHEN (OLD.data_source = 'trades' AND NOT OLD.is_legacy AND OLD.open_ts_ns IS NOT NULL
+                  AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'trades'))
+            EXECUTE FUNCTION protect_trades_bars();
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION prepare_price_bars() RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+    SET extra_float_digits = 1
+AS $fn$
+DECLARE
+    rel regclass := to_regclass('price_bars');
+    changes text[] := '{}';
+    col record;
+    old_key record;
+BEGIN
+    IF (SELECT count(*) FROM pg_attribute
+        WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+          AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
+                          'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq')) < 10 THEN
+    ALTER TABLE price_bars
+        ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS data_source text,
+        ADD COLUMN IF NOT EXISTS migrated_at timestamptz,
+        ADD COLUMN IF NOT EXISTS deleted_at  timestamptz,
+        ADD COLUMN IF NOT EXISTS vwap        numeric,
+        ADD COLUMN IF NOT EXISTS notional    numeric,
+        ADD COLUMN IF NOT EXISTS open_ts_ns  bigint,
+        ADD COLUMN IF NOT EXISTS open_seq    bigint,
+        ADD COLUMN IF NOT EXISTS close_ts_ns bigint,
+        ADD COLUMN IF NOT EXISTS close_seq   bigint;
+    END IF;
+    UPDATE price_bars SET is_legacy = false WHERE is_legacy IS NULL;
+
+    FOR col IN
+        SELECT a.attname::text AS name, a.atttypid::regtype::text AS type, a.atttypmod AS typmod
+        FROM pg_attribute a
+        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+    LOOP
+        IF col.name IN ('open', 'high', 'low', 'close', 'vwap', 'notional')
+           AND (col.type <> 'numeric' OR col.typmod <> -1) THEN
+            changes := array_append(changes, format('ALTER COLUMN %1$I TYPE numeric USING %1$I::text::numeric', col.name));
+        ELSIF col.name IN ('volume', 'trade_count') AND col.type IN ('smallint', 'integer') THEN
+            changes := array_append(changes, format('ALTER COLUMN %1$I TYPE bigint', col.name));
+        ELSIF col.name = 'timestamp' AND col.type = 'timestamp without time zone' THEN
+            changes := array_append(changes, 'ALTER COLUMN "timestamp" TYPE timestamptz USING "timestamp" AT TIME ZONE ''UTC''');
+        ELSIF col.name IN ('symbol', 'data_source') AND col.type IN ('character varying', 'character') THEN
+            changes := array_append(changes, format('ALTER COLUMN %1$I TYPE text', col.name));
+        END IF;
+    END LOOP;
+    IF cardinality(changes) > 0 THEN
+        EXECUTE 'ALTER TABLE price_bars ' || array_to_string(changes, ', ');
+    END IF;
+
+    -- A unique key on (symbol, timestamp) would make a trades bar overwrite a legacy bar.
+    FOR old_key IN
+        SELECT c.conname::text AS conname, ic.relname::text AS indname, n.nspname::text AS nsp
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = ic.relnamespace
+        LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+        WHERE i.indrelid = rel AND i.indisunique AND i.indnatts = 2
+          AND ARRAY(SELECT a.attname::text
+                    FROM unnest(i.indkey::int2[]) AS k(attnum)
+                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                    ORDER BY 1) = ARRAY['symbol', 'timestamp']
+    LOOP
+        IF old_key.conname IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE price_bars DROP CONSTRAINT %I', old_key.conname);
+        ELSE
+            EXECUTE format('DROP INDEX %I.%I', old_key.nsp, old_key.indname);
+        END IF;
+        RAISE NOTICE 'mark_legacy: replaced unique key % on (symbol, timestamp) by one on (symbol, timestamp, data_source)',
+            coalesce(old_key.conname, old_key.indname);
+    END LOOP;
+    IF to_regclass('price_bars_symbol_timestamp_source') IS NULL THEN
+        CREATE UNIQUE INDEX price_bars_symbol_timestamp_source ON price_bars (symbol, "timestamp", data_source);
+    END IF;
+    IF to_regclass('price_bars_legacy_idx') IS NULL THEN
+        -- Partial: legacy bars only, so writing trades bars does not pay for it.
+        CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
+    END IF;
+    PERFORM guard_trades_bars();
+    COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
+    COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION mark_legacy(source text DEFAULT 'mbp-1') RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    marked bigint;
+    scanned bigint;
+BEGIN
+    IF source IS NULL OR source !~ '^[a-z0-9][a-z0-9._-]{0,19}$' THEN
+        RAISE EXCEPTION 'mark_legacy: source must be a short lowercase name such as ''mbp-1'' (got %)',
+            coalesce(quote_literal(source), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF source IN ('trades', 'scanner') THEN
+        RAISE EXCEPTION 'mark_legacy: ''%'' names bars of tradebars or of the old scanner; give the legacy feed''s name, such as ''mbp-1''', source
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF to_regclass('price_bars') IS NULL THEN
+        RAISE EXCEPTION 'mark_legacy: there is no price_bars table in schema %', '@extschema@'
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    -- One step for everyone else: no bar is written or read half-migrated.
+    LOCK TABLE price_bars IN ACCESS EXCLUSIVE MODE;
+    PERFORM prepare_price_bars();
+    -- Bars the old scanner wrote after it switched to TRADES (the plan's phase 2) say
+    -- 'trades' but tradebars never built them (it records the order of each bar's open and
+    -- close trades): set apart under their own source, so no rollup merges into them and no
+    -- rollback removes them. Their values stay as they are.
+    UPDATE price_bars
+       SET is_legacy = true, data_source = 'scanner', migrated_at = coalesce(migrated_at, now())
+     WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NULL;
+    GET DIAGNOSTICS scanned = ROW_COUNT;
+    IF scanned > 0 THEN
+        RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
+    END IF;
+    UPDATE price_bars
+       SET is_legacy = true,
+           data_source = coalesce(data_source, mark_legacy.source),
+           migrated_at = now()
+     WHERE NOT is_legacy AND data_source IS DISTINCT FROM 'trades';
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    IF marked = 0 THEN
+        RAISE NOTICE 'mark_legacy: nothing to mark; % bars were already legacy',
+            (SELECT count(*) FROM price_bars WHERE is_legacy);
+    ELSE
+        RAISE NOTICE 'mark_legacy: marked % bars legacy (source %)', marked, source;
+    END IF;
+    RETURN marked;
+END
+$fn$;
+
+DO $do$
+BEGIN
+    IF price_bars_is_ready() THEN
+        PERFORM guard_trades_bars();
+    END IF;
+END
+$do$;
 
 ALTER TYPE bar ADD ATTRIBUTE clock text;
 CREATE OR REPLACE FUNCTION bars(
@@ -303,7 +576,11 @@ BEGIN
           AND (coalesce(bars.include_legacy, false)
                OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
-        ORDER BY p."timestamp", (p.is_legacy OR p.data_source IS DISTINCT FROM 'trades'), p.data_source
+        -- trades bars first, then the old scanner's, then legacy
+        ORDER BY p."timestamp",
+                 CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
+                      WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
+                 p.data_source
     )
     SELECT bars.symbol,
            date_bin(step, m."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
@@ -348,6 +625,27 @@ BEGIN
                     sum(a.volume)::numeric, min(a."timestamp"), max(a."timestamp"), NULL::text
              FROM price_bars_legacy a GROUP BY 2, 3, 4 ORDER BY 2, 4';
     END IF;
+END
+$fn$;
+
+DROP FUNCTION migration_coverage(interval);
+CREATE FUNCTION migration_coverage(since interval DEFAULT '1 day')
+RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint)
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cutoff timestamptz := now() - checked_age('since', since);
+BEGIN
+    PERFORM require_price_bars_ready('migration_coverage');
+    RETURN QUERY
+        SELECT date_trunc('hour', p."timestamp"),
+               count(*) FILTER (WHERE p.is_legacy AND p.data_source IS DISTINCT FROM 'scanner'),
+               count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'trades'),
+               count(*) FILTER (WHERE p.data_source = 'scanner')
+        FROM price_bars p
+        WHERE p."timestamp" > cutoff
+        GROUP BY 1 ORDER BY 1;
 END
 $fn$;
 

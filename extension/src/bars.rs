@@ -57,7 +57,11 @@ BEGIN
           AND (coalesce(bars.include_legacy, false)
                OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
-        ORDER BY p."timestamp", (p.is_legacy OR p.data_source IS DISTINCT FROM 'trades'), p.data_source
+        -- trades bars first, then the old scanner's, then legacy
+        ORDER BY p."timestamp",
+                 CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
+                      WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
+                 p.data_source
     )
     SELECT bars.symbol,
            date_bin(step, m."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,

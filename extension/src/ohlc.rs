@@ -50,21 +50,34 @@ pub struct Bar {
 }
 
 /// Why a trade is not counted in a bar; the SQL side uses the same rule to set it aside.
+/// Databento's sizes are `u32`: a larger one is not a Databento trade.
 pub fn reject_reason(price: i64, size: i64) -> Option<&'static str> {
     if price == UNDEF_PRICE {
         Some("undefined price")
     } else if size <= 0 {
         Some("size not positive")
+    } else if size > i64::from(u32::MAX) {
+        Some("size out of range")
     } else {
         None
     }
 }
 
+/// A bar whose volume or trade count no longer fits: an error, never a wrapped number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ohlcv: the bar's volume or trade count overflows bigint")
+    }
+}
+
 impl Bar {
-    pub fn add(&mut self, key: TradeKey, price: i64, size: i64) {
+    pub fn add(&mut self, key: TradeKey, price: i64, size: i64) -> Result<(), Overflow> {
         if reject_reason(price, size).is_some() {
             self.rejected += 1;
-            return;
+            return Ok(());
         }
         let one = Bar {
             open_key: key,
@@ -78,20 +91,24 @@ impl Bar {
             notional: i128::from(price) * i128::from(size),
             rejected: 0,
         };
-        self.merge(&one);
+        self.merge(&one)
     }
 
-    pub fn merge(&mut self, other: &Bar) {
-        self.rejected += other.rejected;
+    pub fn merge(&mut self, other: &Bar) -> Result<(), Overflow> {
+        self.rejected = self.rejected.checked_add(other.rejected).ok_or(Overflow)?;
         if other.count == 0 {
-            return;
+            return Ok(());
         }
         if self.count == 0 {
             let rejected = self.rejected;
             *self = *other;
             self.rejected = rejected;
-            return;
+            return Ok(());
         }
+        // Checked first, so a failed merge leaves the bar as it was.
+        let volume = self.volume.checked_add(other.volume).ok_or(Overflow)?;
+        let count = self.count.checked_add(other.count).ok_or(Overflow)?;
+        let notional = self.notional.checked_add(other.notional).ok_or(Overflow)?;
         if (other.open_key, other.open) < (self.open_key, self.open) {
             self.open_key = other.open_key;
             self.open = other.open;
@@ -102,9 +119,8 @@ impl Bar {
         }
         self.high = self.high.max(other.high);
         self.low = self.low.min(other.low);
-        self.volume += other.volume;
-        self.count += other.count;
-        self.notional += other.notional;
+        (self.volume, self.count, self.notional) = (volume, count, notional);
+        Ok(())
     }
 
     const SERIAL_LEN: usize = 8 * 12 + 16;
@@ -199,15 +215,20 @@ fn ohlcv_trans(
 ) -> Internal {
     let bar = unsafe { state_mut(&mut state, fcinfo) };
     match (ts_event, price, size) {
-        (Some(ts), Some(px), Some(sz)) => bar.add(
-            TradeKey::new(
+        (Some(ts), Some(px), Some(sz)) => {
+            let key = TradeKey::new(
                 ts,
                 sequence.unwrap_or(0),
                 i64::from(publisher_id.unwrap_or(0)),
-            ),
-            px,
-            sz,
-        ),
+            );
+            if let Err(e) = bar.add(key, px, sz) {
+                pgrx::ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                    e.to_string()
+                );
+            }
+        }
         _ => bar.rejected += 1,
     }
     state
@@ -223,7 +244,13 @@ fn ohlcv_combine(
     let mut state = state.unwrap_or_default();
     let other = other.and_then(|o| unsafe { o.get::<Bar>().copied() });
     if let Some(other) = other {
-        unsafe { state_mut(&mut state, fcinfo) }.merge(&other);
+        if let Err(e) = unsafe { state_mut(&mut state, fcinfo) }.merge(&other) {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                e.to_string()
+            );
+        }
     }
     state
 }
@@ -345,7 +372,8 @@ mod tests {
     fn bar_of(trades: &[(i64, i64, i64, i64, i64)]) -> Bar {
         let mut bar = Bar::default();
         for &(ts, seq, publisher, price, size) in trades {
-            bar.add(TradeKey::new(ts, seq, publisher), price, size);
+            bar.add(TradeKey::new(ts, seq, publisher), price, size)
+                .expect("no overflow");
         }
         bar
     }
@@ -391,8 +419,8 @@ mod tests {
                 let (a, b) = trades.split_at(cut);
                 let (mut left, right) = (bar_of(a), bar_of(b));
                 let mut right_first = right;
-                right_first.merge(&left);
-                left.merge(&right);
+                right_first.merge(&left).expect("no overflow");
+                left.merge(&right).expect("no overflow");
                 assert_eq!(left, whole, "rotation {rot}, cut {cut}");
                 assert_eq!(right_first, whole, "rotation {rot}, cut {cut}, reversed");
             }
@@ -405,8 +433,10 @@ mod tests {
         assert_eq!(bar.count, 0);
         assert_eq!(bar.rejected, 2);
         let mut merged = Bar::default();
-        merged.merge(&bar);
-        merged.merge(&bar_of(&[(3, 1, 1, 7, 2)]));
+        merged.merge(&bar).expect("no overflow");
+        merged
+            .merge(&bar_of(&[(3, 1, 1, 7, 2)]))
+            .expect("no overflow");
         assert_eq!(
             (merged.open, merged.close, merged.count, merged.rejected),
             (7, 7, 1, 2)
@@ -439,6 +469,17 @@ mod tests {
         let bar = bar_of(&TRADES);
         assert_eq!(Bar::from_bytes(&bar.to_bytes()), Some(bar));
         assert_eq!(Bar::from_bytes(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn sizes_beyond_u32_are_rejected_and_a_volume_overflow_is_an_error() {
+        let bar = bar_of(&[(1, 1, 1, 5, 5_000_000_000_000_000_000), (2, 1, 1, 5, 2)]);
+        assert_eq!((bar.count, bar.volume, bar.rejected), (1, 2, 1));
+        let mut big = bar_of(&[(1, 1, 1, 5, i64::from(u32::MAX))]);
+        big.volume = i64::MAX - 1;
+        let before = big;
+        assert_eq!(big.merge(&bar_of(&[(2, 1, 1, 5, 2)])), Err(Overflow));
+        assert_eq!(big, before, "a failed merge changes nothing");
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn unusable(clock: Clock) -> String {
     let t = clock.time();
     format!(
         "symbol = '' OR {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 \
-         OR price = 9223372036854775807 OR size <= 0"
+         OR price = 9223372036854775807 OR size <= 0 OR size > 4294967295"
     )
 }
 
@@ -143,7 +143,8 @@ SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, 
        CASE WHEN symbol = '' THEN 'no symbol mapping'
             WHEN {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 THEN '{t} out of range'
             WHEN price = 9223372036854775807 THEN 'undefined price'
-            ELSE 'size not positive' END
+            WHEN size <= 0 THEN 'size not positive'
+            ELSE 'size out of range' END
 FROM {slot}
 WHERE {}
 "#,

@@ -31,23 +31,78 @@ $fn$;
 
 -- How many of the legacy bars chosen by `deleted_before` (NULL: every legacy bar) are held
 -- neither in price_bars_legacy nor in `backup`, matched by (symbol, timestamp, data_source).
+-- Refuses a backup table that is no real copy: it must be a permanent table (not a view,
+-- not temporary or unlogged), other than price_bars and its partitions, with every column
+-- price_bars has. (SQLSTATE 22023.)
+CREATE FUNCTION check_backup_table(caller text, backup regclass) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    kind "char";
+    persistence "char";
+    missing text;
+BEGIN
+    SELECT relkind, relpersistence INTO kind, persistence FROM pg_class WHERE oid = backup;
+    IF backup = 'price_bars'::regclass
+       OR backup IN (SELECT relid FROM pg_partition_tree('price_bars'::regclass)) THEN
+        RAISE EXCEPTION '%: backup_table % is price_bars itself (or a partition of it), not a copy', caller, backup
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '%: backup_table % is a %, not a table holding a copy', caller, backup,
+            CASE kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                      ELSE 'relation of kind ' || kind::text END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF persistence <> 'p' THEN
+        RAISE EXCEPTION '%: backup_table % is %: it would not survive a crash or the session', caller, backup,
+            CASE persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO missing
+    FROM pg_attribute p
+    WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
+                      AND b.attnum > 0 AND NOT b.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '%: backup_table % lacks columns of price_bars: %', caller, backup, missing
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
+    END IF;
+END
+$fn$;
+
+-- How many of the legacy bars about to be deleted (soft-deleted before `deleted_before`, or
+-- all when it is NULL) are held whole, every column equal, in neither the archive
+-- (price_bars_legacy) nor `backup`. Names come from the catalog, quoted.
 CREATE FUNCTION legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
+    cols text := price_bars_columns();
+    typed text;
+    copies text[] := '{}';
+    copy regclass;
     n bigint;
 BEGIN
-    EXECUTE format(
-        'SELECT count(*) FROM price_bars p
-         WHERE p.is_legacy AND ($1 IS NULL OR p.deleted_at < $1)
-           AND NOT EXISTS (SELECT 1 FROM %s a WHERE a.symbol = p.symbol AND a."timestamp" = p."timestamp"
-                           AND a.data_source IS NOT DISTINCT FROM p.data_source)
-           AND NOT EXISTS (SELECT 1 FROM %s b WHERE b.symbol = p.symbol AND b."timestamp" = p."timestamp"
-                           AND b.data_source IS NOT DISTINCT FROM p.data_source)',
-        coalesce(to_regclass('price_bars_legacy')::text, '(SELECT NULL::text AS symbol, NULL::timestamptz AS "timestamp", NULL::text AS data_source) '),
-        coalesce(backup::text, '(SELECT NULL::text AS symbol, NULL::timestamptz AS "timestamp", NULL::text AS data_source) '))
-    INTO n USING deleted_before;
+    FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('price_bars_legacy'), backup], NULL) LOOP
+        -- the archive may predate a column; then it holds no bar whole
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute p
+                       WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+                         AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = copy
+                                         AND b.attname = p.attname AND NOT b.attisdropped)) THEN
+            SELECT string_agg(format('%I::%s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
+              INTO typed
+              FROM pg_attribute
+             WHERE attrelid = 'price_bars'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+            copies := array_append(copies, format(' EXCEPT ALL SELECT %s FROM %s', typed, copy));
+        END IF;
+    END LOOP;
+    EXECUTE format('SELECT count(*) FROM (SELECT %s FROM price_bars WHERE is_legacy AND ($1 IS NULL OR deleted_at < $1)%s) d',
+                   cols, array_to_string(copies, ''))
+        INTO n USING deleted_before;
     RETURN n;
 END
 $fn$;
@@ -64,10 +119,13 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM require_price_bars_ready(caller);
+    IF backup IS NOT NULL THEN
+        PERFORM check_backup_table(caller, backup);
+    END IF;
     LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
     unprotected := legacy_bars_unprotected(deleted_before, backup);
     IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
-        RAISE EXCEPTION '%: % legacy bars are in no archive or backup table; nothing deleted', caller, unprotected
+        RAISE EXCEPTION '%: % legacy bars are held whole (every column equal) in no archive or backup table; nothing deleted', caller, unprotected
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
     END IF;
@@ -189,7 +247,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'SELECT bars_rollup(); first, or SELECT rollback_trades(include_staging => true);';
     END IF;
-    DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy;
+    -- Only bars tradebars wrote: those carry the order of their open and close trades.
+    DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     -- What was loaded is forgotten with the bars, so the same files, chunks and live
     -- periods can be fed again and count once (0.3.0).

@@ -42,6 +42,40 @@ BEGIN
 END
 $fn$;
 
+-- Refuses to relabel a bar tradebars built as legacy or as another source: the plan's own
+-- phase 1 SQL, run again after mark_legacy(), would otherwise turn every trades bar into a
+-- legacy 'mbp-1' bar.
+CREATE FUNCTION protect_trades_bars() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    RAISE EXCEPTION 'price_bars: the bar of % at % was built by tradebars from trades; it cannot become legacy or another source',
+        OLD.symbol, OLD."timestamp"
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'this looks like the migration plan''s phase 1 SQL run again after mark_legacy(); nothing was changed. SELECT mark_legacy(); is the idempotent way';
+END
+$fn$;
+
+-- The trigger of protect_trades_bars() on price_bars, where missing. Only updates of
+-- is_legacy or data_source can fire it: a rollup's merge never does.
+CREATE FUNCTION guard_trades_bars() RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'price_bars'::regclass
+                   AND tgname = 'price_bars_protect_trades_bars') THEN
+        CREATE TRIGGER price_bars_protect_trades_bars
+            BEFORE UPDATE OF is_legacy, data_source ON price_bars
+            FOR EACH ROW
+            WHEN (OLD.data_source = 'trades' AND NOT OLD.is_legacy AND OLD.open_ts_ns IS NOT NULL
+                  AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'trades'))
+            EXECUTE FUNCTION protect_trades_bars();
+    END IF;
+END
+$fn$;
+
 -- Brings an existing price_bars to the shape trades bars need, keeping every row and value:
 -- adds the missing columns, widens types without loss (float prices -> numeric through their
 -- shortest exact text, so numeric::float8 gives back the very same double; integer counts ->
@@ -125,6 +159,7 @@ BEGIN
         -- Partial: legacy bars only, so writing trades bars does not pay for it.
         CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
     END IF;
+    PERFORM guard_trades_bars();
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
     COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
 END
@@ -136,14 +171,15 @@ CREATE FUNCTION mark_legacy(source text DEFAULT 'mbp-1') RETURNS bigint
 AS $fn$
 DECLARE
     marked bigint;
+    scanned bigint;
 BEGIN
     IF source IS NULL OR source !~ '^[a-z0-9][a-z0-9._-]{0,19}$' THEN
         RAISE EXCEPTION 'mark_legacy: source must be a short lowercase name such as ''mbp-1'' (got %)',
             coalesce(quote_literal(source), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF source = 'trades' THEN
-        RAISE EXCEPTION 'mark_legacy: ''trades'' names the bars tradebars builds; give the legacy feed''s name, such as ''mbp-1'''
+    IF source IN ('trades', 'scanner') THEN
+        RAISE EXCEPTION 'mark_legacy: ''%'' names bars of tradebars or of the old scanner; give the legacy feed''s name, such as ''mbp-1''', source
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF to_regclass('price_bars') IS NULL THEN
@@ -153,6 +189,17 @@ BEGIN
     -- One step for everyone else: no bar is written or read half-migrated.
     LOCK TABLE price_bars IN ACCESS EXCLUSIVE MODE;
     PERFORM prepare_price_bars();
+    -- Bars the old scanner wrote after it switched to TRADES (the plan's phase 2) say
+    -- 'trades' but tradebars never built them (it records the order of each bar's open and
+    -- close trades): set apart under their own source, so no rollup merges into them and no
+    -- rollback removes them. Their values stay as they are.
+    UPDATE price_bars
+       SET is_legacy = true, data_source = 'scanner', migrated_at = coalesce(migrated_at, now())
+     WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NULL;
+    GET DIAGNOSTICS scanned = ROW_COUNT;
+    IF scanned > 0 THEN
+        RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
+    END IF;
     UPDATE price_bars
        SET is_legacy = true,
            data_source = coalesce(data_source, mark_legacy.source),
@@ -170,6 +217,14 @@ END
 $fn$;
 COMMENT ON FUNCTION mark_legacy(text) IS
     'tradebars: phase 1 of the migration; prepares price_bars and marks every existing non-trades bar legacy. Idempotent.';
+
+DO $do$
+BEGIN
+    IF price_bars_is_ready() THEN
+        PERFORM guard_trades_bars();
+    END IF;
+END
+$do$;
 "#,
     name = "migration_legacy",
     requires = ["tradebars_schema"],

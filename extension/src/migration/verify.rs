@@ -29,7 +29,7 @@ END
 $fn$;
 
 CREATE FUNCTION migration_coverage(since interval DEFAULT '1 day')
-RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint)
+RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint)
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, pg_temp
 AS $fn$
@@ -39,8 +39,9 @@ BEGIN
     PERFORM require_price_bars_ready('migration_coverage');
     RETURN QUERY
         SELECT date_trunc('hour', p."timestamp"),
-               count(*) FILTER (WHERE p.is_legacy),
-               count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'trades')
+               count(*) FILTER (WHERE p.is_legacy AND p.data_source IS DISTINCT FROM 'scanner'),
+               count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'trades'),
+               count(*) FILTER (WHERE p.data_source = 'scanner')
         FROM price_bars p
         WHERE p."timestamp" > cutoff
         GROUP BY 1 ORDER BY 1;
