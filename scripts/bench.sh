@@ -14,7 +14,8 @@ RUNS=${RUNS:-3}
 INSERT_ROWS=${BENCH_INSERT_ROWS:-200000}
 FRESH_TRADES=${BENCH_FRESH_TRADES:-2000000}
 FRESH_RATE=${BENCH_FRESH_RATE:-100000}
-DIR=${TRADEBARS_BENCH_DIR:-${TMPDIR:-/tmp}/tradebars-bench}
+# Cached inputs carry the generator and staging format they were made with.
+DIR=${TRADEBARS_BENCH_DIR:-${TMPDIR:-/tmp}/tradebars-bench-0.3}
 PORT=${TRADEBARS_BENCH_PORT:-55437}
 URL="postgres://postgres@127.0.0.1:$PORT/bench"
 OUT=bench-results

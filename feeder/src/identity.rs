@@ -140,11 +140,15 @@ struct Boundary {
     trades: Vec<(TradeEvent, u32, i64)>,
 }
 
+/// One instrument's reading position: the group at its latest `ts_recv`, and what was seen
+/// of it in its current minute (kept here, not in the map of all minutes, so a trade touches
+/// only its instrument's entry: the map is written once per instrument and minute).
 #[derive(Debug)]
 struct Group {
     ts: i64,
     next_ord: u32,
     boundary: Option<Boundary>,
+    lane: Option<(i64, Seen)>,
 }
 
 /// What this source delivered of one instrument in one minute, since the last `take_changes`.
@@ -241,6 +245,12 @@ impl Identity {
         self
     }
 
+    /// Drops what is kept of minutes before `minute`: a live stream in `ts_recv` order never
+    /// meets them again (a reconnect starts from the database), so memory stays bounded.
+    pub fn forget_before(&mut self, minute: i64) {
+        self.stored.retain(|(_, m), _| *m >= minute);
+    }
+
     /// The earliest `ts_recv` of a group still held for matching, if any: a live stream's
     /// position must not pass it.
     pub fn earliest_held(&self) -> Option<i64> {
@@ -296,17 +306,13 @@ impl Identity {
                 });
             }
             self.close_group(at, stage)?;
-            let fresh = Group {
+            let group = self.groups.entry(at).or_insert(Group {
                 ts,
                 next_ord: 0,
                 boundary: None,
-            };
-            match self.groups.get_mut(&at) {
-                Some(g) => *g = fresh,
-                None => {
-                    self.groups.insert(at, fresh);
-                }
-            }
+                lane: None,
+            });
+            (group.ts, group.next_ord) = (ts, 0);
         }
         let minute = ts.div_euclid(NS_PER_MINUTE);
         let fp = fingerprint(ts, ev.sequence, ev.price, ev.size);
@@ -322,20 +328,17 @@ impl Identity {
         }
         match place {
             Place::New => {
-                self.seen
-                    .entry((at, minute))
-                    .or_default()
-                    .observe(ts, fp, None);
+                self.observe(at, minute, ts, fp, None);
                 stage(ev, ord);
             }
             Place::Inside(i) => {
-                self.seen
-                    .entry((at, minute))
-                    .or_default()
-                    .observe(ts, fp, Some(i));
+                self.observe(at, minute, ts, fp, Some(i));
                 self.count_skip(at, minute, i);
             }
             Place::AtEnd(i) => {
+                let Some(group) = self.groups.get_mut(&at) else {
+                    return Ok(());
+                };
                 group
                     .boundary
                     .get_or_insert(Boundary {
@@ -347,6 +350,26 @@ impl Identity {
             }
         }
         Ok(())
+    }
+
+    /// Records a trade of `at` in `minute` as seen, staged (`matched` None) or already counted.
+    fn observe(&mut self, at: Instrument, minute: i64, ts: i64, fp: i64, matched: Option<usize>) {
+        let Self { groups, seen, .. } = self;
+        let Some(group) = groups.get_mut(&at) else {
+            return;
+        };
+        match &mut group.lane {
+            Some((m, lane)) if *m == minute => lane.observe(ts, fp, matched),
+            lane => {
+                // The instrument moved on to a later minute: the earlier one is complete.
+                if let Some((m, done)) = lane.take() {
+                    seen.insert((at, m), done);
+                }
+                let mut fresh = Seen::default();
+                fresh.observe(ts, fp, matched);
+                *lane = Some((minute, fresh));
+            }
+        }
     }
 
     fn count_skip(&mut self, at: Instrument, minute: i64, i: usize) {
@@ -396,11 +419,7 @@ impl Identity {
             })?;
         for (i, (ev, ord, fp)) in held.trades.into_iter().enumerate() {
             let is_matched = matched.contains(&i);
-            self.seen.entry((at, minute)).or_default().observe(
-                ts,
-                fp,
-                is_matched.then_some(held.span),
-            );
+            self.observe(at, minute, ts, fp, is_matched.then_some(held.span));
             if is_matched {
                 self.count_skip(at, minute, held.span);
             } else {
@@ -448,6 +467,11 @@ impl Identity {
     /// is taken as written: the next trades build on it.
     pub fn take_changes(&mut self) -> Result<Changes, IdentityError> {
         let mut changes = Changes::default();
+        for (at, group) in self.groups.iter_mut() {
+            if let Some((m, lane)) = group.lane.take() {
+                self.seen.insert((*at, m), lane);
+            }
+        }
         let mut seen: Vec<_> = std::mem::take(&mut self.seen).into_iter().collect();
         seen.sort_unstable_by_key(|(key, _)| *key);
         for ((at, minute), seen) in seen {

@@ -158,6 +158,8 @@ async fn flush(
         .last_ts_event
         .fetch_max(batch.last_ts_event, Ordering::Relaxed);
     metrics.last_ts_recv.store(position, Ordering::Relaxed);
+    // Stretches a minute behind the stream are never met again in this session.
+    identity.forget_before(position.div_euclid(NS_PER_MINUTE) - 1);
     *batch = Batch::new();
     Ok(())
 }
