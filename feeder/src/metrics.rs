@@ -20,8 +20,17 @@ pub struct Metrics {
     pub gateway_errors: AtomicU64,
     pub database_errors: AtomicU64,
     pub rollups: AtomicU64,
+    pub rollup_failures: AtomicU64,
+    pub trades_rolled_up: AtomicU64,
+    pub trades_rejected: AtomicU64,
     pub last_ts_event: AtomicI64,
     pub last_ts_recv: AtomicI64,
+    /// `last_ts_recv` as it stood before the last successful rollup: every trade received
+    /// until then is in bars.
+    pub bars_through_ts_recv: AtomicI64,
+    /// 1 while this feeder's session holds the single-instance lock (checked in pg_locks
+    /// with every rollup), else 0.
+    pub lock_held: AtomicI64,
 }
 
 impl Metrics {
@@ -76,6 +85,21 @@ impl Metrics {
                 "bars_rollup() calls completed",
                 &self.rollups,
             ),
+            (
+                "rollup_failures_total",
+                "bars_rollup() calls that failed",
+                &self.rollup_failures,
+            ),
+            (
+                "trades_rolled_up_total",
+                "Trades bars_rollup() counted into bars",
+                &self.trades_rolled_up,
+            ),
+            (
+                "trades_rejected_total",
+                "Trades bars_rollup() moved to trades_rejected (no price, no size, no symbol, implausible time)",
+                &self.trades_rejected,
+            ),
         ];
         let mut out = String::new();
         for (name, help, c) in counters {
@@ -101,6 +125,23 @@ impl Metrics {
             "# HELP tradebars_feeder_lag_seconds Time since the receipt of the last trade written\n\
              # TYPE tradebars_feeder_lag_seconds gauge\n\
              tradebars_feeder_lag_seconds {lag}\n"
+        ));
+        let bars_through = self.bars_through_ts_recv.load(Ordering::Relaxed);
+        let bar_lag = if last_recv > 0 && bars_through > 0 {
+            (last_recv - bars_through).max(0) as f64 / 1e9
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "# HELP tradebars_feeder_bar_lag_seconds How far bars trail the trades written: receipt time of the newest trade written minus that of the newest trade known to be in bars\n\
+             # TYPE tradebars_feeder_bar_lag_seconds gauge\n\
+             tradebars_feeder_bar_lag_seconds {bar_lag}\n"
+        ));
+        out.push_str(&format!(
+            "# HELP tradebars_feeder_lock_held 1 while this feeder holds the single-instance lock of its database\n\
+             # TYPE tradebars_feeder_lock_held gauge\n\
+             tradebars_feeder_lock_held {}\n",
+            self.lock_held.load(Ordering::Relaxed)
         ));
         out
     }
@@ -163,5 +204,57 @@ mod tests {
         assert!(text.contains("tradebars_feeder_trades_written_total 42\n"));
         assert!(text.contains("# TYPE tradebars_feeder_reconnects_total counter\n"));
         assert!(text.contains("tradebars_feeder_lag_seconds 2.5\n"));
+        assert!(text.contains("tradebars_feeder_bar_lag_seconds 0\n"));
+        assert!(text.contains("tradebars_feeder_lock_held 0\n"));
+        assert!(text.contains("tradebars_feeder_trades_rejected_total 0\n"));
+    }
+
+    /// Every metric name the shipped alert rules and dashboard use is one the feeder serves.
+    #[test]
+    fn the_deploy_files_use_the_real_metric_names() {
+        let served = Metrics::default().render(0);
+        let files = [
+            include_str!("../../deploy/prometheus/tradebars-alerts.yml"),
+            include_str!("../../deploy/grafana/tradebars-dashboard.json"),
+        ];
+        let mut used = std::collections::BTreeSet::new();
+        for text in files {
+            for (i, _) in text.match_indices("tradebars_feeder_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                used.insert(name);
+            }
+        }
+        assert!(used.len() >= 10, "{used:?}");
+        for name in &used {
+            assert!(
+                served.contains(&format!("\n{name} ")),
+                "{name} is used in deploy/ but the feeder does not serve it"
+            );
+        }
+    }
+
+    #[test]
+    fn bar_lag_is_the_receipt_span_not_yet_in_bars() {
+        let m = Metrics::default();
+        m.last_ts_recv.store(10_000_000_000, Ordering::Relaxed);
+        m.bars_through_ts_recv
+            .store(7_500_000_000, Ordering::Relaxed);
+        m.lock_held.store(1, Ordering::Relaxed);
+        Metrics::add(&m.rollup_failures, 2);
+        let text = m.render(11_000_000_000);
+        assert!(
+            text.contains("tradebars_feeder_bar_lag_seconds 2.5\n"),
+            "{text}"
+        );
+        assert!(text.contains("tradebars_feeder_lock_held 1\n"));
+        assert!(text.contains("tradebars_feeder_rollup_failures_total 2\n"));
+        m.bars_through_ts_recv
+            .store(10_000_000_000, Ordering::Relaxed);
+        assert!(m
+            .render(11_000_000_000)
+            .contains("tradebars_feeder_bar_lag_seconds 0\n"));
     }
 }

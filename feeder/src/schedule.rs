@@ -1,6 +1,9 @@
 //! Calling `bars_rollup()` on an interval, on a connection of its own, so bars stay fresh
-//! while the feeder writes; it also keeps the feeder's heartbeat in `feeder_status`.
+//! while the feeder writes; it also keeps the feeder's heartbeat in `feeder_status`, counts
+//! rolled-up and rejected trades and failed rollups, and checks that the feeder's lock is
+//! still held.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::db;
 use crate::error::describe_db_error;
+use crate::lock;
 use crate::metrics::Metrics;
 
 pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) -> JoinHandle<()> {
@@ -17,6 +21,8 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
             let client = match db::connect(&database_url, "tradebars-feeder rollup").await {
                 Ok(c) => c,
                 Err(e) => {
+                    // The lock cannot be seen to be held.
+                    metrics.lock_held.store(0, Ordering::Relaxed);
                     tracing::warn!(error = %e, "rollup: no database; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -28,12 +34,31 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = client.execute("SELECT bars_rollup()", &[]).await {
-                    Metrics::add(&metrics.database_errors, 1);
-                    tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");
-                    break;
+                // Everything committed before this rollup starts is in bars after it.
+                let written = metrics.last_ts_recv.load(Ordering::Relaxed);
+                match client.query_one("SELECT * FROM bars_rollup()", &[]).await {
+                    Ok(row) => {
+                        let count = |i: usize| row.try_get::<_, i64>(i).unwrap_or(0).max(0) as u64;
+                        Metrics::add(&metrics.trades_rolled_up, count(0));
+                        Metrics::add(&metrics.trades_rejected, count(2));
+                        metrics
+                            .bars_through_ts_recv
+                            .store(written, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        Metrics::add(&metrics.database_errors, 1);
+                        Metrics::add(&metrics.rollup_failures, 1);
+                        tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");
+                        break;
+                    }
                 }
                 Metrics::add(&metrics.rollups, 1);
+                match lock::still_held(&client).await {
+                    Ok(held) => metrics.lock_held.store(i64::from(held), Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(error = %describe_db_error(&e), "cannot check the feeder lock")
+                    }
+                }
                 let heartbeat = client
                     .execute(
                         "UPDATE feeder_status SET last_seen = now(), trades_received = $1,
