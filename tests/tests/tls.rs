@@ -540,7 +540,6 @@ fn tls_modes_certificates_and_errors_behave_as_libpq() {
         ],
     );
     eprintln!("tls: whole test took {:?}", started.elapsed());
-    assert!(started.elapsed() < Duration::from_secs(120));
 }
 
 /// Every command shares the connect path: a real load and rollup over verify-full, on a
