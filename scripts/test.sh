@@ -63,7 +63,17 @@ else
   echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
 fi
 
+# The package: built and installed with dpkg -i, which replaces the system's tradebars files,
+# so on CI's machine (CI=true) or when asked (TRADEBARS_PACKAGE_TEST=1) only.
+if [ "${CI:-}" = true ] || [ "${TRADEBARS_PACKAGE_TEST:-}" = 1 ]; then
+  echo "== package: scripts/package.sh, then dpkg -i and its checks (scripts/package-test.sh)"
+  bash scripts/package.sh
+  bash scripts/package-test.sh 2>&1 | tee -a "$RESULTS"
+else
+  echo "SKIPPED: the package test (dpkg -i replaces the system's tradebars files); CI runs it, TRADEBARS_PACKAGE_TEST=1 runs it here"
+fi
+
 # One closing line over every runner above.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+awk '/^test result:|^package checks:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$RESULTS"
 rm -f "$RESULTS"

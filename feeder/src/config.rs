@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "tradebars-feeder",
-    version,
+    // the tradebars release (the extension's version, see build.rs), as the package names it
+    version = env!("TRADEBARS_VERSION"),
     about = "Streams Databento trades into the tradebars staging table of PostgreSQL",
     long_about = "Streams Databento trades into the tradebars staging table of PostgreSQL, where the \
                   tradebars extension's bars_rollup() turns them into exact 1-minute OHLCV bars.\n\n\
