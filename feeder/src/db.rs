@@ -26,7 +26,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
+    SignatureScheme,
 };
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
@@ -533,6 +534,24 @@ pub fn describe_connect_error(e: &tokio_postgres::Error, tls: &TlsOptions) -> St
             rustls::Error::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
             ) => format!("TLS: the server's certificate has expired ({how})"),
+            rustls::Error::AlertReceived(
+                alert @ (AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateRequired
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::AccessDenied),
+            ) => match &tls.cert {
+                Some(cert) => format!(
+                    "TLS: the server refused the client certificate of sslcert {} (alert {alert:?}: is it signed by a CA of the server's ssl_ca_file?) ({how})",
+                    cert.display()
+                ),
+                None => format!(
+                    "TLS: the server asks for a client certificate (alert {alert:?}): give one with sslcert and sslkey ({how})"
+                ),
+            },
             rustls::Error::InvalidCertificate(c) => {
                 format!("TLS: the server's certificate is refused: {c:?} ({how})")
             }
