@@ -692,6 +692,29 @@ mod tests {
     }
 
     #[test]
+    fn the_files_in_home_dot_postgresql_are_the_defaults_as_libpq() {
+        let home = std::env::temp_dir().join(format!("tradebars-db-home-{}", std::process::id()));
+        let dir = home.join(".postgresql");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in ["root.crt", "postgresql.crt", "postgresql.key"] {
+            std::fs::write(dir.join(f), "x").expect("writing");
+        }
+        let home_str = home.display().to_string();
+        let env = |k: &str| (k == "HOME").then(|| home_str.clone());
+        let parsed = parse("postgres://db.example/bars?sslmode=require", &env);
+        std::fs::remove_dir_all(&home).ok();
+        let (_, tls) = parsed.expect("parse");
+        assert_eq!(tls.rootcert, Some(dir.join("root.crt")));
+        assert_eq!(tls.cert, Some(dir.join("postgresql.crt")));
+        assert_eq!(tls.key, Some(dir.join("postgresql.key")));
+        assert_eq!(
+            tls.verify(),
+            Verify::Chain,
+            "require with a CA file is verify-ca"
+        );
+    }
+
+    #[test]
     fn require_with_a_ca_file_checks_the_chain_as_libpq() {
         let tls = TlsOptions {
             mode: SslMode::Require,
