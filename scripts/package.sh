@@ -48,7 +48,9 @@ grep -q "^default_version = '$VERSION'" "$EXT/tradebars.control" || {
 }
 
 install -m 755 "$TARGET/release/tradebars-feeder" "$ROOT/usr/bin/tradebars-feeder"
-strip --strip-unneeded "$ROOT/usr/bin/tradebars-feeder" "$LIB/tradebars.so"
+if command -v strip >/dev/null; then
+  strip --strip-unneeded "$ROOT/usr/bin/tradebars-feeder" "$LIB/tradebars.so"
+fi
 packaged=$("$ROOT/usr/bin/tradebars-feeder" --version)
 [ "$packaged" = "tradebars-feeder $VERSION" ] || {
   echo "package: the feeder says '$packaged', the package is $VERSION" >&2
