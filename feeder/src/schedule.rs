@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::db;
 use crate::error::describe_db_error;
 use crate::lock;
-use crate::metrics::Metrics;
+use crate::metrics::{now_ns, Metrics};
 
 pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -21,8 +21,9 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
             let client = match db::connect(&database_url, "tradebars-feeder rollup").await {
                 Ok(c) => c,
                 Err(e) => {
-                    // The lock cannot be seen to be held.
+                    // The lock cannot be seen to be held; what is written waits.
                     metrics.lock_held.store(0, Ordering::Relaxed);
+                    metrics.note_waiting(now_ns());
                     tracing::warn!(error = %e, "rollup: no database; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -34,16 +35,15 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                metrics.note_waiting(now_ns());
                 // Everything committed before this rollup starts is in bars after it.
-                let written = metrics.last_ts_recv.load(Ordering::Relaxed);
+                let written = Metrics::get(&metrics.trades_written);
                 match client.query_one("SELECT * FROM bars_rollup()", &[]).await {
                     Ok(row) => {
                         let count = |i: usize| row.try_get::<_, i64>(i).unwrap_or(0).max(0) as u64;
                         Metrics::add(&metrics.trades_rolled_up, count(0));
                         Metrics::add(&metrics.trades_rejected, count(2));
-                        metrics
-                            .bars_through_ts_recv
-                            .store(written, Ordering::Relaxed);
+                        metrics.rolled_up_through(written, now_ns());
                     }
                     Err(e) => {
                         Metrics::add(&metrics.database_errors, 1);

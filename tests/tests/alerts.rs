@@ -1,6 +1,6 @@
 //! The shipped alert rules, evaluated by a real Prometheus that scrapes a live feeder fed by
-//! the loopback gateway: TradebarsNoTrades fires when the gateway stops and clears when it
-//! comes back.
+//! the loopback gateway: no rule fires while trades flow; TradebarsNoTrades fires when the
+//! gateway stops and clears when it comes back; TradebarsFeederDown fires when the feeder dies.
 //!
 //! The rules are deploy/prometheus/tradebars-alerts.yml with every duration read in seconds
 //! instead of minutes (a 5-minute window becomes 5 s), so the test takes seconds; and the
@@ -107,6 +107,23 @@ fn alert_state(prometheus: u16, alert: &str) -> String {
     }
 }
 
+/// The alerts firing now, by name.
+fn firing(prometheus: u16) -> Vec<String> {
+    let body = http_get(prometheus, "/api/v1/alerts").unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut names: Vec<String> = v["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .filter_map(|a| a["labels"]["alertname"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Polls `alert` until it is in `state`; returns when, and the states seen before.
 fn wait_for_state(prometheus: u16, alert: &str, state: &str, limit: Duration) -> Instant {
     let start = Instant::now();
@@ -114,7 +131,11 @@ fn wait_for_state(prometheus: u16, alert: &str, state: &str, limit: Duration) ->
     loop {
         let now = alert_state(prometheus, alert);
         if now != last {
-            eprintln!("alerts: {} {alert} is {now}", now_utc());
+            eprintln!(
+                "alerts: {} {alert} is {now} (firing: {:?})",
+                now_utc(),
+                firing(prometheus)
+            );
             last = now.clone();
         }
         if now == state {
@@ -228,10 +249,11 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         now_utc()
     );
 
-    // Trades flow: several seconds of scrapes, the alert never fires.
+    // Trades flow: several seconds of scrapes and evaluations, and no rule fires.
     let flowing = Instant::now();
     while flowing.elapsed() < Duration::from_secs(8) {
-        assert_ne!(alert_state(prometheus_port, ALERT), "firing");
+        let now = firing(prometheus_port);
+        assert!(now.is_empty(), "alerts firing while all is well: {now:?}");
         std::thread::sleep(Duration::from_millis(250));
     }
     let before_stop = written(metrics_port);
@@ -276,8 +298,22 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         "alerts: trades written: {before_stop} before the stop, {stalled} while stopped, {resumed} after it came back; whole test {:?}",
         started.elapsed()
     );
-    drop(prometheus);
+
+    // The feeder gone: TradebarsFeederDown.
     drop(feeder);
+    let killed = Instant::now();
+    let down = wait_for_state(
+        prometheus_port,
+        "TradebarsFeederDown",
+        "firing",
+        Duration::from_secs(20),
+    );
+    eprintln!(
+        "alerts: {} TradebarsFeederDown FIRED {:?} after the feeder was killed",
+        now_utc(),
+        down - killed
+    );
+    drop(prometheus);
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }
