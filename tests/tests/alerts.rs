@@ -249,6 +249,29 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         now_utc()
     );
 
+    // Prometheus applies its targets a few seconds after it starts: until the first scrape,
+    // `up` is absent and TradebarsFeederNotScraped (5 s here) may fire. Wait for the scrape and
+    // for that alert to resolve.
+    let scraped = Instant::now();
+    loop {
+        let up = http_get(
+            prometheus_port,
+            "/api/v1/query?query=up%7Bjob%3D%22tradebars-feeder%22%7D%20%3D%3D%201",
+        )
+        .unwrap_or_default();
+        if up.contains("\"value\"")
+            && alert_state(prometheus_port, "TradebarsFeederNotScraped") == "inactive"
+        {
+            break;
+        }
+        assert!(
+            scraped.elapsed() < Duration::from_secs(30),
+            "the feeder is not scraped: {up}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("alerts: {} the feeder is scraped (up == 1)", now_utc());
+
     // Trades flow: several seconds of scrapes and evaluations, and no rule fires.
     let flowing = Instant::now();
     while flowing.elapsed() < Duration::from_secs(8) {

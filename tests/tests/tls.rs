@@ -53,10 +53,17 @@ fn free_port(offset: u16) -> u16 {
     {
         return p + offset;
     }
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    // a port free on both addresses the server listens on
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if std::net::TcpListener::bind(("127.0.0.2", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2")
 }
 
 /// The test's cluster; stopped and removed when dropped, also when the test fails.
@@ -291,6 +298,15 @@ fn start_cluster(name: &str, port_offset: u16) -> Cluster {
         ]),
         "pg_ctl start",
     );
+    // PostgreSQL starts even if it cannot bind one of its addresses: the tests need both.
+    let log = std::fs::read_to_string(base.join("server.log")).unwrap_or_default();
+    for addr in ["127.0.0.1", "127.0.0.2"] {
+        assert!(
+            std::net::TcpStream::connect((addr, cluster.port)).is_ok(),
+            "the test's server does not listen on {addr}:{} (the port is taken there? set TRADEBARS_TLS_TEST_PORT): {log}",
+            cluster.port
+        );
+    }
     cluster.psql(
         "postgres",
         &format!(
