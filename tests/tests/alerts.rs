@@ -230,10 +230,10 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         .args(["--batch-ms", "50", "--rollup-ms", "200"])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("feeder.log")).expect("feeder log"))
         .spawn()
         .expect("starting the live feeder");
-    let feeder = Killed(feeder, "feeder");
+    let mut feeder = Killed(feeder, "feeder");
     let prometheus = start_prometheus(&dir, metrics_port, prometheus_port);
     let ready = Instant::now();
     while http_get(prometheus_port, "/-/ready").is_none() {
@@ -263,6 +263,12 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
             && alert_state(prometheus_port, "TradebarsFeederNotScraped") == "inactive"
         {
             break;
+        }
+        if let Ok(Some(status)) = feeder.0.try_wait() {
+            panic!(
+                "the feeder exited ({status}): {}",
+                std::fs::read_to_string(dir.join("feeder.log")).unwrap_or_default()
+            );
         }
         assert!(
             scraped.elapsed() < Duration::from_secs(30),
