@@ -15,6 +15,10 @@ echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== alert rules: promtool check and unit tests"
+promtool check rules deploy/prometheus/tradebars-alerts.yml deploy/prometheus/tradebars-market-hours.yml
+(cd deploy/prometheus && promtool test rules tradebars-alerts.test.yml tradebars-alerts.no-market-hours.test.yml)
+
 echo "== extension: unit and #[pg_test] tests in PostgreSQL 15"
 PGTEST_DIR=${TMPDIR:-/tmp}/tradebars-pgtest
 rm -rf "$PGTEST_DIR"
@@ -29,10 +33,6 @@ echo "== feeder unit tests and end-to-end tests"
 trap 'bash scripts/cluster.sh stop "${CARGO_TARGET_DIR:-target}/e2e-pgdata"' EXIT
 cargo build -p tradebars-feeder --quiet
 cargo test -p tradebars-feeder -p tradebars-tests 2>&1 | tee -a "$RESULTS"
-
-echo "== alert rules: promtool check and unit tests"
-promtool check rules deploy/prometheus/tradebars-alerts.yml deploy/prometheus/tradebars-market-hours.yml
-(cd deploy/prometheus && promtool test rules tradebars-alerts.test.yml tradebars-alerts.no-market-hours.test.yml)
 
 echo "== supply chain: licenses, bans, sources (cargo deny, deny.toml)"
 # Pinned: these versions build with the project's Rust (1.95).
