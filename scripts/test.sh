@@ -39,7 +39,7 @@ echo "== supply chain: licenses, bans, sources (cargo deny, deny.toml)"
 CARGO_DENY_VERSION=0.20.2
 CARGO_AUDIT_VERSION=0.22.2
 if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
-  echo "installing cargo-deny $CARGO_DENY_VERSION (about 4.5 minutes on 2 cores)"
+  echo "installing cargo-deny $CARGO_DENY_VERSION (about 2.5 minutes on 2 cores)"
   cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --quiet
 fi
 cargo deny check --hide-inclusion-graph licenses bans sources
@@ -48,7 +48,7 @@ echo "== supply chain: vulnerabilities (cargo audit, ../shared/advisory-db)"
 ADVISORY_DB=../shared/advisory-db
 if [ -d "$ADVISORY_DB" ]; then
   if ! cargo audit --version 2>/dev/null | grep -q "$CARGO_AUDIT_VERSION"; then
-    echo "installing cargo-audit $CARGO_AUDIT_VERSION (about 8 minutes on 2 cores)"
+    echo "installing cargo-audit $CARGO_AUDIT_VERSION (about 5.5 minutes on 2 cores)"
     cargo install cargo-audit --version "$CARGO_AUDIT_VERSION" --locked --quiet
   fi
   snapshot=$(grep -o '([0-9]\{4\}-[0-9][0-9]-[0-9][0-9])' "$ADVISORY_DB/SNAPSHOT.md" 2>/dev/null | head -1 | tr -d '()' || true)
