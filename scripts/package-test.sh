@@ -18,7 +18,7 @@ DEB=${1:-$(ls -t "$TARGET"/package/tradebars_*.deb 2>/dev/null | head -1)}
 VERSION=$(dpkg-deb -f "$DEB" Version)
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 DIR=${TRADEBARS_PACKAGE_TEST_DIR:-${TMPDIR:-/tmp}/tradebars-package-test}
-PORT=${TRADEBARS_PACKAGE_TEST_PORT:-55441}
+PORT=${TRADEBARS_PACKAGE_TEST_PORT:-55443}
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 passed=0
 failed=0
