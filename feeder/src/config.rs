@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "tradebars-feeder",
-    version,
+    // the tradebars release (the extension's version, see build.rs), as the package names it
+    version = env!("TRADEBARS_VERSION"),
     about = "Streams Databento trades into the tradebars staging table of PostgreSQL",
     long_about = "Streams Databento trades into the tradebars staging table of PostgreSQL, where the \
                   tradebars extension's bars_rollup() turns them into exact 1-minute OHLCV bars.\n\n\
@@ -59,11 +60,16 @@ pub enum Command {
     Rollup(DbArgs),
     /// Show bars by source, the pipeline, the feeder and the migration's success criteria.
     Status(StatusArgs),
+    /// Connect to PostgreSQL as the other commands do, and say how: server version, user, TLS.
+    ///
+    /// Checks a database URL and its TLS settings (sslmode, sslrootcert, sslcert, sslkey in the
+    /// URL or PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY) without touching any table.
+    Ping(DbArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct DbArgs {
-    /// PostgreSQL connection URL (postgres://user@host:port/db).
+    /// PostgreSQL connection URL (postgres://user@host:port/db?sslmode=verify-full&sslrootcert=ca.crt).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }

@@ -1,7 +1,37 @@
-//! Connecting to PostgreSQL without ever showing the password.
+//! Connecting to PostgreSQL, with TLS the way libpq does it, without ever showing the password.
+//!
+//! Every command connects here. The URL (`postgres://...` or `key=value ...`) and the
+//! environment give libpq's TLS settings:
+//!
+//! | setting | URL parameter | environment |
+//! | --- | --- | --- |
+//! | mode | `sslmode` = `disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full` | `PGSSLMODE` |
+//! | CA file | `sslrootcert` (default `~/.postgresql/root.crt` when it exists) | `PGSSLROOTCERT` |
+//! | client certificate | `sslcert` (default `~/.postgresql/postgresql.crt` when it exists) | `PGSSLCERT` |
+//! | its key | `sslkey` (default `~/.postgresql/postgresql.key` when it exists) | `PGSSLKEY` |
+//!
+//! The URL wins over the environment. What each mode checks, as libpq: `prefer` uses TLS when
+//! the server offers it and checks nothing; `require` insists on TLS and checks nothing, unless a
+//! CA file is there, when it behaves as `verify-ca`; `verify-ca` checks that the server's
+//! certificate chains to the CA; `verify-full` checks that and that it names the host connected
+//! to. TLS does not apply to Unix sockets.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
+    SignatureScheme,
+};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{describe_db_error, FeederError};
 
@@ -23,33 +53,580 @@ pub fn describe_target(config: &Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<SslMode, String> {
+        match s {
+            "disable" => Ok(SslMode::Disable),
+            "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            other => Err(format!(
+                "sslmode={other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// What is checked of the server's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Encryption only: any certificate (its handshake signature is still checked).
+    Nothing,
+    /// The certificate chains to a CA of `sslrootcert`; the host name is not checked.
+    Chain,
+    /// The chain, and the certificate names the host connected to.
+    ChainAndHost,
+}
+
+/// The TLS settings of one connection, as libpq would take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub mode: SslMode,
+    pub rootcert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// What the mode checks, given the CA file there is (libpq: `require` with a CA file
+    /// behaves as `verify-ca`).
+    pub fn verify(&self) -> Verify {
+        match self.mode {
+            SslMode::Disable | SslMode::Prefer => Verify::Nothing,
+            SslMode::Require if self.rootcert.is_some() => Verify::Chain,
+            SslMode::Require => Verify::Nothing,
+            SslMode::VerifyCa => Verify::Chain,
+            SslMode::VerifyFull => Verify::ChainAndHost,
+        }
+    }
+
+    /// One phrase for messages, e.g. "sslmode=verify-full".
+    pub fn describe(&self) -> String {
+        match (self.mode, self.verify()) {
+            (SslMode::Require, Verify::Chain) => {
+                "sslmode=require with sslrootcert, checked as verify-ca".into()
+            }
+            (mode, _) => format!("sslmode={mode}"),
+        }
+    }
+}
+
+/// The TLS keys of a connection string, which tokio-postgres does not take itself.
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// A database URL split into what tokio-postgres parses and the TLS settings, with the
+/// environment (`env`, e.g. `std::env::var`) filling in what the URL does not say.
+pub fn parse(
+    url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, TlsOptions), String> {
+    let (rest, mut given) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        split_url(url)?
+    } else {
+        split_key_values(url)?
+    };
+    let mut config: Config = rest.parse().map_err(|e: tokio_postgres::Error| {
+        format!("the database URL is not valid ({})", describe_db_error(&e))
+    })?;
+    let mut take = |key: &str, var: &str| {
+        given
+            .iter()
+            .rposition(|(k, _)| k == key)
+            .map(|i| given.swap_remove(i).1)
+            .or_else(|| env(var))
+            .filter(|v| !v.is_empty())
+    };
+    let mode = take("sslmode", "PGSSLMODE");
+    let rootcert = take("sslrootcert", "PGSSLROOTCERT");
+    let cert = take("sslcert", "PGSSLCERT");
+    let key = take("sslkey", "PGSSLKEY");
+    let mode = mode
+        .map(|m| SslMode::parse(&m))
+        .transpose()?
+        .unwrap_or(SslMode::Prefer);
+    if rootcert.as_deref() == Some("system") {
+        return Err(
+            "sslrootcert=system is not supported: give the CA's certificate file instead".into(),
+        );
+    }
+    // libpq's defaults in ~/.postgresql, used when they exist.
+    let home_file = |name: &str| {
+        env("HOME")
+            .map(|h| Path::new(&h).join(".postgresql").join(name))
+            .filter(|p| p.is_file())
+    };
+    let explicit = |p: Option<String>, what: &str| -> Result<Option<PathBuf>, String> {
+        match p.map(PathBuf::from) {
+            Some(p) if !p.is_file() => Err(format!("{what} {} does not exist", p.display())),
+            other => Ok(other),
+        }
+    };
+    let tls = TlsOptions {
+        mode,
+        rootcert: explicit(rootcert, "sslrootcert")?.or_else(|| home_file("root.crt")),
+        cert: explicit(cert, "sslcert")?.or_else(|| home_file("postgresql.crt")),
+        key: explicit(key, "sslkey")?.or_else(|| home_file("postgresql.key")),
+    };
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && tls.rootcert.is_none() {
+        return Err(format!(
+            "sslmode={mode} checks the server's certificate against a CA: give the CA's certificate file with sslrootcert (or PGSSLROOTCERT)"
+        ));
+    }
+    if tls.cert.is_some() && tls.key.is_none() {
+        return Err("sslcert is given without sslkey (or PGSSLKEY)".into());
+    }
+    // TLS does not apply to Unix sockets (libpq ignores sslmode there).
+    let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)))
+        || config.get_hosts().is_empty();
+    config.ssl_mode(match mode {
+        _ if !tcp => tokio_postgres::config::SslMode::Disable,
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
+    Ok((config, tls))
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    "the database URL has a bad %-escape in its parameters".to_string()
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the database URL's parameters are not UTF-8".into())
+}
+
+type Split = (String, Vec<(String, String)>);
+
+/// `postgres://...?a=b&sslmode=...`: the URL without the TLS parameters, and those.
+fn split_url(url: &str) -> Result<Split, String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), Vec::new()));
+    };
+    let mut kept = Vec::new();
+    let mut tls = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if TLS_KEYS.contains(&k) {
+            tls.push((k.to_string(), percent_decode(v)?));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, tls))
+}
+
+/// `host=... sslmode=...`: the string without the TLS settings, and those. Values may be
+/// quoted with single quotes, with backslash escapes, as libpq reads them.
+fn split_key_values(s: &str) -> Result<Split, String> {
+    let mut chars = s.chars().peekable();
+    let mut kept = Vec::new();
+    let mut tls = Vec::new();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(format!(
+                "the connection string is not valid: {key:?} has no value"
+            ));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                    None => return Err("the connection string has an unclosed quote".into()),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        if TLS_KEYS.contains(&key.as_str()) {
+            tls.push((key, value));
+        } else {
+            kept.push(format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+        }
+    }
+    Ok((kept.join(" "), tls))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Any certificate, for `prefer` and `require` without a CA: encryption without
+/// authentication, as libpq. The handshake's signature is still checked.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain to a trusted CA, whatever names the certificate holds. webpki checks
+/// the chain before the name, so a name error means the chain was good.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what} {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The rustls client configuration for `tls`.
+pub fn client_config(tls: &TlsOptions) -> Result<ClientConfig, String> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match (tls.verify(), &tls.rootcert) {
+        (Verify::Nothing, _) | (_, None) => Arc::new(AnyCertificate(provider.clone())),
+        (verify, Some(rootcert)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(rootcert, "sslrootcert")? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {}: {e}", rootcert.display()))?;
+            }
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| format!("sslrootcert {}: {e}", rootcert.display()))?;
+            if verify == Verify::Chain {
+                Arc::new(ChainOnly(webpki))
+            } else {
+                webpki
+            }
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let certs = read_certs(cert, "sslcert")?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("sslkey {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("sslcert and sslkey do not go together: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The first rustls error in `e`'s causes (tokio-postgres wraps it in an io::Error).
+fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(r) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(r);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// `DnsName("localhost")` or `IpAddress(127.0.0.1)`, as rustls presents the names of a
+/// certificate, as `localhost` and `127.0.0.1`.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map(|inner| inner.trim_matches('"'))
+        .unwrap_or(presented)
+}
+
+/// One line on why the connection failed, in TLS terms where TLS is why.
+pub fn describe_connect_error(e: &tokio_postgres::Error, tls: &TlsOptions) -> String {
+    let how = tls.describe();
+    let ca = tls
+        .rootcert
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if let Some(r) = rustls_error(e) {
+        return match r {
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            }) => format!(
+                "TLS: the server's certificate is not valid for host {} (it names {}); {how} checks the host name (verify-ca would check only the CA)",
+                expected.to_str(),
+                if presented.is_empty() {
+                    "no host".to_string()
+                } else {
+                    presented
+                        .iter()
+                        .map(|p| plain_name(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => format!(
+                "TLS: the server's certificate is not valid for the host connected to; {how} checks the host name"
+            ),
+            rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature,
+            ) => format!(
+                "TLS: the server's certificate is not signed by a CA of sslrootcert {ca} ({how})"
+            ),
+            rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            ) => format!("TLS: the server's certificate has expired ({how})"),
+            rustls::Error::AlertReceived(
+                alert @ (AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateRequired
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::AccessDenied),
+            ) => match &tls.cert {
+                Some(cert) => format!(
+                    "TLS: the server refused the client certificate of sslcert {} (alert {alert:?}: is it signed by a CA of the server's ssl_ca_file?) ({how})",
+                    cert.display()
+                ),
+                None => format!(
+                    "TLS: the server asks for a client certificate (alert {alert:?}): give one with sslcert and sslkey ({how})"
+                ),
+            },
+            rustls::Error::InvalidCertificate(c) => {
+                format!("TLS: the server's certificate is refused: {c:?} ({how})")
+            }
+            other => format!("TLS: {other} ({how})"),
+        };
+    }
+    let msg = describe_db_error(e);
+    if msg.contains("server does not support TLS") {
+        return format!(
+            "the server does not accept TLS connections, and {how} requires TLS (is ssl off on the server?)"
+        );
+    }
+    msg
+}
+
+/// The TLS settings `url` and the environment give, for messages (e.g. `tradebars-feeder ping`).
+pub fn tls_options(url: &str) -> Result<TlsOptions, FeederError> {
+    parse(url, &|k| std::env::var(k).ok())
+        .map(|(_, tls)| tls)
+        .map_err(|msg| FeederError::Connect {
+            target: "the given database URL".into(),
+            msg,
+        })
+}
+
 pub async fn connect(url: &str, application: &str) -> Result<Client, FeederError> {
-    let mut config: Config =
-        url.parse()
-            .map_err(|e: tokio_postgres::Error| FeederError::Connect {
-                target: "the given database URL".into(),
-                msg: format!("the URL is not valid ({})", describe_db_error(&e)),
-            })?;
+    let (mut config, tls) =
+        parse(url, &|k| std::env::var(k).ok()).map_err(|msg| FeederError::Connect {
+            target: "the given database URL".into(),
+            msg,
+        })?;
     config.application_name(application);
     let target = describe_target(&config);
+    let fail = |msg: String| FeederError::Connect {
+        target: target.clone(),
+        msg,
+    };
+    if matches!(
+        config.get_ssl_mode(),
+        tokio_postgres::config::SslMode::Disable
+    ) {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| fail(describe_connect_error(&e, &tls)))?;
+        spawn_connection(connection, target.clone());
+        return Ok(client);
+    }
+    let connector = MakeRustlsConnect::new(client_config(&tls).map_err(fail)?);
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(connector)
         .await
-        .map_err(|e| FeederError::Connect {
-            target: target.clone(),
-            msg: describe_db_error(&e),
-        })?;
+        .map_err(|e| fail(describe_connect_error(&e, &tls)))?;
+    spawn_connection(connection, target.clone());
+    Ok(client)
+}
+
+fn spawn_connection<F>(connection: F, target: String)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(target = %target, error = %describe_db_error(&e), "PostgreSQL connection closed");
         }
     });
-    Ok(client)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
 
     #[test]
     fn the_target_never_shows_the_password() {
@@ -59,5 +636,140 @@ mod tests {
         let shown = describe_target(&config);
         assert_eq!(shown, "db.example:6543/bars");
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn without_tls_settings_the_mode_is_prefer_and_nothing_is_verified() {
+        let (config, tls) = parse("postgres://app@db.example/bars", &no_env).expect("parse");
+        assert_eq!(tls.mode, SslMode::Prefer);
+        assert_eq!(tls.verify(), Verify::Nothing);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Prefer
+        );
+    }
+
+    #[test]
+    fn url_parameters_are_taken_out_and_decoded_and_the_rest_kept() {
+        let dir = std::env::temp_dir();
+        let ca = dir.join(format!("tradebars-db-test-{}.crt", std::process::id()));
+        std::fs::write(&ca, "x").expect("writing");
+        let url = format!(
+            "postgres://app:pw@db.example:6543/bars?connect_timeout=7&sslmode=verify-full&sslrootcert={}",
+            ca.display().to_string().replace('/', "%2F")
+        );
+        let (config, tls) = parse(&url, &no_env).expect("parse");
+        std::fs::remove_file(&ca).ok();
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.rootcert.as_deref(), Some(ca.as_path()));
+        assert_eq!(tls.verify(), Verify::ChainAndHost);
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(7))
+        );
+        assert_eq!(config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+    }
+
+    #[test]
+    fn the_url_wins_over_the_environment() {
+        let env = |k: &str| match k {
+            "PGSSLMODE" => Some("require".to_string()),
+            _ => None,
+        };
+        let (_, tls) = parse("postgres://db.example/bars?sslmode=disable", &env).expect("parse");
+        assert_eq!(tls.mode, SslMode::Disable);
+        let (config, tls) = parse("postgres://db.example/bars", &env).expect("parse");
+        assert_eq!(tls.mode, SslMode::Require);
+        assert_eq!(tls.verify(), Verify::Nothing);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+    }
+
+    #[test]
+    fn the_files_in_home_dot_postgresql_are_the_defaults_as_libpq() {
+        let home = std::env::temp_dir().join(format!("tradebars-db-home-{}", std::process::id()));
+        let dir = home.join(".postgresql");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in ["root.crt", "postgresql.crt", "postgresql.key"] {
+            std::fs::write(dir.join(f), "x").expect("writing");
+        }
+        let home_str = home.display().to_string();
+        let env = |k: &str| (k == "HOME").then(|| home_str.clone());
+        let parsed = parse("postgres://db.example/bars?sslmode=require", &env);
+        std::fs::remove_dir_all(&home).ok();
+        let (_, tls) = parsed.expect("parse");
+        assert_eq!(tls.rootcert, Some(dir.join("root.crt")));
+        assert_eq!(tls.cert, Some(dir.join("postgresql.crt")));
+        assert_eq!(tls.key, Some(dir.join("postgresql.key")));
+        assert_eq!(
+            tls.verify(),
+            Verify::Chain,
+            "require with a CA file is verify-ca"
+        );
+    }
+
+    #[test]
+    fn require_with_a_ca_file_checks_the_chain_as_libpq() {
+        let tls = TlsOptions {
+            mode: SslMode::Require,
+            rootcert: Some("ca.crt".into()),
+            cert: None,
+            key: None,
+        };
+        assert_eq!(tls.verify(), Verify::Chain);
+        assert!(tls.describe().contains("verify-ca"));
+    }
+
+    #[test]
+    fn key_value_strings_keep_their_other_settings() {
+        let (config, tls) = parse(
+            "host=db.example port=6543 user=app password='a b\\'c' sslmode=require dbname=bars",
+            &no_env,
+        )
+        .expect("parse");
+        assert_eq!(tls.mode, SslMode::Require);
+        assert_eq!(config.get_password(), Some(&b"a b'c"[..]));
+        assert_eq!(config.get_dbname(), Some("bars"));
+        assert_eq!(config.get_ports(), &[6543]);
+    }
+
+    #[test]
+    fn bad_settings_are_one_clear_line() {
+        let err = |url: &str| parse(url, &no_env).err().unwrap_or_default();
+        assert!(err("postgres://h/d?sslmode=verify").contains("not one of disable"));
+        assert!(err("postgres://h/d?sslmode=verify-full").contains("sslrootcert"));
+        assert!(
+            err("postgres://h/d?sslmode=verify-ca&sslrootcert=/nonexistent/ca.crt")
+                .contains("/nonexistent/ca.crt does not exist")
+        );
+        assert!(err("postgres://h/d?sslrootcert=system").contains("not supported"));
+        assert!(err("postgres://h/d?sslmode=allow").contains("not one of"));
+    }
+
+    #[test]
+    fn certificate_names_read_plainly() {
+        assert_eq!(plain_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(plain_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(plain_name("other"), "other");
+    }
+
+    #[test]
+    fn tls_does_not_apply_to_unix_sockets() {
+        let (config, tls) = parse(
+            "host=/var/run/postgresql dbname=bars sslmode=require",
+            &no_env,
+        )
+        .expect("parse");
+        assert_eq!(tls.mode, SslMode::Require);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
     }
 }

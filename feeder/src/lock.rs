@@ -1,5 +1,6 @@
 //! One feeder per database: a session advisory lock, with who holds it in feeder_status.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -8,6 +9,25 @@ use crate::error::FeederError;
 
 /// (class, key) of the feeder lock; the extension's migration_check() counts its holders.
 pub const FEEDER_LOCK: (i32, i32) = (0x7462, 3);
+
+/// The backend pid of this process's session that holds the lock, 0 when none does.
+static HOLDER_BACKEND: AtomicI32 = AtomicI32::new(0);
+
+/// Whether this process's lock is still held, as pg_locks on `client` (any session of the
+/// same database) sees it: false once the holding session is gone.
+pub async fn still_held(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let backend = HOLDER_BACKEND.load(Ordering::Relaxed);
+    if backend == 0 {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {} \
+         AND objid = {} AND objsubid = 2 AND granted AND pid = $1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        FEEDER_LOCK.0, FEEDER_LOCK.1
+    );
+    Ok(client.query_one(&sql, &[&backend]).await?.get(0))
+}
 
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -38,15 +58,15 @@ async fn holder(client: &Client) -> String {
 pub async fn acquire(client: &Client, mode: &str, standby: bool) -> Result<(), FeederError> {
     let mut waited = false;
     loop {
-        let got: bool = client
+        let row = client
             .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
+                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
                 &[&FEEDER_LOCK.0, &FEEDER_LOCK.1],
             )
             .await
-            .map_err(|e| FeederError::db("taking the feeder lock", e))?
-            .get(0);
-        if got {
+            .map_err(|e| FeederError::db("taking the feeder lock", e))?;
+        if row.get::<_, bool>(0) {
+            HOLDER_BACKEND.store(row.get(1), Ordering::Relaxed);
             break;
         }
         let who = holder(client).await;
@@ -78,6 +98,7 @@ pub async fn acquire(client: &Client, mode: &str, standby: bool) -> Result<(), F
 /// Gives the lock back before the connection closes, so a feeder started right after this
 /// one exits does not find it still held by a backend that has not noticed the exit yet.
 pub async fn release(client: &Client) {
+    HOLDER_BACKEND.store(0, Ordering::Relaxed);
     let _ = client
         .execute(
             "SELECT pg_advisory_unlock($1, $2)",

@@ -20,8 +20,18 @@ pub struct Metrics {
     pub gateway_errors: AtomicU64,
     pub database_errors: AtomicU64,
     pub rollups: AtomicU64,
+    pub rollup_failures: AtomicU64,
+    pub trades_rolled_up: AtomicU64,
+    pub trades_rejected: AtomicU64,
     pub last_ts_event: AtomicI64,
     pub last_ts_recv: AtomicI64,
+    /// `trades_written` as it stood when the last successful rollup started: those are in bars.
+    pub written_in_bars: AtomicU64,
+    /// Since when (wall clock, ns) trades written wait for a rollup; 0 when none waits.
+    pub waiting_since_ns: AtomicI64,
+    /// 1 while this feeder's session holds the single-instance lock (checked in pg_locks
+    /// with every rollup), else 0.
+    pub lock_held: AtomicI64,
 }
 
 impl Metrics {
@@ -31,6 +41,27 @@ impl Metrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Notes at `now_ns` whether written trades wait for a rollup (the rollup schedule calls it
+    /// on every tick, so the wait is known to within one rollup interval).
+    pub fn note_waiting(&self, now_ns: i64) {
+        if Self::get(&self.trades_written) > self.written_in_bars.load(Ordering::Relaxed) {
+            let _ = self.waiting_since_ns.compare_exchange(
+                0,
+                now_ns,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A rollup that started when `written` trades had been written succeeded at `now_ns`.
+    pub fn rolled_up_through(&self, written: u64, now_ns: i64) {
+        self.written_in_bars.fetch_max(written, Ordering::Relaxed);
+        self.waiting_since_ns.store(0, Ordering::Relaxed);
+        // trades written while it ran wait for the next one
+        self.note_waiting(now_ns);
     }
 
     /// The Prometheus text exposition of every metric; `now_ns` gives the lag.
@@ -76,6 +107,21 @@ impl Metrics {
                 "bars_rollup() calls completed",
                 &self.rollups,
             ),
+            (
+                "rollup_failures_total",
+                "bars_rollup() calls that failed",
+                &self.rollup_failures,
+            ),
+            (
+                "trades_rolled_up_total",
+                "Trades bars_rollup() counted into bars",
+                &self.trades_rolled_up,
+            ),
+            (
+                "trades_rejected_total",
+                "Trades bars_rollup() moved to trades_rejected (no price, no size, no symbol, implausible time)",
+                &self.trades_rejected,
+            ),
         ];
         let mut out = String::new();
         for (name, help, c) in counters {
@@ -102,11 +148,28 @@ impl Metrics {
              # TYPE tradebars_feeder_lag_seconds gauge\n\
              tradebars_feeder_lag_seconds {lag}\n"
         ));
+        let waiting_since = self.waiting_since_ns.load(Ordering::Relaxed);
+        let bar_lag = if waiting_since > 0 {
+            (now_ns - waiting_since).max(0) as f64 / 1e9
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "# HELP tradebars_feeder_bar_lag_seconds How long the oldest trade written but not yet in bars has waited for a rollup (0 when bars are caught up)\n\
+             # TYPE tradebars_feeder_bar_lag_seconds gauge\n\
+             tradebars_feeder_bar_lag_seconds {bar_lag}\n"
+        ));
+        out.push_str(&format!(
+            "# HELP tradebars_feeder_lock_held 1 while this feeder holds the single-instance lock of its database\n\
+             # TYPE tradebars_feeder_lock_held gauge\n\
+             tradebars_feeder_lock_held {}\n",
+            self.lock_held.load(Ordering::Relaxed)
+        ));
         out
     }
 }
 
-fn now_ns() -> i64 {
+pub fn now_ns() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
 
@@ -163,5 +226,69 @@ mod tests {
         assert!(text.contains("tradebars_feeder_trades_written_total 42\n"));
         assert!(text.contains("# TYPE tradebars_feeder_reconnects_total counter\n"));
         assert!(text.contains("tradebars_feeder_lag_seconds 2.5\n"));
+        assert!(text.contains("tradebars_feeder_bar_lag_seconds 0\n"));
+        assert!(text.contains("tradebars_feeder_lock_held 0\n"));
+        assert!(text.contains("tradebars_feeder_trades_rejected_total 0\n"));
+    }
+
+    /// Every metric name the shipped alert rules and dashboard use is one the feeder serves.
+    #[test]
+    fn the_deploy_files_use_the_real_metric_names() {
+        let served = Metrics::default().render(0);
+        let files = [
+            include_str!("../../deploy/prometheus/tradebars-alerts.yml"),
+            include_str!("../../deploy/grafana/tradebars-dashboard.json"),
+        ];
+        let mut used = std::collections::BTreeSet::new();
+        for text in files {
+            for (i, _) in text.match_indices("tradebars_feeder_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                used.insert(name);
+            }
+        }
+        assert!(used.len() >= 10, "{used:?}");
+        for name in &used {
+            assert!(
+                served.contains(&format!("\n{name} ")),
+                "{name} is used in deploy/ but the feeder does not serve it"
+            );
+        }
+    }
+
+    #[test]
+    fn bar_lag_is_how_long_written_trades_wait_for_a_rollup() {
+        let m = Metrics::default();
+        m.lock_held.store(1, Ordering::Relaxed);
+        Metrics::add(&m.rollup_failures, 2);
+        m.note_waiting(1_000_000_000);
+        assert_eq!(
+            m.waiting_since_ns.load(Ordering::Relaxed),
+            0,
+            "nothing written yet"
+        );
+        Metrics::add(&m.trades_written, 100);
+        m.note_waiting(2_000_000_000);
+        m.note_waiting(3_000_000_000); // still waiting since 2 s
+        let text = m.render(4_500_000_000);
+        assert!(
+            text.contains("tradebars_feeder_bar_lag_seconds 2.5\n"),
+            "{text}"
+        );
+        assert!(text.contains("tradebars_feeder_lock_held 1\n"));
+        assert!(text.contains("tradebars_feeder_rollup_failures_total 2\n"));
+        // a rollup that started at 100 written trades: caught up
+        m.rolled_up_through(100, 5_000_000_000);
+        assert!(m
+            .render(6_000_000_000)
+            .contains("tradebars_feeder_bar_lag_seconds 0\n"));
+        // trades written while a rollup ran wait from its end
+        Metrics::add(&m.trades_written, 50);
+        m.rolled_up_through(120, 7_000_000_000);
+        assert!(m
+            .render(8_000_000_000)
+            .contains("tradebars_feeder_bar_lag_seconds 1\n"));
     }
 }

@@ -1,7 +1,10 @@
 //! Calling `bars_rollup()` on an interval, on a connection of its own, so bars stay fresh
-//! while the feeder writes; it also keeps the feeder's heartbeat in `feeder_status`, and once
-//! an hour forgets trade identity older than its retention (`prune_trade_identity()`).
+//! while the feeder writes; it also keeps the feeder's heartbeat in `feeder_status`, counts
+//! rolled-up and rejected trades and failed rollups, checks that the feeder's lock is still
+//! held, and once an hour forgets trade identity older than its retention
+//! (`prune_trade_identity()`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +12,8 @@ use tokio::task::JoinHandle;
 
 use crate::db;
 use crate::error::describe_db_error;
-use crate::metrics::Metrics;
+use crate::lock;
+use crate::metrics::{now_ns, Metrics};
 
 /// How often the retention of trade identity is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -21,6 +25,9 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
             let client = match db::connect(&database_url, "tradebars-feeder rollup").await {
                 Ok(c) => c,
                 Err(e) => {
+                    // The lock cannot be seen to be held; what is written waits.
+                    metrics.lock_held.store(0, Ordering::Relaxed);
+                    metrics.note_waiting(now_ns());
                     tracing::warn!(error = %e, "rollup: no database; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -44,12 +51,30 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
                     }
                     pruned = Some(Instant::now());
                 }
-                if let Err(e) = client.execute("SELECT bars_rollup()", &[]).await {
-                    Metrics::add(&metrics.database_errors, 1);
-                    tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");
-                    break;
+                metrics.note_waiting(now_ns());
+                // Everything committed before this rollup starts is in bars after it.
+                let written = Metrics::get(&metrics.trades_written);
+                match client.query_one("SELECT * FROM bars_rollup()", &[]).await {
+                    Ok(row) => {
+                        let count = |i: usize| row.try_get::<_, i64>(i).unwrap_or(0).max(0) as u64;
+                        Metrics::add(&metrics.trades_rolled_up, count(0));
+                        Metrics::add(&metrics.trades_rejected, count(2));
+                        metrics.rolled_up_through(written, now_ns());
+                    }
+                    Err(e) => {
+                        Metrics::add(&metrics.database_errors, 1);
+                        Metrics::add(&metrics.rollup_failures, 1);
+                        tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");
+                        break;
+                    }
                 }
                 Metrics::add(&metrics.rollups, 1);
+                match lock::still_held(&client).await {
+                    Ok(held) => metrics.lock_held.store(i64::from(held), Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(error = %describe_db_error(&e), "cannot check the feeder lock")
+                    }
+                }
                 let heartbeat = client
                     .execute(
                         "UPDATE feeder_status SET last_seen = now(), trades_received = $1,

@@ -165,8 +165,23 @@ impl FakeGateway {
     }
 
     pub fn start(file: &Path, plan: Plan) -> FakeGateway {
+        Self::start_at("127.0.0.1:0", file, plan)
+    }
+
+    /// A gateway on `addr`: "127.0.0.1:0" for any port, or the address of a gateway dropped
+    /// before, to bring it back (tried for up to 10 s while the old one lets the port go).
+    pub fn start_at(addr: &str, file: &Path, plan: Plan) -> FakeGateway {
         let feed = Arc::new(load(file));
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake gateway");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("binding the fake gateway to {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().expect("address").to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -308,6 +323,10 @@ fn serve(
                     marks.push((sent, Instant::now()));
                 }
                 std::thread::sleep(pause);
+                // a stopped gateway ends its paced sessions too
+                if stop.load(Ordering::SeqCst) {
+                    return stream.shutdown(Shutdown::Both);
+                }
             }
         }
     }
