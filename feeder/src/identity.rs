@@ -431,16 +431,7 @@ impl Identity {
 
     /// Completes every group still held: the source has ended.
     pub fn finish(&mut self, stage: &mut impl FnMut(TradeEvent, u32)) -> Result<(), IdentityError> {
-        let held: Vec<Instrument> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.boundary.is_some())
-            .map(|(at, _)| *at)
-            .collect();
-        for at in held {
-            self.close_group(at, stage)?;
-        }
-        Ok(())
+        self.finish_before(i64::MAX, stage)
     }
 
     /// Completes the held groups received before `ts`: a stream in `ts_recv` order has
