@@ -19,7 +19,8 @@ CREATE TABLE bar_settings (
     -- that of its ts_event (exchange time; the only clock of tradebars 0.1.0 and 0.2.0).
     clock              text     NOT NULL DEFAULT 'ts_recv' CHECK (clock IN ('ts_recv', 'ts_event')),
     -- How long trade_coverage keeps a minute, counted back from the newest trade staged.
-    identity_retention interval NOT NULL DEFAULT '7 days' CHECK (identity_retention >= '1 hour'),
+    identity_retention interval NOT NULL DEFAULT '7 days'
+                       CHECK (identity_retention BETWEEN '1 hour' AND '100 years'),
     -- ts_recv (ns) before which trade identity is no longer known (pruned, or loaded by a
     -- version without it): a load there is refused where trades bars exist, unless forced.
     identity_horizon   bigint   NOT NULL DEFAULT 0
@@ -99,8 +100,8 @@ CREATE FUNCTION set_identity_retention(keep interval) RETURNS interval
     SET search_path = @extschema@, pg_temp
 AS $fn$
 BEGIN
-    IF keep IS NULL OR keep < interval '1 hour' THEN
-        RAISE EXCEPTION 'set_identity_retention: keep must be at least 1 hour, not %',
+    IF keep IS NULL OR keep < interval '1 hour' OR keep > interval '100 years' THEN
+        RAISE EXCEPTION 'set_identity_retention: keep must be from 1 hour to 100 years, not %',
             coalesce(keep::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -115,20 +116,25 @@ COMMENT ON FUNCTION set_identity_retention(interval) IS
 -- Forgets trade identity older than the retention, counted back from the newest trade
 -- staged (data time, not the wall clock: a backfill of last year keeps its identity while it
 -- is the newest), and moves the horizon: a later load before it is refused where trades bars
--- exist.
+-- exist. The newest trade is the newest plausible one, no later than a day past now (the
+-- rollup's own bound): one trade stamped in 2100 must not make every other trade old.
 CREATE FUNCTION prune_trade_identity() RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
     keep interval := coalesce((SELECT identity_retention FROM bar_settings), interval '7 days');
-    newest bigint := (SELECT max(minute) FROM trade_coverage);
-    cut_minute bigint := newest - floor(extract(epoch FROM keep) / 60)::bigint;
+    newest bigint;
+    cut_minute bigint;
     n bigint;
 BEGIN
+    PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
+    newest := (SELECT max(minute) FROM trade_coverage
+               WHERE minute < floor(extract(epoch FROM now()) / 60)::bigint + 24 * 60);
     IF newest IS NULL THEN
         RETURN 0;
     END IF;
+    cut_minute := newest - floor(extract(epoch FROM keep) / 60)::bigint;
     DELETE FROM trade_coverage WHERE minute < cut_minute;
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO bar_settings AS s (id, identity_horizon) VALUES (1, cut_minute * 60000000000)

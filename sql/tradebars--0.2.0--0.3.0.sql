@@ -48,7 +48,8 @@ CREATE TABLE bar_settings (
     -- that of its ts_event (exchange time; the only clock of tradebars 0.1.0 and 0.2.0).
     clock              text     NOT NULL DEFAULT 'ts_recv' CHECK (clock IN ('ts_recv', 'ts_event')),
     -- How long trade_coverage keeps a minute, counted back from the newest trade staged.
-    identity_retention interval NOT NULL DEFAULT '7 days' CHECK (identity_retention >= '1 hour'),
+    identity_retention interval NOT NULL DEFAULT '7 days'
+                       CHECK (identity_retention BETWEEN '1 hour' AND '100 years'),
     -- ts_recv (ns) before which trade identity is no longer known (pruned, or loaded by a
     -- version without it): a load there is refused where trades bars exist, unless forced.
     identity_horizon   bigint   NOT NULL DEFAULT 0
@@ -128,8 +129,8 @@ CREATE FUNCTION set_identity_retention(keep interval) RETURNS interval
     SET search_path = @extschema@, pg_temp
 AS $fn$
 BEGIN
-    IF keep IS NULL OR keep < interval '1 hour' THEN
-        RAISE EXCEPTION 'set_identity_retention: keep must be at least 1 hour, not %',
+    IF keep IS NULL OR keep < interval '1 hour' OR keep > interval '100 years' THEN
+        RAISE EXCEPTION 'set_identity_retention: keep must be from 1 hour to 100 years, not %',
             coalesce(keep::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -144,20 +145,25 @@ COMMENT ON FUNCTION set_identity_retention(interval) IS
 -- Forgets trade identity older than the retention, counted back from the newest trade
 -- staged (data time, not the wall clock: a backfill of last year keeps its identity while it
 -- is the newest), and moves the horizon: a later load before it is refused where trades bars
--- exist.
+-- exist. The newest trade is the newest plausible one, no later than a day past now (the
+-- rollup's own bound): one trade stamped in 2100 must not make every other trade old.
 CREATE FUNCTION prune_trade_identity() RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
     keep interval := coalesce((SELECT identity_retention FROM bar_settings), interval '7 days');
-    newest bigint := (SELECT max(minute) FROM trade_coverage);
-    cut_minute bigint := newest - floor(extract(epoch FROM keep) / 60)::bigint;
+    newest bigint;
+    cut_minute bigint;
     n bigint;
 BEGIN
+    PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
+    newest := (SELECT max(minute) FROM trade_coverage
+               WHERE minute < floor(extract(epoch FROM now()) / 60)::bigint + 24 * 60);
     IF newest IS NULL THEN
         RETURN 0;
     END IF;
+    cut_minute := newest - floor(extract(epoch FROM keep) / 60)::bigint;
     DELETE FROM trade_coverage WHERE minute < cut_minute;
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO bar_settings AS s (id, identity_horizon) VALUES (1, cut_minute * 60000000000)
@@ -245,6 +251,16 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM require_price_bars_ready('rollback_trades');
+    -- A running feeder holds trades (and live, what it knows is counted) that this would
+    -- make it forget under its feet: stop it first.
+    IF EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND granted AND classid = 29794 AND objid = 3
+                 AND objsubid = 2 AND pid <> pg_backend_pid()) THEN
+        RAISE EXCEPTION 'rollback_trades: a feeder is running on this database (it holds the feeder lock)'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'stop tradebars-feeder (live, replay or backfill), then roll back, then start it again';
+    END IF;
+    PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
     -- Staged trades would become trades bars again after the rollback, and their identity
     -- goes with the ledger: roll them up first, or remove them with the bars.
@@ -277,27 +293,41 @@ CREATE FUNCTION check_backup_table(caller text, backup regclass) RETURNS void
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
-    kind "char";
-    persistence "char";
+    rel record;
     missing text;
 BEGIN
-    SELECT relkind, relpersistence INTO kind, persistence FROM pg_class WHERE oid = backup;
-    IF backup = 'price_bars'::regclass
-       OR backup IN (SELECT relid FROM pg_partition_tree('price_bars'::regclass)) THEN
-        RAISE EXCEPTION '%: backup_table % is price_bars itself (or a partition of it), not a copy', caller, backup
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '%: backup_table % is a %, not a table holding a copy', caller, backup,
-            CASE kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
-                      ELSE 'relation of kind ' || kind::text END
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF persistence <> 'p' THEN
-        RAISE EXCEPTION '%: backup_table % is %: it would not survive a crash or the session', caller, backup,
-            CASE persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    -- The table and every table its rows may live in: its inheritance children and
+    -- partitions, at any depth (a permanent parent can hold its rows in a TEMP child).
+    FOR rel IN
+        WITH RECURSIVE tree(oid) AS (
+            SELECT backup::oid
+            UNION
+            SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
+        SELECT c.oid::regclass AS name, c.relkind AS kind, c.relpersistence AS persistence,
+               c.oid = backup::oid AS is_backup
+        FROM tree t JOIN pg_class c ON c.oid = t.oid
+        ORDER BY c.oid <> backup::oid, c.oid
+    LOOP
+        IF rel.name = 'price_bars'::regclass
+           OR rel.name IN (SELECT relid FROM pg_partition_tree('price_bars'::regclass)) THEN
+            RAISE EXCEPTION '%: backup_table % % price_bars itself (or a partition of it), not a copy', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF rel.kind NOT IN ('r', 'p') THEN
+            RAISE EXCEPTION '%: backup_table % % a %, not a table holding a copy', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
+                CASE rel.kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                              ELSE 'relation of kind ' || rel.kind::text END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF rel.persistence <> 'p' THEN
+            RAISE EXCEPTION '%: backup_table % % %: it would not survive a crash or the session', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
+                CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
     SELECT string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO missing
     FROM pg_attribute p
     WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
@@ -508,10 +538,12 @@ BEGIN
     -- Bars the old scanner wrote after it switched to TRADES (the plan's phase 2) say
     -- 'trades' but tradebars never built them (it records the order of each bar's open and
     -- close trades): set apart under their own source, so no rollup merges into them and no
-    -- rollback removes them. Their values stay as they are.
+    -- rollback removes them, whether or not the plan's SQL already made them legacy, and
+    -- also when the scanner wrote them after an earlier mark_legacy(). Their values stay as
+    -- they are.
     UPDATE price_bars
        SET is_legacy = true, data_source = 'scanner', migrated_at = coalesce(migrated_at, now())
-     WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NULL;
+     WHERE data_source = 'trades' AND open_ts_ns IS NULL;
     GET DIAGNOSTICS scanned = ROW_COUNT;
     IF scanned > 0 THEN
         RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
@@ -646,6 +678,24 @@ BEGIN
         FROM price_bars p
         WHERE p."timestamp" > cutoff
         GROUP BY 1 ORDER BY 1;
+END
+$fn$;
+
+-- The feeder and reader roles may see how far the rollup got without reading staging.
+ALTER FUNCTION rollup_status() SECURITY DEFINER;
+
+-- Raised from the rollup's merge when a bar it would merge into says 'trades' but tradebars
+-- did not build it: the old scanner's (no order of its open and close trades) or one made
+-- legacy. Merging would add to foreign volume and keep foreign open and close (0.3.0).
+CREATE FUNCTION foreign_trades_bar(symbol text, at timestamptz) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    RAISE EXCEPTION 'bars_rollup: the bar of % at % says data_source ''trades'' but tradebars did not build it (another writer''s, or made legacy); nothing was rolled up',
+        symbol, at
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'SELECT mark_legacy(); sets such bars apart as source ''scanner'', values unchanged; the staged trades stay staged until then';
 END
 $fn$;
 

@@ -63,11 +63,13 @@ impl Clock {
     }
 }
 
-/// What a trade that cannot be counted looks like, given the minute bounds $1 and $2.
+/// What a trade that cannot be counted looks like, given the minute bounds $1 and $2. A
+/// trade without a `ts_recv` (staged as -1) has no identity, so whatever the clock it is set
+/// aside: counted, it would count again with every load that delivers it.
 fn unusable(clock: Clock) -> String {
     let t = clock.time();
     format!(
-        "symbol = '' OR {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 \
+        "symbol = '' OR ts_recv < 0 OR {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 \
          OR price = 9223372036854775807 OR size <= 0 OR size > 4294967295"
     )
 }
@@ -85,8 +87,19 @@ fn census_sql(slot: &str, clock: Clock) -> String {
 /// symbol, minute over colocated tables, no CTE (a CTE's rows are pulled through the
 /// coordinator) and nothing that spans symbols. So the counts come from `census_sql` and
 /// rejected trades are set aside by a statement of their own (`reject_sql`).
-fn merge_sql(slot: &str, clock: Clock) -> String {
+/// `guarded`: the database has 0.3.0's objects, whose `foreign_trades_bar` refuses to merge
+/// into bars tradebars did not build (a 0.2.0 database rolls up as 0.2.0 did).
+fn merge_sql(slot: &str, clock: Clock, guarded: bool) -> String {
     let (t, tiebreak) = (clock.time(), clock.tiebreak());
+    let volume = if guarded {
+        // A bar tradebars did not build (no order of its open and close trades, or legacy)
+        // is never merged into: the rollup fails whole, naming it.
+        "CASE WHEN p.open_ts_ns IS NULL OR p.is_legacy \
+              THEN foreign_trades_bar(p.symbol, p.\"timestamp\") \
+              ELSE p.volume + EXCLUDED.volume END"
+    } else {
+        "p.volume + EXCLUDED.volume"
+    };
     format!(
         r#"
 INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
@@ -104,7 +117,7 @@ FROM (
     SELECT symbol, {t} / 60000000000 AS minute,
            ohlcv({t}, {tiebreak}, publisher_id, price, size) AS b
     FROM {slot}
-    WHERE symbol <> '' AND {t} / 60000000000 >= $1 AND {t} / 60000000000 < $2
+    WHERE symbol <> '' AND ts_recv >= 0 AND {t} / 60000000000 >= $1 AND {t} / 60000000000 < $2
     GROUP BY symbol, {t} / 60000000000
 ) agg
 WHERE (b).trade_count > 0
@@ -123,7 +136,7 @@ ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
                    > (p.close_ts_ns, p.close_seq, p.close) THEN EXCLUDED.close_seq ELSE p.close_seq END,
     high = GREATEST(p.high, EXCLUDED.high),
     low = LEAST(p.low, EXCLUDED.low),
-    volume = p.volume + EXCLUDED.volume,
+    volume = {volume},
     trade_count = p.trade_count + EXCLUDED.trade_count,
     notional = p.notional + EXCLUDED.notional,
     vwap = trim_scale(round((p.notional + EXCLUDED.notional) / (p.volume + EXCLUDED.volume), 9))
@@ -141,6 +154,7 @@ INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_r
                              price, size, side, flags, {ord}reason)
 SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags, {ord}
        CASE WHEN symbol = '' THEN 'no symbol mapping'
+            WHEN ts_recv < 0 THEN 'undefined ts_recv'
             WHEN {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 THEN '{t} out of range'
             WHEN price = 9223372036854775807 THEN 'undefined price'
             WHEN size <= 0 THEN 'size not positive'
@@ -279,7 +293,7 @@ fn roll_slot(
     }
     result.bars = run(
         client,
-        &merge_sql(slot, clock),
+        &merge_sql(slot, clock, with_ord),
         Some(bounds),
         "merging bars",
     ) as i64;
@@ -363,17 +377,34 @@ pgrx::extension_sql!(
     r#"
 -- How far the pipeline has got: what waits in staging (and since when) and the rollup totals.
 -- Added in 0.2.0 (sql/tradebars--0.1.0--0.2.0.sql).
+-- SECURITY DEFINER (0.3.0): the feeder and reader roles may see how far it got without
+-- reading staging itself.
 CREATE FUNCTION rollup_status()
 RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups bigint,
                trades_rolled_up bigint, bars_written bigint, trades_rejected bigint,
                last_rollup_at timestamptz)
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = @extschema@, pg_temp
 AS $fn$
     SELECT (SELECT count(*) FROM trades_staging),
            (SELECT to_timestamp(min(ts_recv) / 1e9) FROM trades_staging),
            s.rollups, s.trades, s.bars_written, s.rejected, s.last_rollup_at
     FROM rollup_stats s
+$fn$;
+
+-- Raised from the rollup's merge when a bar it would merge into says 'trades' but tradebars
+-- did not build it: the old scanner's (no order of its open and close trades) or one made
+-- legacy. Merging would add to foreign volume and keep foreign open and close (0.3.0).
+CREATE FUNCTION foreign_trades_bar(symbol text, at timestamptz) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    RAISE EXCEPTION 'bars_rollup: the bar of % at % says data_source ''trades'' but tradebars did not build it (another writer''s, or made legacy); nothing was rolled up',
+        symbol, at
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'SELECT mark_legacy(); sets such bars apart as source ''scanner'', values unchanged; the staged trades stay staged until then';
+END
 $fn$;
 "#,
     name = "rollup_status",
@@ -606,7 +637,7 @@ mod tests {
     #[test]
     fn rollup_sql_reads_only_the_named_slot() {
         for slot in SLOTS {
-            let sql = merge_sql(slot, Clock::Recv) + &reject_sql(slot, Clock::Event, true);
+            let sql = merge_sql(slot, Clock::Recv, true) + &reject_sql(slot, Clock::Event, true);
             let other = SLOTS
                 .iter()
                 .find(|s| **s != slot)

@@ -49,14 +49,21 @@ pub async fn horizon(client: &impl GenericClient) -> Result<i64, FeederError> {
         .map_err(|e| FeederError::db("reading the identity horizon", e))
 }
 
+/// The ts_recv minutes, inclusive, that a range from `from` (ns) to `to` (ns; `None`: on)
+/// touches.
+pub fn minutes(from: i64, to: Option<i64>) -> (i64, i64) {
+    let first = from.div_euclid(NS_PER_MINUTE);
+    let last = to.map_or(i64::MAX, |t| t.div_euclid(NS_PER_MINUTE));
+    (first, last)
+}
+
 /// The stored stretches of the ts_recv minutes from `from` (ns) to `to` (ns; `None`: on).
 pub async fn load(
     client: &impl GenericClient,
     from: i64,
     to: Option<i64>,
 ) -> Result<Vec<Span>, FeederError> {
-    let first = from.div_euclid(NS_PER_MINUTE);
-    let last = to.map_or(i64::MAX, |t| t.div_euclid(NS_PER_MINUTE));
+    let (first, last) = minutes(from, to);
     let rows = client
         .query(
             "SELECT publisher_id, instrument_id, minute, first_recv, last_recv, trades, digest,

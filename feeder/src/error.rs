@@ -19,6 +19,14 @@ pub enum FeederError {
     Db { context: String, msg: String },
     #[error("{origin}: nothing of it staged: {msg}")]
     Identity { origin: String, msg: String },
+    /// A bounded source's trades lie beyond the range its metadata or request declared: the
+    /// load reads trade identity again for `first..=last` (ns) and starts over.
+    #[error("{origin}: nothing of it staged: its trades span ts_recv {} to {}, beyond its declared range", crate::identity::utc(.first), crate::identity::utc(.last))]
+    OutsideRange {
+        origin: String,
+        first: i64,
+        last: i64,
+    },
     #[error("{0}")]
     FeederRunning(String),
     #[error("Databento refused the API key: {0}")]
@@ -34,6 +42,23 @@ impl FeederError {
         FeederError::Io {
             file: file.to_path_buf(),
             source,
+        }
+    }
+
+    /// A source that trade identity cannot take, named by `origin`.
+    pub fn identity(origin: impl Into<String>, e: crate::identity::IdentityError) -> Self {
+        match e {
+            crate::identity::IdentityError::OutsideRange { first, last } => {
+                FeederError::OutsideRange {
+                    origin: origin.into(),
+                    first,
+                    last,
+                }
+            }
+            e => FeederError::Identity {
+                origin: origin.into(),
+                msg: e.to_string(),
+            },
         }
     }
 

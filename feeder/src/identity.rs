@@ -75,6 +75,17 @@ pub fn fingerprint(ts_recv: i64, sequence: u32, price: i64, size: u32) -> i64 {
     h as i64
 }
 
+/// A time in ns since the epoch as UTC, to the nanosecond, for messages.
+pub fn utc(ns: &i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:9] UTC"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(*ns))
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("{ns} ns"))
+}
+
 /// One stretch of trades already staged: a row of `trade_coverage`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -99,14 +110,14 @@ pub struct Changes {
 /// A source that cannot be trusted to say which of its trades are already counted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
-    #[error("instrument {instrument} (publisher {publisher}): its trades at ts_recv {ts_recv} differ from those {stored_by} staged (the source is cut inside a group of trades sharing a ts_recv, or corrupt)")]
+    #[error("instrument {instrument} (publisher {publisher}): its trades at ts_recv {} differ from those {stored_by} staged (the source is cut inside a group of trades sharing a ts_recv, or corrupt)", utc(.ts_recv))]
     Mismatch {
         publisher: u16,
         instrument: u32,
         ts_recv: i64,
         stored_by: String,
     },
-    #[error("instrument {instrument} (publisher {publisher}), minute {minute}: {here} trades here where {stored_by} staged {stored} in the same ts_recv range, or they differ (the source is cut or corrupt)")]
+    #[error("instrument {instrument} (publisher {publisher}), ts_recv minute {}: {here} trades here where {stored_by} staged {stored} in the same ts_recv range, or they differ (the source is cut or corrupt)", utc(&(.minute * NS_PER_MINUTE)))]
     Disagrees {
         publisher: u16,
         instrument: u32,
@@ -115,13 +126,18 @@ pub enum IdentityError {
         stored: i64,
         stored_by: String,
     },
-    #[error("instrument {instrument} (publisher {publisher}): ts_recv {ts_recv} comes after {previous}: trades must be in ts_recv order")]
+    #[error("instrument {instrument} (publisher {publisher}): ts_recv {} comes after {}: trades must be in ts_recv order", utc(.ts_recv), utc(.previous))]
     OutOfOrder {
         publisher: u16,
         instrument: u32,
         ts_recv: i64,
         previous: i64,
     },
+    /// Trades outside the minutes whose identity was read for this source (its metadata
+    /// declared another range): nothing of it may be staged on that reading. `first` and
+    /// `last` are the `ts_recv` range its trades really span, to read again.
+    #[error("its trades span ts_recv {} to {}, beyond the range read for it", utc(.first), utc(.last))]
+    OutsideRange { first: i64, last: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +162,6 @@ struct Boundary {
 #[derive(Debug)]
 struct Group {
     ts: i64,
-    next_ord: u32,
     boundary: Option<Boundary>,
     lane: Option<(i64, Seen)>,
 }
@@ -209,8 +224,18 @@ pub struct Identity {
     /// Trades received before this are taken as counted (live only: identity before the
     /// horizon is gone, and a live replay reaches back into what was staged).
     skip_before: i64,
+    /// The minutes whose stretches were read for this source (inclusive; `None`: all that
+    /// it can meet). A trade outside makes the reading useless: see `OutsideRange`.
+    minutes: Option<(i64, i64)>,
+    /// The `ts_recv` range of every trade pushed, and whether one fell outside `minutes`.
+    span: Option<(i64, i64)>,
+    outside: bool,
+    /// The trade's place among this source's trades sharing its `ts_recv`, in delivery
+    /// order: what orders a bar's open and close after `ts_recv`, across publishers too.
+    stream_ts: i64,
+    stream_pos: u32,
     pub skipped: u64,
-    pub skipped_before_horizon: u64,
+    pub skipped_before_position: u64,
     /// Sources whose trades this one found already counted, and how many.
     pub overlaps: BTreeMap<String, u64>,
 }
@@ -233,8 +258,13 @@ impl Identity {
             groups: FastMap::default(),
             seen: FastMap::default(),
             skip_before: i64::MIN,
+            minutes: None,
+            span: None,
+            outside: false,
+            stream_ts: i64::MIN,
+            stream_pos: 0,
             skipped: 0,
-            skipped_before_horizon: 0,
+            skipped_before_position: 0,
             overlaps: BTreeMap::new(),
         }
     }
@@ -243,6 +273,36 @@ impl Identity {
     pub fn skipping_before(mut self, ts: i64) -> Self {
         self.skip_before = ts;
         self
+    }
+
+    /// The stretches given to `new` are those of the minutes `first..=last` only: a trade
+    /// outside them fails the source with `OutsideRange` (no decision is made on it).
+    pub fn reading_minutes(mut self, first: i64, last: i64) -> Self {
+        self.minutes = Some((first, last));
+        self
+    }
+
+    /// Notes `ts` in the range the source spans; false once a trade fell outside `minutes`.
+    fn within_reading(&mut self, ts: i64) -> bool {
+        self.span = Some(match self.span {
+            Some((lo, hi)) => (lo.min(ts), hi.max(ts)),
+            None => (ts, ts),
+        });
+        let minute = ts.div_euclid(NS_PER_MINUTE);
+        if let Some((first, last)) = self.minutes {
+            self.outside |= minute < first || minute > last;
+        }
+        !self.outside
+    }
+
+    /// The trade's place in the stream among the source's trades sharing its `ts_recv`.
+    fn stream_position(&mut self, ts: i64) -> u32 {
+        if ts == self.stream_ts {
+            self.stream_pos += 1;
+        } else {
+            (self.stream_ts, self.stream_pos) = (ts, 0);
+        }
+        self.stream_pos
     }
 
     /// Drops what is kept of minutes before `minute`: a live stream in `ts_recv` order never
@@ -291,6 +351,10 @@ impl Identity {
             stage(ev, 0); // an undefined ts_recv: the rollup sets it aside
             return Ok(());
         };
+        if !self.within_reading(ts) {
+            return Ok(()); // the source fails at take_changes; only its range is still wanted
+        }
+        let ord = self.stream_position(ts);
         let at = Instrument {
             publisher: ev.publisher_id,
             instrument: ev.instrument_id,
@@ -308,22 +372,16 @@ impl Identity {
             self.close_group(at, stage)?;
             let group = self.groups.entry(at).or_insert(Group {
                 ts,
-                next_ord: 0,
                 boundary: None,
                 lane: None,
             });
-            (group.ts, group.next_ord) = (ts, 0);
+            group.ts = ts;
         }
         let minute = ts.div_euclid(NS_PER_MINUTE);
         let fp = fingerprint(ts, ev.sequence, ev.price, ev.size);
         let place = self.place(at, minute, ts);
-        let Some(group) = self.groups.get_mut(&at) else {
-            return Ok(());
-        };
-        let ord = group.next_ord;
-        group.next_ord += 1;
         if ts < self.skip_before {
-            self.skipped_before_horizon += 1;
+            self.skipped_before_position += 1;
             return Ok(());
         }
         match place {
@@ -457,6 +515,9 @@ impl Identity {
     /// that every stored stretch this source covered whole holds the same trades. The result
     /// is taken as written: the next trades build on it.
     pub fn take_changes(&mut self) -> Result<Changes, IdentityError> {
+        if let (true, Some((first, last))) = (self.outside, self.span) {
+            return Err(IdentityError::OutsideRange { first, last });
+        }
         let mut changes = Changes::default();
         for (at, group) in self.groups.iter_mut() {
             if let Some((m, lane)) = group.lane.take() {

@@ -106,6 +106,7 @@ async fn replay_file(
     };
     let loaded = sink::load_source(client, &load, |identity| {
         let (tx, rx) = mpsc::channel(8);
+        let file = file.clone();
         let decoder = tokio::task::spawn_blocking(move || file.decode_into(identity, tx));
         let end = async move {
             let (summary, changes) =
@@ -320,9 +321,9 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
             to: i64::try_from(chunk.1.unix_timestamp_nanos()).ok(),
             force: args.load.force,
         };
-        let fetch_spec = spec.clone();
         let loaded = sink::load_source(&mut client, &load, |identity| {
             let (tx, rx) = mpsc::channel(8);
+            let (fetch_spec, source) = (spec.clone(), source.clone());
             let fetch = tokio::spawn(async move {
                 let mut hist = fetch_spec.client()?;
                 fetch_chunk(&mut hist, &fetch_spec, chunk, identity, tx).await

@@ -70,29 +70,39 @@ impl Batch {
     }
 }
 
-/// Where a (re)subscription starts: `margin` before the latest ts_recv staged for these
-/// symbols, or now (no replay) when nothing was staged for them.
-async fn replay_start(client: &Client, spec: &LiveSpec) -> Result<Option<i64>, FeederError> {
-    let position = sink::live_position(client, &spec.dataset, &spec.position_keys()).await?;
+/// Where a stream stands for these symbols: the latest ts_recv staged for them, if any
+/// (everything received before it is staged, see `flush`).
+async fn position(client: &Client, spec: &LiveSpec) -> Result<Option<i64>, FeederError> {
+    sink::live_position(client, &spec.dataset, &spec.position_keys()).await
+}
+
+/// Where a (re)subscription starts: `margin` before the position, or now (no replay) when
+/// nothing was staged for these symbols.
+fn replay_start(spec: &LiveSpec, position: Option<i64>) -> Option<i64> {
     let margin = i64::try_from(spec.replay_margin.as_nanos()).unwrap_or(i64::MAX);
-    Ok(position.map(|p| p.saturating_sub(margin)))
+    position.map(|p| p.saturating_sub(margin))
 }
 
 /// The trade identity a (re)subscription meets: what is staged from its replay start on.
+/// Trades received before the position are taken as counted without a look: all of them
+/// were staged, and the replay (which starts by event time) may deliver only part of a
+/// group of trades sharing such a ts_recv, which could not be told apart from the stored
+/// part where its trades are identical.
 async fn identity_from(
     client: &Client,
     spec: &LiveSpec,
-    start: Option<i64>,
+    position: Option<i64>,
 ) -> Result<Identity, FeederError> {
     // Without a position the stream starts at the live edge; what a backfill staged of the
     // last day (as far back as intraday replay reaches) may still meet it.
-    let from = start.unwrap_or_else(|| {
+    let from = replay_start(spec, position).unwrap_or_else(|| {
         let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         i64::try_from(day_ago.unix_timestamp_nanos()).unwrap_or(0)
     });
     let spans = coverage::load(client, from - NS_PER_MINUTE, None).await?;
     let horizon = coverage::horizon(client).await?;
-    Ok(Identity::new(&spec.source_id(), spans).skipping_before(horizon))
+    let skip_before = horizon.max(position.unwrap_or(i64::MIN));
+    Ok(Identity::new(&spec.source_id(), spans).skipping_before(skip_before))
 }
 
 fn shutdown_flag() -> Arc<AtomicBool> {
@@ -125,10 +135,9 @@ async fn flush(
     identity: &mut Identity,
     metrics: &Metrics,
 ) -> Result<(), FeederError> {
-    let changes = identity.take_changes().map_err(|e| FeederError::Identity {
-        origin: "live stream".into(),
-        msg: e.to_string(),
-    })?;
+    let changes = identity
+        .take_changes()
+        .map_err(|e| FeederError::identity("live stream", e))?;
     if batch.trades == 0 && changes.insert.is_empty() {
         return Ok(());
     }
@@ -198,8 +207,9 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
     let mut failure: Option<FeederError> = None;
 
     'session: while !stop.load(Ordering::SeqCst) {
-        let start = replay_start(&client, &spec).await?;
-        let mut identity = identity_from(&client, &spec, start).await?;
+        let position = position(&client, &spec).await?;
+        let start = replay_start(&spec, position);
+        let mut identity = identity_from(&client, &spec, position).await?;
         let mut source = match LiveSource::connect(&spec, start).await {
             Ok(s) => s,
             Err(e @ FeederError::Auth(_)) => {
@@ -226,12 +236,12 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
                 .started
                 .map(|t| opts.batch_interval.saturating_sub(t.elapsed()))
                 .unwrap_or(opts.batch_interval);
-            let skips = identity.skipped + identity.skipped_before_horizon;
+            let skips = identity.skipped + identity.skipped_before_position;
             let step =
                 tokio::time::timeout(wait, source.next_into(&mut batch.rows, &mut identity)).await;
             Metrics::add(
                 &metrics.trades_already_staged,
-                identity.skipped + identity.skipped_before_horizon - skips,
+                identity.skipped + identity.skipped_before_position - skips,
             );
             let ended = match step {
                 Ok(Ok(Step::Trade {

@@ -100,13 +100,51 @@ pub struct SourceEnd {
 /// identity the source meets and starts reading it: staging rows down the channel, an `Err`
 /// there (a decode error, a source that disagrees with what is stored) aborts the COPY and
 /// rolls the whole source back.
+///
+/// Identity is read for the range the source declares (a DBN file's metadata, a backfill
+/// request). Where its trades turn out to lie beyond it, nothing is decided on that reading:
+/// the load is rolled back and `start` is called once more, with identity read for the
+/// range the trades really span.
 pub async fn load_source<S, F>(
     client: &mut Client,
     load: &Load<'_>,
-    start: S,
+    mut start: S,
 ) -> Result<Summary, FeederError>
 where
-    S: FnOnce(Identity) -> (mpsc::Receiver<Result<Bytes, FeederError>>, F),
+    S: FnMut(Identity) -> (mpsc::Receiver<Result<Bytes, FeederError>>, F),
+    F: std::future::Future<Output = Result<SourceEnd, FeederError>>,
+{
+    match load_once(client, load, load.from, load.to, &mut start).await {
+        Err(FeederError::OutsideRange { first, last, .. }) => {
+            tracing::warn!(
+                "{}: its trades span ts_recv {} to {}, not the range it declares; reading trade identity for that range and loading it again",
+                load.label,
+                crate::identity::utc(&first),
+                crate::identity::utc(&last)
+            );
+            load_once(
+                client,
+                load,
+                first,
+                Some(last.saturating_add(1)),
+                &mut start,
+            )
+            .await
+        }
+        other => other,
+    }
+}
+
+/// One attempt of `load_source`, with trade identity read for `from..to` (ns).
+async fn load_once<S, F>(
+    client: &mut Client,
+    load: &Load<'_>,
+    from: i64,
+    to: Option<i64>,
+    start: &mut S,
+) -> Result<Summary, FeederError>
+where
+    S: FnMut(Identity) -> (mpsc::Receiver<Result<Bytes, FeederError>>, F),
     F: std::future::Future<Output = Result<SourceEnd, FeederError>>,
 {
     let tx = client
@@ -115,15 +153,16 @@ where
         .map_err(|e| FeederError::db("starting the load", e))?;
     coverage::lock(&tx).await?;
     if !load.force {
-        if let Some(why) = coverage::refusal(&tx, load.from).await? {
+        if let Some(why) = coverage::refusal(&tx, from).await? {
             return Err(FeederError::Identity {
                 origin: load.label.to_string(),
                 msg: format!("{why}; --force loads it anyway"),
             });
         }
     }
-    let spans = coverage::load(&tx, load.from, load.to).await?;
-    let (chunks, end) = start(Identity::new(load.label, spans));
+    let spans = coverage::load(&tx, from, to).await?;
+    let (first, last) = coverage::minutes(from, to);
+    let (chunks, end) = start(Identity::new(load.label, spans).reading_minutes(first, last));
     let rows = futures_util::stream::unfold(chunks, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });

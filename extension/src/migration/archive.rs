@@ -33,33 +33,47 @@ $fn$;
 -- neither in price_bars_legacy nor in `backup`, matched by (symbol, timestamp, data_source).
 -- Refuses a backup table that is no real copy: it must be a permanent table (not a view,
 -- not temporary or unlogged), other than price_bars and its partitions, with every column
--- price_bars has. (SQLSTATE 22023.)
+-- price_bars has; so must every child or partition that holds its rows. (SQLSTATE 22023.)
 CREATE FUNCTION check_backup_table(caller text, backup regclass) RETURNS void
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
-    kind "char";
-    persistence "char";
+    rel record;
     missing text;
 BEGIN
-    SELECT relkind, relpersistence INTO kind, persistence FROM pg_class WHERE oid = backup;
-    IF backup = 'price_bars'::regclass
-       OR backup IN (SELECT relid FROM pg_partition_tree('price_bars'::regclass)) THEN
-        RAISE EXCEPTION '%: backup_table % is price_bars itself (or a partition of it), not a copy', caller, backup
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '%: backup_table % is a %, not a table holding a copy', caller, backup,
-            CASE kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
-                      ELSE 'relation of kind ' || kind::text END
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF persistence <> 'p' THEN
-        RAISE EXCEPTION '%: backup_table % is %: it would not survive a crash or the session', caller, backup,
-            CASE persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    -- The table and every table its rows may live in: its inheritance children and
+    -- partitions, at any depth (a permanent parent can hold its rows in a TEMP child).
+    FOR rel IN
+        WITH RECURSIVE tree(oid) AS (
+            SELECT backup::oid
+            UNION
+            SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
+        SELECT c.oid::regclass AS name, c.relkind AS kind, c.relpersistence AS persistence,
+               c.oid = backup::oid AS is_backup
+        FROM tree t JOIN pg_class c ON c.oid = t.oid
+        ORDER BY c.oid <> backup::oid, c.oid
+    LOOP
+        IF rel.name = 'price_bars'::regclass
+           OR rel.name IN (SELECT relid FROM pg_partition_tree('price_bars'::regclass)) THEN
+            RAISE EXCEPTION '%: backup_table % % price_bars itself (or a partition of it), not a copy', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF rel.kind NOT IN ('r', 'p') THEN
+            RAISE EXCEPTION '%: backup_table % % a %, not a table holding a copy', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
+                CASE rel.kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                              ELSE 'relation of kind ' || rel.kind::text END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF rel.persistence <> 'p' THEN
+            RAISE EXCEPTION '%: backup_table % % %: it would not survive a crash or the session', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
+                CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
     SELECT string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO missing
     FROM pg_attribute p
     WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
@@ -238,6 +252,16 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM require_price_bars_ready('rollback_trades');
+    -- A running feeder holds trades (and live, what it knows is counted) that this would
+    -- make it forget under its feet: stop it first.
+    IF EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND granted AND classid = 29794 AND objid = 3
+                 AND objsubid = 2 AND pid <> pg_backend_pid()) THEN
+        RAISE EXCEPTION 'rollback_trades: a feeder is running on this database (it holds the feeder lock)'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'stop tradebars-feeder (live, replay or backfill), then roll back, then start it again';
+    END IF;
+    PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
     -- Staged trades would become trades bars again after the rollback, and their identity
     -- goes with the ledger: roll them up first, or remove them with the bars.

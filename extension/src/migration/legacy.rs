@@ -192,10 +192,12 @@ BEGIN
     -- Bars the old scanner wrote after it switched to TRADES (the plan's phase 2) say
     -- 'trades' but tradebars never built them (it records the order of each bar's open and
     -- close trades): set apart under their own source, so no rollup merges into them and no
-    -- rollback removes them. Their values stay as they are.
+    -- rollback removes them, whether or not the plan's SQL already made them legacy, and
+    -- also when the scanner wrote them after an earlier mark_legacy(). Their values stay as
+    -- they are.
     UPDATE price_bars
        SET is_legacy = true, data_source = 'scanner', migrated_at = coalesce(migrated_at, now())
-     WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NULL;
+     WHERE data_source = 'trades' AND open_ts_ns IS NULL;
     GET DIAGNOSTICS scanned = ROW_COUNT;
     IF scanned > 0 THEN
         RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;

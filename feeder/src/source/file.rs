@@ -53,6 +53,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// "DBN", a version byte, and the metadata's length as u32 little-endian.
 const DBN_PREFIX_LEN: u64 = 8;
 
+#[derive(Clone)]
 pub struct DbnFile {
     pub path: PathBuf,
     pub bytes_read: Arc<AtomicU64>,
@@ -86,6 +87,7 @@ impl DbnFile {
         identity: Identity,
         tx: mpsc::Sender<Result<Bytes, FeederError>>,
     ) -> Option<(Summary, Changes)> {
+        self.bytes_read.store(0, Ordering::Relaxed); // a second reading starts over
         match self.decode(identity, &tx) {
             Ok(done) => Some(done),
             Err(e) => {
@@ -223,9 +225,6 @@ impl DbnFile {
     }
 
     fn identity_err(&self, e: crate::identity::IdentityError) -> FeederError {
-        FeederError::Identity {
-            origin: self.path.display().to_string(),
-            msg: e.to_string(),
-        }
+        FeederError::identity(self.path.display().to_string(), e)
     }
 }

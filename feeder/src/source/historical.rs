@@ -104,9 +104,8 @@ pub async fn fetch_chunk(
         .stype_in(SType::RawSymbol)
         .date_time_range((from, to))
         .build();
-    let identity_err = |e: crate::identity::IdentityError| FeederError::Identity {
-        origin: format!("backfill {} {from} to {to}", spec.dataset),
-        msg: e.to_string(),
+    let identity_err = |e: crate::identity::IdentityError| {
+        FeederError::identity(format!("backfill {} {from} to {to}", spec.dataset), e)
     };
     let result: Result<(Summary, Changes), FeederError> = async {
         let mut decoder = client

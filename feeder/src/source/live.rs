@@ -220,10 +220,7 @@ impl LiveSource {
             copy::encode_trade(rows, &ev.with_symbol(symbol), ord);
             staged += 1;
         };
-        let identity_err = |e: crate::identity::IdentityError| FeederError::Identity {
-            origin: "live stream".into(),
-            msg: e.to_string(),
-        };
+        let identity_err = |e| FeederError::identity("live stream", e);
         identity
             .finish_before(before, &mut stage)
             .map_err(identity_err)?;

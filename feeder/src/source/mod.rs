@@ -96,6 +96,12 @@ impl RowEncoder {
             ev.size,
         ));
         let (rows, summary) = (&mut self.rows, &mut self.summary);
+        if symbols.get_for_ts(ev.ts_event, ev.instrument_id).is_none() {
+            // Staged for the rollup to set aside ('no symbol mapping'), but not taken into
+            // trade identity: a load of the same trades with their mapping counts them.
+            encode(rows, summary, symbols, ev, 0);
+            return Ok(None);
+        }
         self.identity
             .push(ev, &mut |ev, ord| encode(rows, summary, symbols, ev, ord))?;
         Ok(None)

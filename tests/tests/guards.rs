@@ -1,0 +1,338 @@
+//! The extension's guards against losing or double counting on a database in use: no rollback
+//! under a running feeder, pruning that one implausible trade cannot derail, backup tables
+//! whose rows all live in permanent tables, no merge into bars another writer made, no count
+//! for a trade without a ts_recv, and progress visible to the feeder and reader roles.
+
+use postgres::error::SqlState;
+use tradebars_tests::*;
+
+/// A trade of `symbol` into the slot the feeder would write, with SQL (as the feeder does
+/// with COPY): ts_recv and ts_event in ns.
+fn stage(c: &mut postgres::Client, symbol: &str, ts_recv: i64, ts_event: i64, price: i64) {
+    let slot: String = c
+        .query_one("SELECT staging_slot()", &[])
+        .expect("slot")
+        .get(0);
+    c.execute(
+        &format!(
+            "INSERT INTO {slot} (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
+                                 price, size, side, flags, ord)
+             VALUES ($1, 7, 1, $2, $3, 1, $4, 10, 'B', 0, 0)"
+        ),
+        &[&symbol, &ts_event, &ts_recv, &price],
+    )
+    .expect("staging a trade");
+}
+
+fn sqlstate(e: &postgres::Error) -> Option<&SqlState> {
+    e.code()
+}
+
+fn message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// 2025-10-24 14:30 UTC in ns.
+const T0: i64 = 1_761_316_200_000_000_000;
+
+#[test]
+fn rollback_is_refused_while_a_feeder_holds_the_database() {
+    let file = generate("guard-rollback.dbn.zst", 3, 2000, 101);
+    let db = fresh_db("guard_rollback", "");
+    let out = feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let bars = count(&db, "SELECT count(*) FROM price_bars");
+    // a feeder (live, replay or backfill) holds this advisory lock while it runs
+    let mut running = connect(&db);
+    running
+        .batch_execute("SELECT pg_advisory_lock(29794, 3)")
+        .expect("holding the feeder lock");
+    let mut dba = connect(&db);
+    let err = dba
+        .batch_execute("SELECT rollback_trades()")
+        .expect_err("a rollback under a running feeder");
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    );
+    assert!(
+        message(&err).contains("a feeder is running"),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM price_bars"), bars);
+    assert!(count(&db, "SELECT count(*) FROM trade_coverage") > 0);
+    running
+        .batch_execute("SELECT pg_advisory_unlock(29794, 3)")
+        .expect("releasing");
+    let removed: i64 = dba
+        .query_one("SELECT rollback_trades()", &[])
+        .expect("rollback once the feeder stopped")
+        .get(0);
+    assert_eq!(removed, bars);
+    assert_eq!(count(&db, "SELECT count(*) FROM trade_coverage"), 0);
+}
+
+#[test]
+fn one_trade_stamped_in_2100_does_not_make_pruning_forget_everything() {
+    let file = generate("guard-prune.dbn.zst", 3, 3000, 102);
+    let db = fresh_db("guard_prune", "");
+    let out = feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = connect(&db);
+    let (start, end) = range_of(&file);
+    let newest_minute = count(&db, "SELECT max(minute) FROM trade_coverage");
+    // what a load of one trade received in 2100 leaves in trade identity
+    let minute_2100: i64 = 4_102_444_800 / 60;
+    c.execute(
+        "INSERT INTO trade_coverage VALUES (1, 99, $1, $2, $2, 1, 5, '{5}', '{5}', 'future.dbn')",
+        &[&minute_2100, &(minute_2100 * 60_000_000_000)],
+    )
+    .expect("a coverage row in 2100");
+    let kept_before = count(
+        &db,
+        &format!("SELECT count(*) FROM trade_coverage WHERE minute >= {newest_minute} - 60"),
+    );
+    c.batch_execute("SELECT set_identity_retention('1 hour')")
+        .expect("retention");
+    let pruned: i64 = c
+        .query_one("SELECT prune_trade_identity()", &[])
+        .expect("prune")
+        .get(0);
+    assert!(pruned > 0, "the file spans more than an hour");
+    // the hour before the newest plausible trade keeps its identity, and so does 2100's row
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM trade_coverage WHERE minute >= {newest_minute} - 60")
+        ),
+        kept_before
+    );
+    let horizon: i64 = c
+        .query_one("SELECT identity_horizon FROM bar_settings", &[])
+        .expect("horizon")
+        .get(0);
+    assert_eq!(horizon, (newest_minute - 60) * 60_000_000_000);
+    assert!(horizon > start as i64 && horizon < end as i64);
+    // a retention the arithmetic cannot hold is refused, not an overflow inside pruning
+    let err = c
+        .batch_execute("SELECT set_identity_retention('1000000 years')")
+        .expect_err("a million years");
+    assert_eq!(sqlstate(&err), Some(&SqlState::INVALID_PARAMETER_VALUE));
+    assert!(message(&err).contains("100 years"), "{}", message(&err));
+}
+
+/// A database whose price_bars holds 3 legacy bars (the old app's, marked).
+fn legacy_db(name: &str) -> String {
+    let db = fresh_db(
+        name,
+        r#"CREATE TABLE price_bars (symbol text NOT NULL, "timestamp" timestamptz NOT NULL,
+                                   open float8, high float8, low float8, close float8,
+                                   volume bigint DEFAULT 0, trade_count bigint DEFAULT 0,
+                                   UNIQUE (symbol, "timestamp"));
+           INSERT INTO price_bars (symbol, "timestamp", open, high, low, close)
+           SELECT 'WGRX', timestamptz '2025-10-24 14:30+00' + m * interval '1 minute', 1.5, 1.6, 1.4, 1.55
+           FROM generate_series(0, 2) AS m;"#,
+    );
+    connect(&db)
+        .batch_execute("SELECT mark_legacy()")
+        .expect("mark_legacy");
+    db
+}
+
+#[test]
+fn a_backup_whose_rows_live_in_a_temporary_child_or_an_unlogged_partition_is_no_copy() {
+    let db = legacy_db("guard_backup");
+    let mut c = connect(&db);
+    c.batch_execute(
+        "CREATE TABLE bk_parent (LIKE price_bars);
+         CREATE TEMP TABLE bk_child () INHERITS (bk_parent);
+         INSERT INTO bk_child SELECT * FROM price_bars;
+         CREATE TABLE bk_parted (LIKE price_bars) PARTITION BY RANGE (\"timestamp\");
+         CREATE UNLOGGED TABLE bk_parted_all PARTITION OF bk_parted DEFAULT;
+         INSERT INTO bk_parted SELECT * FROM price_bars;",
+    )
+    .expect("backup tables");
+    for (backup, holder, kind) in [
+        ("bk_parent", "bk_child", "temporary"),
+        ("bk_parted", "bk_parted_all", "unlogged"),
+    ] {
+        for call in [
+            format!("SELECT hard_delete_legacy('{backup}')"),
+            format!("SELECT soft_delete_legacy(); SELECT purge_deleted('0 seconds', '{backup}')"),
+        ] {
+            let mut tx = c.transaction().expect("tx");
+            let err = tx.batch_execute(&call).expect_err(&call);
+            assert_eq!(
+                sqlstate(&err),
+                Some(&SqlState::INVALID_PARAMETER_VALUE),
+                "{call}"
+            );
+            let msg = message(&err);
+            assert!(
+                msg.contains(&format!("holds rows in {holder}, which is {kind}")),
+                "{call}: {msg}"
+            );
+            tx.rollback().expect("rollback");
+        }
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        3
+    );
+    // the same rows in a permanent table are a copy
+    c.batch_execute("CREATE TABLE bk_real AS SELECT * FROM price_bars")
+        .expect("copy");
+    let n: i64 = c
+        .query_one("SELECT hard_delete_legacy('bk_real')", &[])
+        .expect("a real copy")
+        .get(0);
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn the_rollup_never_merges_into_a_trades_bar_another_writer_made() {
+    let db = legacy_db("guard_foreign");
+    let mut c = connect(&db);
+    // the old scanner, still running after mark_legacy(), writes a bar of 14:35 from trades
+    c.batch_execute(
+        "INSERT INTO price_bars (symbol, \"timestamp\", open, high, low, close, volume, trade_count,
+                                 is_legacy, data_source)
+         VALUES ('WGRX', '2025-10-24 14:35+00', 83.1, 83.2, 83.0, 83.15, 1000, 20, false, 'trades')",
+    )
+    .expect("a scanner bar");
+    let scanner_row =
+        "SELECT open::text || high || low || close || volume || trade_count FROM price_bars
+                       WHERE symbol = 'WGRX' AND \"timestamp\" = '2025-10-24 14:35+00'";
+    let before: String = c.query_one(scanner_row, &[]).expect("row").get(0);
+    let minute = T0 + 5 * 60_000_000_000;
+    stage(&mut c, "WGRX", minute + 1_000, minute + 500, 84_000_000_000);
+    let err = c
+        .batch_execute("SELECT bars_rollup()")
+        .expect_err("merging into the scanner's bar");
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    );
+    assert!(
+        message(&err).contains("did not build it"),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM trades_staging"),
+        1,
+        "the trade waits"
+    );
+    let after: String = c.query_one(scanner_row, &[]).expect("row").get(0);
+    assert_eq!(after, before);
+    // mark_legacy() sets it apart; the trade then makes a bar of its own
+    c.batch_execute("SELECT mark_legacy()")
+        .expect("mark_legacy");
+    let r = c
+        .query_one("SELECT * FROM bars_rollup()", &[])
+        .expect("rollup after mark_legacy");
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (1, 1));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM price_bars WHERE \"timestamp\" = '2025-10-24 14:35+00' AND data_source = 'scanner'"
+        ),
+        1
+    );
+    let trades_bar: (String, i64) = {
+        let row = c
+            .query_one(
+                "SELECT open::text, volume FROM price_bars WHERE \"timestamp\" = '2025-10-24 14:35+00'
+                 AND data_source = 'trades'",
+                &[],
+            )
+            .expect("trades bar");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(trades_bar, ("84".to_string(), 10));
+
+    // a bar tradebars built, then made legacy behind the guard's back: not merged into either
+    c.batch_execute(
+        "ALTER TABLE price_bars DISABLE TRIGGER price_bars_protect_trades_bars;
+         UPDATE price_bars SET is_legacy = true WHERE data_source = 'trades';
+         ALTER TABLE price_bars ENABLE TRIGGER price_bars_protect_trades_bars;",
+    )
+    .expect("relabelling");
+    stage(
+        &mut c,
+        "WGRX",
+        minute + 2_000,
+        minute + 1_500,
+        85_000_000_000,
+    );
+    let err = c
+        .batch_execute("SELECT bars_rollup()")
+        .expect_err("merging into a legacy bar");
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 1);
+}
+
+#[test]
+fn a_trade_without_ts_recv_is_set_aside_under_either_clock() {
+    for clock in ["ts_recv", "ts_event"] {
+        let db = fresh_db("guard_recv", "");
+        let mut c = connect(&db);
+        c.batch_execute(&format!("SELECT set_bar_clock('{clock}')"))
+            .expect("clock");
+        stage(&mut c, "WGRX", -1, T0, 84_000_000_000); // Databento's undefined ts_recv
+        stage(&mut c, "WGRX", T0 + 10, T0 + 5, 85_000_000_000);
+        let r = c
+            .query_one("SELECT * FROM bars_rollup()", &[])
+            .expect("rollup");
+        assert_eq!(
+            (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)),
+            (1, 1, 1),
+            "{clock}"
+        );
+        let reason: String = c
+            .query_one("SELECT reason FROM trades_rejected", &[])
+            .expect("rejected")
+            .get(0);
+        assert_eq!(reason, "undefined ts_recv", "{clock}");
+        assert_eq!(
+            count(
+                &db,
+                "SELECT volume FROM price_bars WHERE data_source = 'trades'"
+            ),
+            10
+        );
+    }
+}
+
+#[test]
+fn the_feeder_and_reader_roles_see_the_rollup_status() {
+    let db = fresh_db("guard_status", "");
+    let mut c = connect(&db);
+    stage(&mut c, "WGRX", T0 + 10, T0 + 5, 85_000_000_000);
+    for role in ["tradebars_feeder", "tradebars_reader"] {
+        let staged: i64 = {
+            let mut tx = c.transaction().expect("tx");
+            tx.batch_execute(&format!("SET LOCAL ROLE {role}"))
+                .expect("role");
+            let n = tx
+                .query_one("SELECT staged_trades FROM rollup_status()", &[])
+                .unwrap_or_else(|e| panic!("{role}: {e}"))
+                .get(0);
+            tx.rollback().expect("rollback");
+            n
+        };
+        assert_eq!(staged, 1, "{role}");
+    }
+}
