@@ -17,8 +17,9 @@ CREATE TABLE trades_staging_0 (
     size          bigint   NOT NULL,
     side          "char"   NOT NULL,
     flags         smallint NOT NULL,
-    -- The trade's place among the trades of its publisher and instrument that share its
-    -- ts_recv, in the order Databento delivered them (0.3.0): with ts_recv, its identity.
+    -- The trade's place among the trades of its source that share its ts_recv, in the order
+    -- Databento delivered them, whatever their publisher (0.3.0): after ts_recv, what orders
+    -- a bar's open and close.
     ord           integer  NOT NULL DEFAULT 0
 );
 CREATE TABLE trades_staging_1 (LIKE trades_staging_0 INCLUDING DEFAULTS);

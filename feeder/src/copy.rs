@@ -32,8 +32,8 @@ fn ts(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(-1)
 }
 
-/// One staging row: the trade, and `ord`, its place among the trades of its publisher and
-/// instrument that share its `ts_recv` (see identity.rs).
+/// One staging row: the trade, and `ord`, its place among the trades of its source that share
+/// its `ts_recv`, in delivery order (see identity.rs).
 pub fn encode_trade(buf: &mut BytesMut, trade: &Trade, ord: u32) {
     // A NUL cannot be stored in text; such a symbol is as good as none.
     let symbol = if trade.symbol.as_bytes().contains(&0) {
