@@ -278,6 +278,8 @@ BEGIN
     DELETE FROM ingest_ledger;
     DELETE FROM live_positions;
     DELETE FROM trade_coverage;
+    -- No trades bar is left whose identity could be unknown: nothing before a horizon to refuse.
+    UPDATE bar_settings SET identity_horizon = 0;
     IF coalesce(include_staging, false) THEN
         TRUNCATE trades_staging_0, trades_staging_1, trades_rejected;
         RAISE NOTICE 'rollback_trades: removed % trades bars, staged trades, the ingest ledger and trade identity', n;
@@ -308,9 +310,14 @@ BEGIN
         FROM tree t JOIN pg_class c ON c.oid = t.oid
         ORDER BY c.oid <> backup::oid, c.oid
     LOOP
-        IF rel.name = 'price_bars'::regclass
-           OR rel.name IN (SELECT relid FROM pg_partition_tree('price_bars'::regclass)) THEN
-            RAISE EXCEPTION '%: backup_table % % price_bars itself (or a partition of it), not a copy', caller, backup,
+        -- price_bars, its partitions and inheritance children: DELETE FROM price_bars
+        -- deletes their rows too
+        IF rel.name IN (WITH RECURSIVE bars(oid) AS (
+                            SELECT 'price_bars'::regclass::oid
+                            UNION
+                            SELECT i.inhrelid FROM pg_inherits i JOIN bars b ON i.inhparent = b.oid)
+                        SELECT oid::regclass FROM bars) THEN
+            RAISE EXCEPTION '%: backup_table % % price_bars itself (or a partition or child of it), not a copy', caller, backup,
                 CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
@@ -341,6 +348,106 @@ BEGIN
 END
 $fn$;
 
+-- Whether `rel` passes check_backup_table: a permanent table of its own, with every column.
+CREATE FUNCTION is_real_copy(rel regclass) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    PERFORM check_backup_table('is_real_copy', rel);
+    RETURN true;
+EXCEPTION WHEN invalid_parameter_value THEN
+    RETURN false;
+END
+$fn$;
+
+-- archive_legacy() and restore_legacy() (0.3.0): the archive must be a permanent table of its
+-- own, and their failures carry SQLSTATE 55000.
+CREATE OR REPLACE FUNCTION archive_legacy() RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text;
+    to_move bigint;
+    copied bigint;
+    differing bigint;
+    deleted bigint;
+BEGIN
+    PERFORM require_price_bars_ready('archive_legacy');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('price_bars_legacy') IS NULL THEN
+        CREATE TABLE price_bars_legacy (LIKE price_bars);
+        CREATE UNIQUE INDEX price_bars_legacy_symbol_timestamp_source
+            ON price_bars_legacy (symbol, "timestamp", data_source);
+        COMMENT ON TABLE price_bars_legacy IS 'tradebars: legacy bars moved out of price_bars by archive_legacy()';
+    END IF;
+    -- bars moved into a view, a temporary or an unlogged table would not be kept for good
+    PERFORM check_backup_table('archive_legacy', 'price_bars_legacy'::regclass);
+    cols := price_bars_columns();
+    IF EXISTS (SELECT unnest(string_to_array(cols, ', '))
+               EXCEPT SELECT unnest(string_to_array(price_bars_columns('price_bars_legacy'), ', '))) THEN
+        RAISE EXCEPTION 'archive_legacy: price_bars_legacy lacks columns price_bars has; nothing moved'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT count(*) INTO to_move FROM price_bars WHERE is_legacy;
+    EXECUTE format('INSERT INTO price_bars_legacy (%1$s) SELECT %1$s FROM price_bars WHERE is_legacy', cols);
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars WHERE is_legacy
+                                          EXCEPT ALL SELECT %1$s FROM price_bars_legacy) d', cols)
+        INTO differing;
+    IF copied <> to_move OR differing <> 0 THEN
+        RAISE EXCEPTION 'archive_legacy: copied % of % legacy bars (% differ); nothing moved', copied, to_move, differing
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    DELETE FROM price_bars WHERE is_legacy;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    IF deleted <> to_move THEN
+        RAISE EXCEPTION 'archive_legacy: would delete % bars but verified %; nothing moved', deleted, to_move
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RAISE NOTICE 'archive_legacy: moved % legacy bars to price_bars_legacy (verified identical)', to_move;
+    RETURN to_move;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text;
+    archived bigint := 0;
+    restored bigint := 0;
+    missing bigint;
+    undeleted bigint := 0;
+BEGIN
+    PERFORM require_price_bars_ready('restore_legacy');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('price_bars_legacy') IS NOT NULL THEN
+        LOCK TABLE price_bars_legacy IN SHARE ROW EXCLUSIVE MODE;
+        cols := price_bars_columns('price_bars_legacy');
+        SELECT count(*) INTO archived FROM price_bars_legacy;
+        EXECUTE format('INSERT INTO price_bars (%1$s) OVERRIDING SYSTEM VALUE SELECT %1$s FROM price_bars_legacy', cols);
+        GET DIAGNOSTICS restored = ROW_COUNT;
+        EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars_legacy
+                                              EXCEPT ALL SELECT %1$s FROM price_bars WHERE is_legacy) d', cols)
+            INTO missing;
+        IF restored <> archived OR missing <> 0 THEN
+            RAISE EXCEPTION 'restore_legacy: restored % of % archived bars (% differ); nothing changed', restored, archived, missing
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        DELETE FROM price_bars_legacy;
+    END IF;
+    IF coalesce(undelete, true) THEN
+        UPDATE price_bars SET deleted_at = NULL WHERE is_legacy AND deleted_at IS NOT NULL;
+        GET DIAGNOSTICS undeleted = ROW_COUNT;
+    END IF;
+    RAISE NOTICE 'restore_legacy: % bars back from the archive, % soft-deleted bars undeleted', restored, undeleted;
+    RETURN restored + undeleted;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, pg_temp
@@ -353,8 +460,9 @@ DECLARE
     n bigint;
 BEGIN
     FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('price_bars_legacy'), backup], NULL) LOOP
-        -- the archive may predate a column; then it holds no bar whole
-        IF NOT EXISTS (SELECT 1 FROM pg_attribute p
+        -- the archive may predate a column; then it holds no bar whole; and one that is no
+        -- permanent table of its own (a view, temporary, unlogged) holds none for good
+        IF is_real_copy(copy) AND NOT EXISTS (SELECT 1 FROM pg_attribute p
                        WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
                          AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = copy
                                          AND b.attname = p.attname AND NOT b.attisdropped)) THEN

@@ -40,10 +40,18 @@ pub fn age_problem(months: i32, days: i32, micros: i64) -> Option<String> {
 #[pg_extern(immutable, parallel_safe)]
 fn checked_bucket(bucket: Option<Interval>) -> Interval {
     let Some(b) = bucket else {
-        pgrx::error!("bucket must not be NULL (use '1 minute', '5 minutes', '1 hour', '1 day')");
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "bucket must not be NULL (use '1 minute', '5 minutes', '1 hour', '1 day')"
+        );
     };
     if let Some(problem) = bucket_problem(b.months(), b.days(), b.micros()) {
-        pgrx::error!("{problem} (got {})", b.to_iso_string());
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{problem} (got {})", b.to_iso_string())
+        );
     }
     b
 }
@@ -52,10 +60,18 @@ fn checked_bucket(bucket: Option<Interval>) -> Interval {
 #[pg_extern(immutable, parallel_safe)]
 fn checked_age(what: &str, age: Option<Interval>) -> Interval {
     let Some(a) = age else {
-        pgrx::error!("{what} must not be NULL");
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{what} must not be NULL")
+        );
     };
     if let Some(problem) = age_problem(a.months(), a.days(), a.micros()) {
-        pgrx::error!("{what} {problem} (got {})", a.to_iso_string());
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} {problem} (got {})", a.to_iso_string())
+        );
     }
     a
 }

@@ -162,6 +162,9 @@ struct Boundary {
 #[derive(Debug)]
 struct Group {
     ts: i64,
+    /// The `ord` given last to a trade of this instrument at `ts`: its trades there keep
+    /// their order whatever the stream around them does.
+    last_ord: Option<u32>,
     boundary: Option<Boundary>,
     lane: Option<(i64, Seen)>,
 }
@@ -232,8 +235,12 @@ pub struct Identity {
     outside: bool,
     /// The trade's place among this source's trades sharing its `ts_recv`, in delivery
     /// order: what orders a bar's open and close after `ts_recv`, across publishers too.
+    /// `stream_ts` is the latest `ts_recv` yet; `earlier` the next place at the `ts_recv`s
+    /// before it (a source may interleave instruments out of overall `ts_recv` order; each
+    /// instrument stays in order), the latest `EARLIER_KEPT` of them, ascending.
     stream_ts: i64,
     stream_pos: u32,
+    earlier: std::collections::VecDeque<(i64, u32)>,
     pub skipped: u64,
     pub skipped_before_position: u64,
     /// Sources whose trades this one found already counted, and how many.
@@ -263,6 +270,7 @@ impl Identity {
             outside: false,
             stream_ts: i64::MIN,
             stream_pos: 0,
+            earlier: std::collections::VecDeque::new(),
             skipped: 0,
             skipped_before_position: 0,
             overlaps: BTreeMap::new(),
@@ -297,12 +305,39 @@ impl Identity {
 
     /// The trade's place in the stream among the source's trades sharing its `ts_recv`.
     fn stream_position(&mut self, ts: i64) -> u32 {
+        const EARLIER_KEPT: usize = 4096;
         if ts == self.stream_ts {
             self.stream_pos += 1;
-        } else {
-            (self.stream_ts, self.stream_pos) = (ts, 0);
+            return self.stream_pos;
         }
-        self.stream_pos
+        if ts > self.stream_ts {
+            if self.stream_ts != i64::MIN {
+                self.earlier
+                    .push_back((self.stream_ts, self.stream_pos + 1));
+                if self.earlier.len() > EARLIER_KEPT {
+                    self.earlier.pop_front();
+                }
+            }
+            (self.stream_ts, self.stream_pos) = (ts, 0);
+            return 0;
+        }
+        match self.earlier.binary_search_by_key(&ts, |e| e.0) {
+            Ok(i) => {
+                let next = &mut self.earlier[i].1;
+                *next += 1;
+                *next - 1
+            }
+            Err(i) => {
+                self.earlier.insert(i, (ts, 1));
+                0
+            }
+        }
+    }
+
+    /// A trade the source delivers that trade identity does not take (the rollup sets it
+    /// aside): it only holds its place in the stream. Returns its `ord`.
+    pub fn pass_by(&mut self, ev: &TradeEvent) -> u32 {
+        i64::try_from(ev.ts_recv).map_or(0, |ts| self.stream_position(ts))
     }
 
     /// Drops what is kept of minutes before `minute`: a live stream in `ts_recv` order never
@@ -354,7 +389,7 @@ impl Identity {
         if !self.within_reading(ts) {
             return Ok(()); // the source fails at take_changes; only its range is still wanted
         }
-        let ord = self.stream_position(ts);
+        let position = self.stream_position(ts);
         let at = Instrument {
             publisher: ev.publisher_id,
             instrument: ev.instrument_id,
@@ -372,11 +407,20 @@ impl Identity {
             self.close_group(at, stage)?;
             let group = self.groups.entry(at).or_insert(Group {
                 ts,
+                last_ord: None,
                 boundary: None,
                 lane: None,
             });
-            group.ts = ts;
+            (group.ts, group.last_ord) = (ts, None);
         }
+        let Some(group) = self.groups.get_mut(&at) else {
+            return Ok(());
+        };
+        let ord = match group.last_ord {
+            Some(last) if position <= last => last + 1,
+            _ => position,
+        };
+        group.last_ord = Some(ord);
         let minute = ts.div_euclid(NS_PER_MINUTE);
         let fp = fingerprint(ts, ev.sequence, ev.price, ev.size);
         let place = self.place(at, minute, ts);

@@ -265,8 +265,14 @@ pub fn trades_of(path: &Path) -> Vec<(String, OracleTrade)> {
         let Some((hd, ts_recv, sequence, price, size)) = t else {
             continue;
         };
+        // the mapping of the UTC date of the record's index time, ts_recv (dbn's get_for_rec)
+        let index_ts = if ts_recv == u64::MAX {
+            hd.ts_event
+        } else {
+            ts_recv
+        };
         let symbol = symbols
-            .get_for_ts(hd.ts_event, hd.instrument_id)
+            .get_for_ts(index_ts, hd.instrument_id)
             .cloned()
             .unwrap_or_default();
         out.push((

@@ -336,3 +336,144 @@ fn the_feeder_and_reader_roles_see_the_rollup_status() {
         assert_eq!(staged, 1, "{role}");
     }
 }
+
+#[test]
+fn an_archive_that_is_no_permanent_table_of_its_own_protects_nothing() {
+    for (archive, kind) in [
+        (
+            "CREATE VIEW price_bars_legacy AS SELECT * FROM price_bars WHERE is_legacy",
+            "view",
+        ),
+        (
+            "CREATE TEMP TABLE price_bars_legacy AS SELECT * FROM price_bars WHERE is_legacy",
+            "temporary",
+        ),
+        (
+            "CREATE UNLOGGED TABLE price_bars_legacy AS SELECT * FROM price_bars WHERE is_legacy",
+            "unlogged",
+        ),
+    ] {
+        let db = legacy_db("guard_archive");
+        let mut c = connect(&db);
+        c.batch_execute(archive).expect(archive);
+        c.batch_execute("SELECT soft_delete_legacy()")
+            .expect("soft delete");
+        for call in [
+            "SELECT hard_delete_legacy()",
+            "SELECT purge_deleted('0 seconds')",
+        ] {
+            let mut tx = c.transaction().expect("tx");
+            let err = tx.batch_execute(call).expect_err(call);
+            assert_eq!(
+                sqlstate(&err),
+                Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+                "{kind}: {call}: {}",
+                message(&err)
+            );
+            assert!(
+                message(&err).contains("3 legacy bars are held whole"),
+                "{}",
+                message(&err)
+            );
+            tx.rollback().expect("rollback");
+        }
+        // and archive_legacy() does not move bars into it
+        let err = c
+            .batch_execute("SELECT archive_legacy()")
+            .expect_err("archiving into it");
+        assert_eq!(
+            sqlstate(&err),
+            Some(&SqlState::INVALID_PARAMETER_VALUE),
+            "{kind}"
+        );
+        assert!(message(&err).contains(kind), "{kind}: {}", message(&err));
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM ONLY price_bars WHERE is_legacy"),
+            3,
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn a_backup_that_is_a_child_of_price_bars_is_no_copy() {
+    let db = legacy_db("guard_child");
+    let mut c = connect(&db);
+    c.batch_execute("CREATE TABLE bk () INHERITS (price_bars)")
+        .expect("child");
+    let err = c
+        .batch_execute("SELECT hard_delete_legacy('bk')")
+        .expect_err("a child of price_bars");
+    assert_eq!(sqlstate(&err), Some(&SqlState::INVALID_PARAMETER_VALUE));
+    assert!(
+        message(&err).contains("price_bars itself"),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        3
+    );
+}
+
+#[test]
+fn argument_errors_carry_their_sqlstate() {
+    let db = legacy_db("guard_args");
+    let mut c = connect(&db);
+    for (call, state) in [
+        (
+            "SELECT purge_deleted(NULL)",
+            SqlState::NULL_VALUE_NOT_ALLOWED,
+        ),
+        (
+            "SELECT purge_deleted('-1 day')",
+            SqlState::INVALID_PARAMETER_VALUE,
+        ),
+        (
+            "SELECT * FROM migration_coverage(NULL)",
+            SqlState::NULL_VALUE_NOT_ALLOWED,
+        ),
+        (
+            "SELECT * FROM migration_coverage('-1 day')",
+            SqlState::INVALID_PARAMETER_VALUE,
+        ),
+        (
+            "SELECT * FROM bars('WGRX', now() - interval '1 day', now(), bucket => '7 seconds')",
+            SqlState::INVALID_PARAMETER_VALUE,
+        ),
+        (
+            "SELECT * FROM bars('WGRX', now() - interval '1 day', now(), bucket => NULL)",
+            SqlState::NULL_VALUE_NOT_ALLOWED,
+        ),
+    ] {
+        let err = c.batch_execute(call).expect_err(call);
+        assert_eq!(sqlstate(&err), Some(&state), "{call}: {}", message(&err));
+    }
+}
+
+#[test]
+fn after_a_rollback_nothing_is_refused_for_identity_pruned_before_it() {
+    let file = generate("guard-horizon.dbn.zst", 3, 3000, 103);
+    let db = fresh_db("guard_horizon", "");
+    let replay = |extra: &[&str]| {
+        let f = file.display().to_string();
+        let mut args = vec!["replay", f.as_str(), "--rollup"];
+        args.extend_from_slice(extra);
+        feeder(&args, Some(&db))
+    };
+    assert!(replay(&[]).status.success());
+    let bars = stored_bars(&db);
+    let mut c = connect(&db);
+    c.batch_execute("SELECT set_identity_retention('1 hour'); SELECT prune_trade_identity()")
+        .expect("prune");
+    let refused = replay(&[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    c.batch_execute("SELECT rollback_trades()")
+        .expect("rollback");
+    for _ in 0..2 {
+        let out = replay(&[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(stored_bars(&db), bars);
+    assert_eq!(stored_bars(&db), oracle(&file));
+}

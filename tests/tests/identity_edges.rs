@@ -129,73 +129,249 @@ fn trades_without_a_symbol_mapping_count_once_the_mapping_comes() {
     );
 }
 
-#[test]
-fn trades_of_two_publishers_sharing_a_ts_recv_keep_the_stream_order() {
+/// One trade of a hand-made file: publisher, instrument, ts_event, ts_recv, price in cents, size.
+type Made = (u16, u32, u64, u64, i64, u32);
+
+/// A TRADES file of `trades` in the order given, with `mappings`: (symbol, instrument, first
+/// UTC day, day after the last).
+fn made_file(
+    name: &str,
+    mappings: &[(&str, u32, time::Date, time::Date)],
+    trades: &[Made],
+) -> std::path::PathBuf {
     use dbn::{MappingInterval, RecordHeader, SType, Schema, SymbolMapping};
-    let t0: u64 = 1_761_316_200_000_000_000; // 2025-10-24 14:30 UTC
-    let day = time::macros::date!(2025 - 10 - 24);
+    let first = trades.iter().map(|t| t.3).min().unwrap_or(0);
+    let last = trades.iter().map(|t| t.3).max().unwrap_or(0);
     let metadata = Metadata::builder()
         .dataset("EQUS.MINI".to_string())
         .schema(Some(Schema::Trades))
-        .start(t0)
-        .end(std::num::NonZeroU64::new(t0 + 60_000_000_000))
+        .start(first)
+        .end(std::num::NonZeroU64::new(last + 1))
         .stype_in(Some(SType::RawSymbol))
         .stype_out(SType::InstrumentId)
-        .mappings(vec![SymbolMapping {
-            raw_symbol: "XYZ".to_string(),
-            intervals: vec![MappingInterval {
-                start_date: day,
-                end_date: day.next_day().expect("a day"),
-                symbol: "1".into(),
-            }],
-        }])
+        .mappings(
+            mappings
+                .iter()
+                .map(|(symbol, instrument, from, to)| SymbolMapping {
+                    raw_symbol: symbol.to_string(),
+                    intervals: vec![MappingInterval {
+                        start_date: *from,
+                        end_date: *to,
+                        symbol: instrument.to_string(),
+                    }],
+                })
+                .collect(),
+        )
         .build();
-    // (publisher, ts_recv offset, price in cents, size), in stream order: at both shared
-    // ts_recv the stream puts the higher publisher first
-    let stream = [
-        (2u16, 1_000u64, 10_100i64, 1u32),
-        (1, 1_000, 10_000, 2),
-        (1, 5_000, 10_300, 5),
-        (2, 9_000, 10_600, 3),
-        (1, 9_000, 10_500, 4),
-    ];
-    let path = scratch("edge-publishers.dbn");
-    {
-        let file = std::fs::File::create(&path).expect("create");
-        let mut encoder = dbn::encode::dbn::Encoder::new(file, &metadata).expect("encoder");
-        for (i, (publisher, recv, cents, size)) in stream.into_iter().enumerate() {
-            let trade = TradeMsg {
-                hd: RecordHeader::new::<TradeMsg>(dbn::rtype::MBP_0, publisher, 1, t0 + recv - 500),
-                price: cents * 10_000_000,
-                size,
-                action: b'T' as std::ffi::c_char,
-                side: b'B' as std::ffi::c_char,
-                ts_recv: t0 + recv,
-                sequence: 100 + i as u32,
-                ..Default::default()
-            };
-            encoder.encode_record(&trade).expect("encoding");
-        }
-        encoder.flush().expect("flushing");
+    let path = scratch(name);
+    let file = std::fs::File::create(&path).expect("create");
+    let mut encoder = dbn::encode::dbn::Encoder::new(file, &metadata).expect("encoder");
+    for (i, (publisher, instrument, ts_event, ts_recv, cents, size)) in trades.iter().enumerate() {
+        let trade = TradeMsg {
+            hd: RecordHeader::new::<TradeMsg>(
+                dbn::rtype::MBP_0,
+                *publisher,
+                *instrument,
+                *ts_event,
+            ),
+            price: cents * 10_000_000,
+            size: *size,
+            action: b'T' as std::ffi::c_char,
+            side: b'B' as std::ffi::c_char,
+            ts_recv: *ts_recv,
+            sequence: 100 + i as u32,
+            ..Default::default()
+        };
+        encoder.encode_record(&trade).expect("encoding");
     }
+    encoder.flush().expect("flushing");
+    path
+}
+
+const T0: u64 = 1_761_316_200_000_000_000; // 2025-10-24 14:30 UTC
+const DAY0: time::Date = time::macros::date!(2025 - 10 - 24);
+
+fn day_after(d: time::Date) -> time::Date {
+    d.next_day().expect("a day")
+}
+
+/// The bar of `symbol` in the UTC minute starting at `ts` (ns).
+fn bar_at(db: &str, symbol: &str, ts: u64) -> Option<BarVal> {
+    stored_bars(db)
+        .get(&(symbol.to_string(), (ts / 60_000_000_000 * 60) as i64))
+        .copied()
+}
+
+/// Dollars as the oracle's fixed-point prices.
+fn px(dollars: i64) -> i64 {
+    dollars * 1_000_000_000
+}
+
+#[test]
+fn trades_of_two_publishers_sharing_a_ts_recv_keep_the_stream_order() {
+    // at both shared ts_recv the stream puts the higher publisher first
+    let path = made_file(
+        "edge-publishers.dbn",
+        &[("XYZ", 1, DAY0, day_after(DAY0))],
+        &[
+            (2, 1, T0 + 500, T0 + 1_000, 10_100, 1),
+            (1, 1, T0 + 500, T0 + 1_000, 10_000, 2),
+            (1, 1, T0 + 4_500, T0 + 5_000, 10_300, 5),
+            (2, 1, T0 + 8_500, T0 + 9_000, 10_600, 3),
+            (1, 1, T0 + 8_500, T0 + 9_000, 10_500, 4),
+        ],
+    );
     let db = fresh_db("edge_publishers", "");
     replay(&db, &path);
-    let bars = stored_bars(&db);
-    assert_eq!(bars, oracle(&path));
-    let minute = (t0 / 1_000_000_000) as i64;
+    assert_eq!(stored_bars(&db), oracle(&path));
     assert_eq!(
-        bars.get(&("XYZ".to_string(), minute)),
-        Some(&(
-            101_000_000_000,
-            106_000_000_000,
-            100_000_000_000,
-            105_000_000_000,
-            15,
-            5
-        )),
+        bar_at(&db, "XYZ", T0),
+        Some((px(101), px(106), px(100), px(105), 15, 5)),
         "open: the first trade in the stream (publisher 2); close: the last (publisher 1)"
     );
     let out = replay(&db, &path);
     assert!(out.contains("5 trades already counted"), "{out}");
-    assert_eq!(stored_bars(&db), bars);
+    assert_eq!(
+        bar_at(&db, "XYZ", T0),
+        Some((px(101), px(106), px(100), px(105), 15, 5))
+    );
+}
+
+#[test]
+fn a_file_that_interleaves_instruments_out_of_overall_order_keeps_each_group_in_order() {
+    // AAA at 5 us twice (105 first), with BBB at 3 us between: each instrument is in
+    // ts_recv order, the file as a whole is not
+    let path = made_file(
+        "edge-interleaved.dbn",
+        &[
+            ("AAA", 1, DAY0, day_after(DAY0)),
+            ("BBB", 2, DAY0, day_after(DAY0)),
+        ],
+        &[
+            (1, 1, T0 + 4_000, T0 + 5_000, 10_500, 1),
+            (1, 2, T0 + 2_000, T0 + 3_000, 5_000, 1),
+            (1, 1, T0 + 4_000, T0 + 5_000, 10_000, 2),
+            (1, 1, T0 + 8_000, T0 + 9_000, 10_200, 3),
+        ],
+    );
+    let db = fresh_db("edge_interleaved", "");
+    replay(&db, &path);
+    assert_eq!(stored_bars(&db), oracle(&path));
+    assert_eq!(
+        bar_at(&db, "AAA", T0),
+        Some((px(105), px(105), px(100), px(102), 6, 3))
+    );
+}
+
+#[test]
+fn a_trade_executed_before_midnight_and_received_after_takes_the_mapping_of_its_ts_recv() {
+    let midnight: u64 = 1_761_350_400_000_000_000; // 2025-10-25 00:00 UTC
+    let day1 = day_after(DAY0);
+    let trades = [
+        (1, 1, midnight + 5_000, midnight + 10_000, 10_000, 1),
+        (
+            1,
+            1,
+            midnight - 40_000_000,
+            midnight + 20_000_000,
+            10_100,
+            2,
+        ), // executed 10-24
+        (
+            1,
+            1,
+            midnight + 25_000_000,
+            midnight + 30_000_000,
+            10_200,
+            3,
+        ),
+    ];
+    // the day file of 10-25 maps 10-25 only, as Databento's does; another maps both days
+    let day_file = made_file(
+        "edge-midnight-day.dbn",
+        &[("NVDA", 1, day1, day_after(day1))],
+        &trades,
+    );
+    let both_days = made_file(
+        "edge-midnight-both.dbn",
+        &[("NVDA", 1, DAY0, day_after(day1))],
+        &trades,
+    );
+    let db = fresh_db("edge_midnight", "");
+    replay(&db, &day_file);
+    assert_eq!(
+        bar_at(&db, "NVDA", midnight),
+        Some((px(100), px(102), px(100), px(102), 6, 3))
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_rejected"), 0);
+    let out = replay(&db, &both_days);
+    assert!(out.contains("3 trades already counted"), "{out}");
+    assert_eq!(
+        bar_at(&db, "NVDA", midnight),
+        Some((px(100), px(102), px(100), px(102), 6, 3))
+    );
+}
+
+#[test]
+fn a_trade_unmapped_in_one_source_keeps_its_place_among_those_sharing_its_ts_recv() {
+    // X (instrument 2, 105) and Y (instrument 1, 100) share a ts_recv, X first; both are
+    // symbol S, but the first file maps only instrument 1
+    let trades = [
+        (1, 2, T0 + 500, T0 + 1_000, 10_500, 1),
+        (1, 1, T0 + 600, T0 + 1_000, 10_000, 2),
+        (1, 1, T0 + 2_000, T0 + 3_000, 10_100, 3),
+    ];
+    let partial = made_file(
+        "edge-place-partial.dbn",
+        &[("S", 1, DAY0, day_after(DAY0))],
+        &trades,
+    );
+    let full = made_file(
+        "edge-place-full.dbn",
+        &[
+            ("S", 1, DAY0, day_after(DAY0)),
+            ("S", 2, DAY0, day_after(DAY0)),
+        ],
+        &trades,
+    );
+    let db = fresh_db("edge_place", "");
+    replay(&db, &partial);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM trades_rejected WHERE reason = 'no symbol mapping'"
+        ),
+        1
+    );
+    let out = replay(&db, &full);
+    assert!(out.contains("2 trades already counted"), "{out}");
+    assert_eq!(stored_bars(&db), oracle(&full));
+    assert_eq!(
+        bar_at(&db, "S", T0),
+        Some((px(105), px(105), px(100), px(101), 6, 3))
+    );
+}
+
+#[test]
+fn a_trade_stamped_in_the_future_is_set_aside_and_kept_out_of_identity() {
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).expect("now");
+    let later = (now + 3 * 86_400) * 1_000_000_000;
+    let today = time::OffsetDateTime::now_utc().date();
+    let path = made_file(
+        "edge-future.dbn",
+        &[("FUT", 1, today, today + time::Duration::days(5))],
+        &[(1, 1, later - 1_000, later, 10_000, 1)],
+    );
+    let db = fresh_db("edge_future", "");
+    replay(&db, &path);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM trades_rejected WHERE reason = 'ts_recv out of range'"
+        ),
+        1
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trade_coverage"), 0);
+    let out = replay(&db, &path);
+    assert!(!out.contains("already counted"), "{out}");
 }

@@ -63,15 +63,24 @@ pub struct RowEncoder {
     /// Wrapping sum of every trade's fingerprint: with the count, the content's name in the
     /// ingest ledger, whatever the file's DBN version, compression or schema.
     content: i64,
+    /// The `ts_recv` range (ns) the rollup counts: from 1980 to a day past now, as
+    /// `bars_rollup()` bounds it. A trade outside is set aside by the rollup, so it is kept out
+    /// of trade identity, or it could never count once its time became plausible.
+    plausible: std::ops::Range<i64>,
 }
 
 impl RowEncoder {
     pub fn new(identity: Identity) -> Self {
+        let now_minute = time::OffsetDateTime::now_utc()
+            .unix_timestamp()
+            .div_euclid(60);
         Self {
             rows: BytesMut::new(),
             summary: Summary::default(),
             identity,
             content: 0,
+            plausible: 315_532_800 * 1_000_000_000
+                ..(now_minute + 24 * 60).saturating_mul(crate::identity::NS_PER_MINUTE),
         }
     }
 
@@ -96,10 +105,15 @@ impl RowEncoder {
             ev.size,
         ));
         let (rows, summary) = (&mut self.rows, &mut self.summary);
-        if symbols.get_for_ts(ev.ts_event, ev.instrument_id).is_none() {
-            // Staged for the rollup to set aside ('no symbol mapping'), but not taken into
-            // trade identity: a load of the same trades with their mapping counts them.
-            encode(rows, summary, symbols, ev, 0);
+        let counted_by_rollup = symbol_of(symbols, &ev).is_some()
+            && i64::try_from(ev.ts_recv).is_ok_and(|ts| self.plausible.contains(&ts));
+        if !counted_by_rollup {
+            // Staged for the rollup to set aside ('no symbol mapping', 'ts_recv out of
+            // range'), but not taken into trade identity: a load of the same trades with their
+            // mapping, or once their time is plausible, counts them. They keep their place in
+            // the stream, so the trades around them are ordered alike by every source.
+            let ord = self.identity.pass_by(&ev);
+            encode(rows, summary, symbols, ev, ord);
             return Ok(None);
         }
         self.identity
@@ -138,13 +152,22 @@ fn encode(
     ev: TradeEvent,
     ord: u32,
 ) {
-    let symbol = symbols
-        .get_for_ts(ev.ts_event, ev.instrument_id)
-        .map(String::as_str)
-        .unwrap_or("");
+    let symbol = symbol_of(symbols, &ev).unwrap_or("");
     if symbol.is_empty() {
         summary.unmapped_trades += 1;
     }
     summary.staged += 1;
     copy::encode_trade(rows, &ev.with_symbol(symbol), ord);
+}
+
+/// The symbol of a trade: the mapping in force on the UTC date of its index time, `ts_recv`
+/// (as dbn's `TsSymbolMap::get_for_rec` and Databento's symbology take it), or of `ts_event`
+/// where `ts_recv` is undefined.
+fn symbol_of<'a>(symbols: &'a TsSymbolMap, ev: &TradeEvent) -> Option<&'a str> {
+    let at = if ev.ts_recv == u64::MAX {
+        ev.ts_event
+    } else {
+        ev.ts_recv
+    };
+    symbols.get_for_ts(at, ev.instrument_id).map(String::as_str)
 }
