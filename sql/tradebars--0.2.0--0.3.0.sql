@@ -255,7 +255,8 @@ BEGIN
     -- make it forget under its feet: stop it first.
     IF EXISTS (SELECT 1 FROM pg_locks
                WHERE locktype = 'advisory' AND granted AND classid = 29794 AND objid = 3
-                 AND objsubid = 2 AND pid <> pg_backend_pid()) THEN
+                 AND objsubid = 2 AND pid <> pg_backend_pid()
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) THEN
         RAISE EXCEPTION 'rollback_trades: a feeder is running on this database (it holds the feeder lock)'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'stop tradebars-feeder (live, replay or backfill), then roll back, then start it again';
@@ -681,29 +682,121 @@ END
 $do$;
 
 ALTER TYPE bar ADD ATTRIBUTE clock text;
-CREATE OR REPLACE FUNCTION bars(
+-- Time zones, sessions and gap fill (sql/bars.sql): bars() takes tz, origin, session and fill.
+ALTER TYPE bar ADD ATTRIBUTE filled boolean;
+DROP FUNCTION bars(text, timestamptz, timestamptz, boolean, interval, boolean);
+
+-- The start of the bucket that holds `ts`: the local day (from `origin`) in `tz`, then whole
+-- steps of elapsed time from its start. See the top of this file.
+CREATE FUNCTION bar_bucket(ts timestamptz, step interval, tz text, origin interval)
+    RETURNS timestamptz
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = @extschema@, pg_temp
+RETURN (
+    SELECT CASE WHEN step = interval '1 day' THEN d.day_start
+                ELSE d.day_start + floor(extract(epoch FROM ts - d.day_start)
+                                         / extract(epoch FROM step))::bigint * step END
+    FROM (SELECT (date_trunc('day', (ts AT TIME ZONE tz) - origin) + origin) AT TIME ZONE tz
+                 AS day_start) d
+);
+
+-- A session such as '09:30-16:00' as its local open and close times; NULL: the whole day.
+CREATE FUNCTION bar_session(session text, OUT opens time, OUT closes time)
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    IF session IS NULL THEN
+        RETURN;
+    END IF;
+    IF session !~ '^\d{2}:\d{2}-\d{2}:\d{2}$' THEN
+        RAISE EXCEPTION 'bars: session must look like ''09:30-16:00'' (local open-close), not %', quote_literal(session)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    BEGIN
+        opens := split_part(session, '-', 1)::time;
+        closes := split_part(session, '-', 2)::time;
+    EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+        RAISE EXCEPTION 'bars: session % holds a time that does not exist', quote_literal(session)
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+    IF opens >= closes THEN
+        RAISE EXCEPTION 'bars: session % closes before it opens', quote_literal(session)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$fn$;
+
+CREATE FUNCTION bars(
     symbol text,
     start timestamptz,
     "end" timestamptz,
     include_legacy boolean DEFAULT false,
     bucket interval DEFAULT '1 minute',
-    include_deleted boolean DEFAULT false
+    include_deleted boolean DEFAULT false,
+    tz text DEFAULT 'UTC',
+    origin interval DEFAULT '0',
+    session text DEFAULT NULL,
+    fill text DEFAULT 'none'
 ) RETURNS SETOF bar
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = @extschema@, pg_temp
 AS $fn$
 DECLARE
     step interval := checked_bucket(bucket);
+    hours record;
+    -- UTC and no origin: date_bin from 2000-01-01, exactly as before time zones came
+    plain boolean;
+    seed numeric;
+    first_minute timestamptz;
 BEGIN
-    IF bars.symbol IS NULL OR bars.start IS NULL OR bars."end" IS NULL THEN
-        RAISE EXCEPTION 'bars: symbol, start and end must not be NULL'
+    SELECT * INTO hours FROM bar_session(bars.session);
+    IF bars.symbol IS NULL OR bars.start IS NULL OR bars."end" IS NULL OR bars.tz IS NULL
+       OR bars.origin IS NULL OR bars.fill IS NULL THEN
+        RAISE EXCEPTION 'bars: symbol, start, end, tz, origin and fill must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF bars."end" < bars.start THEN
         RAISE EXCEPTION 'bars: end (%) is before start (%)', bars."end", bars.start
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF bars.fill NOT IN ('none', 'null', 'previous') THEN
+        RAISE EXCEPTION 'bars: fill must be ''none'', ''null'' or ''previous'', not %', quote_literal(bars.fill)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF bars.origin < interval '0' OR bars.origin >= interval '1 day'
+       OR extract(month FROM bars.origin) <> 0 OR extract(day FROM bars.origin) <> 0 THEN
+        RAISE EXCEPTION 'bars: origin is an offset from local midnight, from 0 to less than a day, not %', bars.origin
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM now() AT TIME ZONE bars.tz;  -- an unknown time zone: 22023 here, not mid-query
+    plain := bars.tz = 'UTC' AND bars.origin = interval '0';
+    IF NOT plain AND (86400 % extract(epoch FROM step)::bigint) <> 0 THEN
+        RAISE EXCEPTION 'bars: with tz or origin, bucket must divide a day (1, 5, 15 or 30 minutes, 1, 2 or 4 hours, 1 day ...), not %', step
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM require_price_bars_ready('bars');
+    -- the first whole minute in the range: minute bars start on the minute
+    first_minute := date_bin(interval '1 minute', bars.start - interval '1 microsecond',
+                             TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 minute';
+    IF bars.fill <> 'none' THEN
+        -- the close before the range (in the session), carried into its first empty buckets;
+        -- without one, no empty bucket comes before the first bar
+        SELECT p.close INTO seed
+        FROM price_bars p
+        WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
+          AND (coalesce(bars.include_legacy, false)
+               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+          AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
+          AND (hours.opens IS NULL
+               OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
+                   AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
+        ORDER BY p."timestamp" DESC,
+                 CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
+                      WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
+                 p.data_source
+        LIMIT 1;
+    END IF;
     RETURN QUERY
     WITH minute_bars AS (
         SELECT DISTINCT ON (p."timestamp")
@@ -716,31 +809,81 @@ BEGIN
           AND (coalesce(bars.include_legacy, false)
                OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
+          AND (hours.opens IS NULL
+               OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
+                   AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
         -- trades bars first, then the old scanner's, then legacy
         ORDER BY p."timestamp",
                  CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
                       WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
                  p.data_source
+    ),
+    buckets AS (
+        SELECT CASE WHEN plain THEN date_bin(step, m."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                    ELSE bar_bucket(m."timestamp", step, bars.tz, bars.origin) END AS t,
+               (array_agg(m.open ORDER BY m."timestamp"))[1] AS open,
+               max(m.high) AS high,
+               min(m.low) AS low,
+               (array_agg(m.close ORDER BY m."timestamp" DESC))[1] AS close,
+               sum(m.volume)::bigint AS volume,
+               sum(m.trade_count)::bigint AS trade_count,
+               trim_scale(round(sum(m.notional) / nullif(sum(m.volume) FILTER (WHERE m.notional IS NOT NULL), 0), 9)) AS vwap,
+               CASE WHEN count(DISTINCT m.data_source) <= 1 THEN min(m.data_source) ELSE 'mixed' END AS data_source,
+               bool_or(m.legacy) AS legacy
+        FROM minute_bars m
+        GROUP BY 1
+    ),
+    -- With fill: every bucket of the range (in the session), as the minutes in it are
+    -- bucketed; candidates close enough that no bucket is missed (a session cuts buckets at
+    -- any minute, so then every minute).
+    every_bucket AS (
+        SELECT DISTINCT CASE WHEN plain THEN date_bin(step, g, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                             ELSE bar_bucket(g, step, bars.tz, bars.origin) END AS t
+        FROM (SELECT generate_series(first_minute, bars."end" - interval '1 microsecond',
+                                     CASE WHEN hours.opens IS NOT NULL THEN interval '1 minute'
+                                          ELSE least(step, interval '1 hour') END)
+              UNION ALL  -- the last minute, whose bucket the steps may pass over
+              SELECT date_bin(interval '1 minute', bars."end" - interval '1 microsecond',
+                              TIMESTAMPTZ '2000-01-01 00:00:00+00')) AS c(g)
+        WHERE bars.fill <> 'none' AND g >= first_minute AND g < bars."end"
+          AND (hours.opens IS NULL
+               OR ((g AT TIME ZONE bars.tz)::time >= hours.opens
+                   AND (g AT TIME ZONE bars.tz)::time < hours.closes))
+    ),
+    gridded AS (
+        SELECT e.t, b.open, b.high, b.low, b.close, b.volume, b.trade_count, b.vwap,
+               b.data_source, b.legacy,
+               -- how many real buckets up to here: the empty ones after a real one share its count
+               count(b.t) OVER (ORDER BY e.t) AS run
+        FROM every_bucket e LEFT JOIN buckets b ON b.t = e.t
+    ),
+    filled AS (
+        SELECT g.t, g.open, g.high, g.low, g.close, g.volume, g.trade_count, g.vwap,
+               g.data_source, g.legacy, g.open IS NULL AS is_fill,
+               CASE WHEN g.run = 0 THEN seed
+                    ELSE first_value(g.close) OVER (PARTITION BY g.run ORDER BY g.t) END AS previous
+        FROM gridded g
     )
-    SELECT bars.symbol,
-           date_bin(step, m."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
-           (array_agg(m.open ORDER BY m."timestamp"))[1],
-           max(m.high),
-           min(m.low),
-           (array_agg(m.close ORDER BY m."timestamp" DESC))[1],
-           sum(m.volume)::bigint,
-           sum(m.trade_count)::bigint,
-           trim_scale(round(sum(m.notional) / nullif(sum(m.volume) FILTER (WHERE m.notional IS NOT NULL), 0), 9)),
-           CASE WHEN count(DISTINCT m.data_source) <= 1 THEN min(m.data_source) ELSE 'mixed' END,
-           bool_or(m.legacy),
-           bar_clock()
-    FROM minute_bars m
-    GROUP BY t
-    ORDER BY t;
+    SELECT bars.symbol, b.t, b.open, b.high, b.low, b.close, b.volume, b.trade_count, b.vwap,
+           b.data_source, b.legacy, bar_clock(), false
+    FROM buckets b
+    WHERE bars.fill = 'none'
+    UNION ALL
+    SELECT bars.symbol, f.t,
+           CASE WHEN NOT f.is_fill THEN f.open WHEN bars.fill = 'previous' THEN f.previous END,
+           CASE WHEN NOT f.is_fill THEN f.high WHEN bars.fill = 'previous' THEN f.previous END,
+           CASE WHEN NOT f.is_fill THEN f.low WHEN bars.fill = 'previous' THEN f.previous END,
+           CASE WHEN NOT f.is_fill THEN f.close WHEN bars.fill = 'previous' THEN f.previous END,
+           coalesce(f.volume, 0), coalesce(f.trade_count, 0), f.vwap,
+           f.data_source, coalesce(f.legacy, false), bar_clock(), f.is_fill
+    FROM filled f
+    -- never a bar before the symbol's first trade: an empty bucket needs a close before it
+    WHERE bars.fill <> 'none' AND (NOT f.is_fill OR f.previous IS NOT NULL)
+    ORDER BY 2;
 END
 $fn$;
-COMMENT ON FUNCTION bars(text, timestamptz, timestamptz, boolean, interval, boolean) IS
-    'tradebars: bars of one symbol in [start, end): trades bars win over legacy bars; bucket from 1 minute to 1 day';
+COMMENT ON FUNCTION bars(text, timestamptz, timestamptz, boolean, interval, boolean, text, interval, text, text) IS
+    'tradebars: bars of one symbol in [start, end): trades bars win over legacy bars; bucket from 1 minute to 1 day, in tz from origin, within session, gaps filled as asked';
 
 DROP FUNCTION migration_status();
 CREATE FUNCTION migration_status()

@@ -78,7 +78,8 @@ async fn print_status(client: &Client) -> Result<(), FeederError> {
         "SELECT pid, host, mode, started_at, last_seen, trades_received, trades_written, reconnects,
                 errors, coalesce(last_error, '') AS last_error,
                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
-                   AND classid = 29794 AND objid = 3 AND objsubid = 2) AS running
+                   AND classid = 29794 AND objid = 3 AND objsubid = 2
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS running
          FROM feeder_status",
     )
     .await?;

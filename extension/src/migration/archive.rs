@@ -280,7 +280,8 @@ BEGIN
     -- make it forget under its feet: stop it first.
     IF EXISTS (SELECT 1 FROM pg_locks
                WHERE locktype = 'advisory' AND granted AND classid = 29794 AND objid = 3
-                 AND objsubid = 2 AND pid <> pg_backend_pid()) THEN
+                 AND objsubid = 2 AND pid <> pg_backend_pid()
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) THEN
         RAISE EXCEPTION 'rollback_trades: a feeder is running on this database (it holds the feeder lock)'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'stop tradebars-feeder (live, replay or backfill), then roll back, then start it again';

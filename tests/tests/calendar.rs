@@ -1,0 +1,453 @@
+//! bars() for charts: buckets in an exchange's time zone (both New York clock changes of
+//! 2025), a session on a half day, gap fill around a symbol's first and last trade, odd
+//! origins, and clear errors. Expected bars are computed here from the minute bars the test
+//! wrote, with New York's 2025 offsets written out by hand (EDT from 2025-03-09 07:00 UTC to
+//! 2025-11-02 06:00 UTC, EST otherwise), not by PostgreSQL's time zone code.
+
+use postgres::error::SqlState;
+use tradebars_tests::*;
+
+/// A minute bar: UTC epoch seconds, open, high, low, close (cents), volume.
+#[derive(Clone, Copy, Debug)]
+struct Minute {
+    at: i64,
+    open: i64,
+    high: i64,
+    low: i64,
+    close: i64,
+    volume: i64,
+}
+
+/// What bars() returns, in the same units: bucket start, open, high, low, close (cents or
+/// None), volume, trade count, filled.
+type Row = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+    bool,
+);
+
+/// Writes `minutes` of `symbol` as trades bars (trade_count 1 each).
+fn write(db: &str, symbol: &str, minutes: &[Minute]) {
+    let mut c = connect(db);
+    for m in minutes {
+        c.execute(
+            "INSERT INTO price_bars (symbol, \"timestamp\", open, high, low, close, volume, trade_count,
+                                     vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
+                                     is_legacy, data_source)
+             VALUES ($1, to_timestamp($2::float8), $3::bigint::numeric / 100, $4::bigint::numeric / 100, $5::bigint::numeric / 100,
+                     $6::bigint::numeric / 100, $7::bigint, 1, $6::bigint::numeric / 100, $6::bigint::numeric / 100 * $7::bigint,
+                     ($2::float8 * 1000000000)::bigint, 0, ($2::float8 * 1000000000)::bigint, 0, false, 'trades')",
+            &[&symbol, &(m.at as f64), &m.open, &m.high, &m.low, &m.close, &m.volume],
+        )
+        .expect("writing a minute bar");
+    }
+}
+
+fn query(db: &str, sql: &str) -> Vec<Row> {
+    connect(db)
+        .query(
+            &format!(
+                "SELECT extract(epoch FROM \"timestamp\")::bigint, (open * 100)::bigint, (high * 100)::bigint,
+                        (low * 100)::bigint, (close * 100)::bigint, volume, trade_count, filled
+                 FROM ({sql}) b"
+            ),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)))
+        .collect()
+}
+
+/// The bars of `minutes` grouped by `bucket_of` (a bucket's start for a minute), in order.
+fn expected(minutes: &[Minute], bucket_of: impl Fn(i64) -> i64) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    let mut sorted = minutes.to_vec();
+    sorted.sort_by_key(|m| m.at);
+    for m in sorted {
+        let t = bucket_of(m.at);
+        match out.last_mut() {
+            Some(r) if r.0 == t => {
+                r.2 = r.2.max(Some(m.high));
+                r.3 = r.3.min(Some(m.low));
+                r.4 = Some(m.close);
+                r.5 += m.volume;
+                r.6 += 1;
+            }
+            _ => out.push((
+                t,
+                Some(m.open),
+                Some(m.high),
+                Some(m.low),
+                Some(m.close),
+                m.volume,
+                1,
+                false,
+            )),
+        }
+    }
+    out
+}
+
+/// UTC epoch seconds of a UTC wall time.
+fn utc(y: i32, mo: u8, d: u8, h: u8, mi: u8) -> i64 {
+    let date = time::Date::from_calendar_date(y, time::Month::try_from(mo).expect("month"), d)
+        .expect("date");
+    date.with_hms(h, mi, 0)
+        .expect("time")
+        .assume_utc()
+        .unix_timestamp()
+}
+
+/// New York's UTC offset in seconds at a UTC instant of 2025.
+fn ny_offset(at: i64) -> i64 {
+    let edt = (utc(2025, 3, 9, 7, 0)..utc(2025, 11, 2, 6, 0)).contains(&at);
+    if edt {
+        -4 * 3600
+    } else {
+        -5 * 3600
+    }
+}
+
+/// The UTC start of the New York day that holds `at`: local midnight, whose own offset is
+/// that of the local date (the clock changes at 02:00, never at midnight).
+fn ny_day_start(at: i64) -> i64 {
+    let local_midnight = (at + ny_offset(at)).div_euclid(86_400) * 86_400;
+    let guess = local_midnight + 5 * 3600; // if EST at midnight
+    if ny_offset(guess) == -5 * 3600 && ny_offset(local_midnight + 4 * 3600) == -5 * 3600 {
+        guess
+    } else {
+        local_midnight + 4 * 3600
+    }
+}
+
+/// Local time of day in New York, in minutes.
+fn ny_minute_of_day(at: i64) -> i64 {
+    (at + ny_offset(at)).rem_euclid(86_400) / 60
+}
+
+fn hourly(from: i64, to: i64) -> Vec<Minute> {
+    (from..to)
+        .step_by(3600)
+        .enumerate()
+        .map(|(i, at)| {
+            let p = 10_000 + (i as i64 * 37) % 500;
+            Minute {
+                at,
+                open: p,
+                high: p + 20,
+                low: p - 15,
+                close: p + 5,
+                volume: 1 + i as i64 % 7,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn daily_and_hourly_bars_in_new_york_across_both_clock_changes() {
+    let db = fresh_db("calendar_dst", "");
+    for (from, to) in [
+        (utc(2025, 3, 7, 0, 0), utc(2025, 3, 12, 0, 0)),
+        (utc(2025, 10, 31, 0, 0), utc(2025, 11, 5, 0, 0)),
+    ] {
+        let minutes = hourly(from, to);
+        write(&db, "DST", &minutes);
+        let (start, end) = (ny_day_start(from + 86_400), ny_day_start(to - 86_400));
+        let inside: Vec<Minute> = minutes
+            .iter()
+            .copied()
+            .filter(|m| m.at >= start && m.at < end)
+            .collect();
+        let days = query(
+            &db,
+            &format!(
+                "SELECT * FROM bars('DST', to_timestamp({start}), to_timestamp({end}), bucket => '1 day', tz => 'America/New_York')"
+            ),
+        );
+        let want = expected(&inside, ny_day_start);
+        assert_eq!(days, want);
+        // the short and the long day
+        let lengths: Vec<i64> = days.iter().map(|r| r.6).collect();
+        eprintln!("calendar | New York days from {start}: hours per day {lengths:?}");
+        assert!(
+            lengths.contains(&23) || lengths.contains(&25),
+            "{lengths:?}"
+        );
+        // hourly buckets: one per elapsed hour, 23 or 25 on the changing day
+        let hours = query(
+            &db,
+            &format!(
+                "SELECT * FROM bars('DST', to_timestamp({start}), to_timestamp({end}), bucket => '1 hour', tz => 'America/New_York')"
+            ),
+        );
+        assert_eq!(hours, expected(&inside, |at| at - at.rem_euclid(3600)));
+    }
+    // the default stays UTC
+    let utc_days = query(
+        &db,
+        "SELECT * FROM bars('DST', '2025-11-01 00:00+00', '2025-11-04 00:00+00', bucket => '1 day')",
+    );
+    let all = hourly(utc(2025, 10, 31, 0, 0), utc(2025, 11, 5, 0, 0));
+    let inside: Vec<Minute> = all
+        .into_iter()
+        .filter(|m| m.at >= utc(2025, 11, 1, 0, 0) && m.at < utc(2025, 11, 4, 0, 0))
+        .collect();
+    assert_eq!(utc_days, expected(&inside, |at| at - at.rem_euclid(86_400)));
+}
+
+#[test]
+fn a_session_makes_the_daily_bar_the_session_s_even_on_a_half_day() {
+    let db = fresh_db("calendar_session", "");
+    // 2025-11-26 a full day, 2025-11-28 the half day after Thanksgiving (closes 13:00): minute
+    // bars from 09:00 to 16:30 local on the first, 09:00 to 13:00 on the second (EST)
+    let mut minutes = Vec::new();
+    for (day, close) in [(26u8, (16, 30)), (28u8, (13, 0))] {
+        let open = utc(2025, 11, day, 14, 0);
+        let last = utc(2025, 11, day, close.0 + 5, close.1);
+        for (i, at) in (open..last).step_by(60).enumerate() {
+            let p = 20_000 + (i as i64 * 13) % 300;
+            minutes.push(Minute {
+                at,
+                open: p,
+                high: p + 3,
+                low: p - 2,
+                close: p + 1,
+                volume: 100 + i as i64,
+            });
+        }
+    }
+    write(&db, "HALF", &minutes);
+    let in_session: Vec<Minute> = minutes
+        .iter()
+        .copied()
+        .filter(|m| (9 * 60 + 30..16 * 60).contains(&ny_minute_of_day(m.at)))
+        .collect();
+    let days = query(
+        &db,
+        "SELECT * FROM bars('HALF', '2025-11-26 00:00-05', '2025-11-29 00:00-05', bucket => '1 day',
+                            tz => 'America/New_York', session => '09:30-16:00')",
+    );
+    assert_eq!(days, expected(&in_session, ny_day_start));
+    assert_eq!(days.iter().map(|r| r.6).collect::<Vec<_>>(), vec![390, 210]);
+    eprintln!(
+        "calendar | session 09:30-16:00: {} minute bars on 11-26, {} on the half day 11-28",
+        days[0].6, days[1].6
+    );
+}
+
+#[test]
+fn fill_gives_every_empty_bucket_from_the_first_trade_on_and_never_before_it() {
+    let db = fresh_db("calendar_fill", "");
+    let m = |h, mi, p: i64, v| Minute {
+        at: utc(2025, 10, 24, h, mi),
+        open: p,
+        high: p + 2,
+        low: p - 1,
+        close: p + 1,
+        volume: v,
+    };
+    write(&db, "GAP", &[m(14, 32, 100, 5), m(14, 35, 110, 7)]);
+    let range = "'GAP', '2025-10-24 14:30+00', '2025-10-24 14:40+00'";
+    let prev = query(
+        &db,
+        &format!("SELECT * FROM bars({range}, fill => 'previous')"),
+    );
+    let at = |mi| utc(2025, 10, 24, 14, mi);
+    let filled = |mi, close| {
+        (
+            at(mi),
+            Some(close),
+            Some(close),
+            Some(close),
+            Some(close),
+            0,
+            0,
+            true,
+        )
+    };
+    let real = |mi, p: i64, v| {
+        (
+            at(mi),
+            Some(p),
+            Some(p + 2),
+            Some(p - 1),
+            Some(p + 1),
+            v,
+            1,
+            false,
+        )
+    };
+    let want = vec![
+        real(32, 100, 5),
+        filled(33, 101),
+        filled(34, 101),
+        real(35, 110, 7),
+        filled(36, 111),
+        filled(37, 111),
+        filled(38, 111),
+        filled(39, 111),
+    ];
+    assert_eq!(prev, want, "no bar before 14:32, the symbol's first trade");
+    for row in &prev {
+        eprintln!("calendar | fill previous | {row:?}");
+    }
+    // 'null' leaves the prices empty, same buckets
+    let null = query(&db, &format!("SELECT * FROM bars({range}, fill => 'null')"));
+    let null_want: Vec<Row> = want
+        .iter()
+        .map(|r| {
+            if r.7 {
+                (r.0, None, None, None, None, 0, 0, true)
+            } else {
+                *r
+            }
+        })
+        .collect();
+    assert_eq!(null, null_want);
+    // 'none' (the default) only the bars
+    assert_eq!(
+        query(&db, &format!("SELECT * FROM bars({range})")),
+        vec![want[0], want[3]]
+    );
+    // a bar before the range: its close fills the range's first buckets
+    write(&db, "GAP", &[m(13, 0, 90, 1)]);
+    let prev = query(
+        &db,
+        &format!("SELECT * FROM bars({range}, fill => 'previous')"),
+    );
+    assert_eq!(&prev[..2], &[filled(30, 91), filled(31, 91)]);
+    assert_eq!(&prev[2..], &want[..]);
+    // 5-minute buckets: 14:30 holds the first bar, 14:35 the second; nothing to fill between
+    let five = query(
+        &db,
+        &format!("SELECT * FROM bars({range}, bucket => '5 minutes', fill => 'previous')"),
+    );
+    assert_eq!(
+        five,
+        vec![
+            (
+                at(30),
+                Some(100),
+                Some(102),
+                Some(99),
+                Some(101),
+                5,
+                1,
+                false
+            ),
+            (
+                at(35),
+                Some(110),
+                Some(112),
+                Some(109),
+                Some(111),
+                7,
+                1,
+                false
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_origin_aligns_buckets_to_an_odd_local_time() {
+    let db = fresh_db("calendar_origin", "");
+    let minutes = hourly(utc(2025, 10, 24, 0, 0), utc(2025, 10, 26, 0, 0));
+    let shifted: Vec<Minute> = minutes
+        .iter()
+        .map(|m| Minute {
+            at: m.at + 15 * 60,
+            ..*m
+        })
+        .collect();
+    write(&db, "ORG", &shifted);
+    // hourly bars from :30, in UTC
+    let rows = query(
+        &db,
+        "SELECT * FROM bars('ORG', '2025-10-24 00:00+00', '2025-10-26 00:00+00', bucket => '1 hour', origin => '00:30')",
+    );
+    assert_eq!(
+        rows,
+        expected(&shifted, |at| at - (at - 1800).rem_euclid(3600))
+    );
+    // a futures day from 18:00 New York (EDT here) to 18:00
+    let rows = query(
+        &db,
+        "SELECT * FROM bars('ORG', '2025-10-24 00:00+00', '2025-10-26 00:00+00', bucket => '1 day',
+                            tz => 'America/New_York', origin => '18:00')",
+    );
+    let day_of = |at: i64| {
+        let local = at + ny_offset(at) - 18 * 3600;
+        local.div_euclid(86_400) * 86_400 + 18 * 3600 + 4 * 3600
+    };
+    assert_eq!(rows, expected(&shifted, day_of));
+}
+
+#[test]
+fn bad_calendar_arguments_are_one_clear_error_each() {
+    let db = fresh_db("calendar_errors", "");
+    let mut c = connect(&db);
+    let range = "'X', '2025-10-24 00:00+00', '2025-10-25 00:00+00'";
+    for (args, state, says) in [
+        (
+            "tz => 'Mars/Olympus'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "time zone",
+        ),
+        (
+            "tz => NULL",
+            SqlState::NULL_VALUE_NOT_ALLOWED,
+            "must not be NULL",
+        ),
+        (
+            "session => '9:30 to 4'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "session must look like",
+        ),
+        (
+            "session => '16:00-09:30'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "closes before it opens",
+        ),
+        (
+            "session => '09:30-25:00'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "does not exist",
+        ),
+        (
+            "fill => 'linear'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "fill must be",
+        ),
+        (
+            "origin => '1 day'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "origin is an offset",
+        ),
+        (
+            "origin => '-1 hour'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "origin is an offset",
+        ),
+        (
+            "bucket => '7 minutes', tz => 'America/New_York'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "must divide a day",
+        ),
+    ] {
+        let sql = format!("SELECT * FROM bars({range}, {args})");
+        let err = c.batch_execute(&sql).expect_err(&sql);
+        assert_eq!(err.code(), Some(&state), "{sql}: {err}");
+        let msg = err
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(says), "{sql}: {msg}");
+    }
+}
