@@ -373,40 +373,8 @@ fn bars_rollup() -> TableIterator<
     TableIterator::once((r.trades, r.bars, r.rejected))
 }
 
-pgrx::extension_sql!(
-    r#"
--- How far the pipeline has got: what waits in staging (and since when) and the rollup totals.
--- Added in 0.2.0 (sql/tradebars--0.1.0--0.2.0.sql).
--- SECURITY DEFINER (0.3.0): the feeder and reader roles may see how far it got without
--- reading staging itself.
-CREATE FUNCTION rollup_status()
-RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups bigint,
-               trades_rolled_up bigint, bars_written bigint, trades_rejected bigint,
-               last_rollup_at timestamptz)
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path = @extschema@, pg_temp
-AS $fn$
-    SELECT (SELECT count(*) FROM trades_staging),
-           (SELECT to_timestamp(min(ts_recv) / 1e9) FROM trades_staging),
-           s.rollups, s.trades, s.bars_written, s.rejected, s.last_rollup_at
-    FROM rollup_stats s
-$fn$;
-
--- Raised from the rollup's merge when a bar it would merge into says 'trades' but tradebars
--- did not build it: the old scanner's (no order of its open and close trades) or one made
--- legacy. Merging would add to foreign volume and keep foreign open and close (0.3.0).
-CREATE FUNCTION foreign_trades_bar(symbol text, at timestamptz) RETURNS bigint
-    LANGUAGE plpgsql
-    SET search_path = @extschema@, pg_temp
-AS $fn$
-BEGIN
-    RAISE EXCEPTION 'bars_rollup: the bar of % at % says data_source ''trades'' but tradebars did not build it (another writer''s, or made legacy); nothing was rolled up',
-        symbol, at
-        USING ERRCODE = 'object_not_in_prerequisite_state',
-              HINT = 'SELECT mark_legacy(); sets such bars apart as source ''scanner'', values unchanged; the staged trades stay staged until then';
-END
-$fn$;
-"#,
+pgrx::extension_sql_file!(
+    "../../sql/rollup.sql",
     name = "rollup_status",
     requires = ["tradebars_schema"],
 );

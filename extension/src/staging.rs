@@ -1,25 +1,7 @@
 //! Staging as the feeder sees it: which slot to COPY into, and fixed-point prices.
 
-pgrx::extension_sql!(
-    r#"
-CREATE FUNCTION fixed_to_numeric(fixed numeric) RETURNS numeric
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN trim_scale(fixed * 0.000000001);
-COMMENT ON FUNCTION fixed_to_numeric(numeric) IS
-    'tradebars: a Databento fixed-point price (units of 1e-9) as an exact numeric';
-
--- The slot the feeder's next COPY goes to, schema-qualified. The feeder asks at the start of
--- every batch transaction; bars_rollup() moves the answer to the other slot.
-CREATE FUNCTION staging_slot() RETURNS text
-    LANGUAGE sql VOLATILE PARALLEL UNSAFE
-    SET search_path = @extschema@, pg_temp
-    RETURN (SELECT format('%I.%I', n.nspname, c.relname)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.oid = (CASE (SELECT last_value FROM staging_epoch) % 2
-                           WHEN 0 THEN 'trades_staging_0' ELSE 'trades_staging_1' END)::regclass);
-COMMENT ON FUNCTION staging_slot() IS
-    'tradebars: the staging table the feeder writes its next batch to';
-"#,
+pgrx::extension_sql_file!(
+    "../../sql/staging.sql",
     name = "staging_functions",
     requires = ["tradebars_schema"],
 );

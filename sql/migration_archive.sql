@@ -1,0 +1,315 @@
+-- Phase 7 of the plan and the way back: soft delete (option A), archive (option B), hard
+-- delete (option C), restore, and the rollback of trades bars. Nothing here deletes a legacy
+-- bar that is not held in the archive or a named backup table, unless the DBA confirms.
+
+-- The columns of price_bars that can be written, quoted, in table order.
+CREATE FUNCTION price_bars_columns(rel regclass DEFAULT 'price_bars') RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+    FROM pg_attribute
+    WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+$fn$;
+
+CREATE FUNCTION soft_delete_legacy() RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready('soft_delete_legacy');
+    UPDATE price_bars SET deleted_at = now() WHERE is_legacy AND deleted_at IS NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RAISE NOTICE 'soft_delete_legacy: % legacy bars marked deleted; restore_legacy() brings them back', n;
+    RETURN n;
+END
+$fn$;
+
+-- How many of the legacy bars chosen by `deleted_before` (NULL: every legacy bar) are held
+-- neither in price_bars_legacy nor in `backup`, matched by (symbol, timestamp, data_source).
+-- Refuses a backup table that is no real copy: it must be a permanent table (not a view,
+-- not temporary or unlogged), other than price_bars and its partitions, with every column
+-- price_bars has; so must every child or partition that holds its rows. (SQLSTATE 22023.)
+CREATE FUNCTION check_backup_table(caller text, backup regclass) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    rel record;
+    missing text;
+BEGIN
+    -- The table and every table its rows may live in: its inheritance children and
+    -- partitions, at any depth (a permanent parent can hold its rows in a TEMP child).
+    FOR rel IN
+        WITH RECURSIVE tree(oid) AS (
+            SELECT backup::oid
+            UNION
+            SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
+        SELECT c.oid::regclass AS name, c.relkind AS kind, c.relpersistence AS persistence,
+               c.oid = backup::oid AS is_backup
+        FROM tree t JOIN pg_class c ON c.oid = t.oid
+        ORDER BY c.oid <> backup::oid, c.oid
+    LOOP
+        -- price_bars, its partitions and inheritance children: DELETE FROM price_bars
+        -- deletes their rows too
+        IF rel.name IN (WITH RECURSIVE bars(oid) AS (
+                            SELECT 'price_bars'::regclass::oid
+                            UNION
+                            SELECT i.inhrelid FROM pg_inherits i JOIN bars b ON i.inhparent = b.oid)
+                        SELECT oid::regclass FROM bars) THEN
+            RAISE EXCEPTION '%: backup_table % % price_bars itself (or a partition or child of it), not a copy', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF rel.kind NOT IN ('r', 'p') THEN
+            RAISE EXCEPTION '%: backup_table % % a %, not a table holding a copy', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
+                CASE rel.kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                              ELSE 'relation of kind ' || rel.kind::text END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF rel.persistence <> 'p' THEN
+            RAISE EXCEPTION '%: backup_table % % %: it would not survive a crash or the session', caller, backup,
+                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
+                CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    SELECT string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO missing
+    FROM pg_attribute p
+    WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
+                      AND b.attnum > 0 AND NOT b.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '%: backup_table % lacks columns of price_bars: %', caller, backup, missing
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
+    END IF;
+END
+$fn$;
+
+-- Whether `rel` passes check_backup_table: a permanent table of its own, with every column.
+CREATE FUNCTION is_real_copy(rel regclass) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    PERFORM check_backup_table('is_real_copy', rel);
+    RETURN true;
+EXCEPTION WHEN invalid_parameter_value THEN
+    RETURN false;
+END
+$fn$;
+
+-- How many of the legacy bars about to be deleted (soft-deleted before `deleted_before`, or
+-- all when it is NULL) are held whole, every column equal, in neither the archive
+-- (price_bars_legacy) nor `backup`. Names come from the catalog, quoted.
+CREATE FUNCTION legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text := price_bars_columns();
+    typed text;
+    copies text[] := '{}';
+    copy regclass;
+    n bigint;
+BEGIN
+    FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('price_bars_legacy'), backup], NULL) LOOP
+        -- the archive may predate a column; then it holds no bar whole; and one that is no
+        -- permanent table of its own (a view, temporary, unlogged) holds none for good
+        IF is_real_copy(copy) AND NOT EXISTS (SELECT 1 FROM pg_attribute p
+                       WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+                         AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = copy
+                                         AND b.attname = p.attname AND NOT b.attisdropped)) THEN
+            SELECT string_agg(format('%I::%s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
+              INTO typed
+              FROM pg_attribute
+             WHERE attrelid = 'price_bars'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+            copies := array_append(copies, format(' EXCEPT ALL SELECT %s FROM %s', typed, copy));
+        END IF;
+    END LOOP;
+    EXECUTE format('SELECT count(*) FROM (SELECT %s FROM price_bars WHERE is_legacy AND ($1 IS NULL OR deleted_at < $1)%s) d',
+                   cols, array_to_string(copies, ''))
+        INTO n USING deleted_before;
+    RETURN n;
+END
+$fn$;
+
+-- Deletes legacy bars for good: those soft-deleted before `deleted_before`, or all of them
+-- when it is NULL. Refuses unless each is held in the archive or `backup`, or `confirm`.
+CREATE FUNCTION delete_legacy_bars(caller text, deleted_before timestamptz, backup regclass,
+                                   confirm boolean) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    unprotected bigint;
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready(caller);
+    IF backup IS NOT NULL THEN
+        PERFORM check_backup_table(caller, backup);
+    END IF;
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    unprotected := legacy_bars_unprotected(deleted_before, backup);
+    IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
+        RAISE EXCEPTION '%: % legacy bars are held whole (every column equal) in no archive or backup table; nothing deleted', caller, unprotected
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
+    END IF;
+    DELETE FROM price_bars WHERE is_legacy AND (deleted_before IS NULL OR deleted_at < deleted_before);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RAISE NOTICE '%: deleted % legacy bars; VACUUM (FULL) price_bars returns the space', caller, n;
+    RETURN n;
+END
+$fn$;
+
+-- Option A's last step: soft-deleted legacy bars older than `older_than` go for good.
+CREATE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
+                              confirm boolean DEFAULT false) RETURNS bigint
+    LANGUAGE sql VOLATILE
+    SET search_path = @extschema@, pg_temp
+RETURN delete_legacy_bars('purge_deleted', now() - checked_age('older_than', older_than), backup_table, confirm);
+
+CREATE FUNCTION archive_legacy() RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text;
+    to_move bigint;
+    copied bigint;
+    differing bigint;
+    deleted bigint;
+BEGIN
+    PERFORM require_price_bars_ready('archive_legacy');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('price_bars_legacy') IS NULL THEN
+        CREATE TABLE price_bars_legacy (LIKE price_bars);
+        CREATE UNIQUE INDEX price_bars_legacy_symbol_timestamp_source
+            ON price_bars_legacy (symbol, "timestamp", data_source);
+        COMMENT ON TABLE price_bars_legacy IS 'tradebars: legacy bars moved out of price_bars by archive_legacy()';
+    END IF;
+    -- bars moved into a view, a temporary or an unlogged table would not be kept for good
+    PERFORM check_backup_table('archive_legacy', 'price_bars_legacy'::regclass);
+    cols := price_bars_columns();
+    IF EXISTS (SELECT unnest(string_to_array(cols, ', '))
+               EXCEPT SELECT unnest(string_to_array(price_bars_columns('price_bars_legacy'), ', '))) THEN
+        RAISE EXCEPTION 'archive_legacy: price_bars_legacy lacks columns price_bars has; nothing moved'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT count(*) INTO to_move FROM price_bars WHERE is_legacy;
+    EXECUTE format('INSERT INTO price_bars_legacy (%1$s) SELECT %1$s FROM price_bars WHERE is_legacy', cols);
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars WHERE is_legacy
+                                          EXCEPT ALL SELECT %1$s FROM price_bars_legacy) d', cols)
+        INTO differing;
+    IF copied <> to_move OR differing <> 0 THEN
+        RAISE EXCEPTION 'archive_legacy: copied % of % legacy bars (% differ); nothing moved', copied, to_move, differing
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    DELETE FROM price_bars WHERE is_legacy;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    IF deleted <> to_move THEN
+        RAISE EXCEPTION 'archive_legacy: would delete % bars but verified %; nothing moved', deleted, to_move
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RAISE NOTICE 'archive_legacy: moved % legacy bars to price_bars_legacy (verified identical)', to_move;
+    RETURN to_move;
+END
+$fn$;
+
+CREATE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    cols text;
+    archived bigint := 0;
+    restored bigint := 0;
+    missing bigint;
+    undeleted bigint := 0;
+BEGIN
+    PERFORM require_price_bars_ready('restore_legacy');
+    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('price_bars_legacy') IS NOT NULL THEN
+        LOCK TABLE price_bars_legacy IN SHARE ROW EXCLUSIVE MODE;
+        cols := price_bars_columns('price_bars_legacy');
+        SELECT count(*) INTO archived FROM price_bars_legacy;
+        EXECUTE format('INSERT INTO price_bars (%1$s) OVERRIDING SYSTEM VALUE SELECT %1$s FROM price_bars_legacy', cols);
+        GET DIAGNOSTICS restored = ROW_COUNT;
+        EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars_legacy
+                                              EXCEPT ALL SELECT %1$s FROM price_bars WHERE is_legacy) d', cols)
+            INTO missing;
+        IF restored <> archived OR missing <> 0 THEN
+            RAISE EXCEPTION 'restore_legacy: restored % of % archived bars (% differ); nothing changed', restored, archived, missing
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        DELETE FROM price_bars_legacy;
+    END IF;
+    IF coalesce(undelete, true) THEN
+        UPDATE price_bars SET deleted_at = NULL WHERE is_legacy AND deleted_at IS NOT NULL;
+        GET DIAGNOSTICS undeleted = ROW_COUNT;
+    END IF;
+    RAISE NOTICE 'restore_legacy: % bars back from the archive, % soft-deleted bars undeleted', restored, undeleted;
+    RETURN restored + undeleted;
+END
+$fn$;
+
+-- Option C: every legacy bar goes for good.
+CREATE FUNCTION hard_delete_legacy(backup_table regclass DEFAULT NULL, confirm boolean DEFAULT false) RETURNS bigint
+    LANGUAGE sql VOLATILE
+    SET search_path = @extschema@, pg_temp
+RETURN delete_legacy_bars('hard_delete_legacy', NULL, backup_table, confirm);
+
+-- The plan's rollback: trades bars go, legacy bars stay exactly as they are.
+CREATE FUNCTION rollback_trades(include_staging boolean DEFAULT false) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM require_price_bars_ready('rollback_trades');
+    -- A running feeder holds trades (and live, what it knows is counted) that this would
+    -- make it forget under its feet: stop it first.
+    IF EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND granted AND classid = 29794 AND objid = 3
+                 AND objsubid = 2 AND pid <> pg_backend_pid()
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) THEN
+        RAISE EXCEPTION 'rollback_trades: a feeder is running on this database (it holds the feeder lock)'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'stop tradebars-feeder (live, replay or backfill), then roll back, then start it again';
+    END IF;
+    PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
+    PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
+    -- Staged trades would become trades bars again after the rollback, and their identity
+    -- goes with the ledger: roll them up first, or remove them with the bars.
+    IF NOT coalesce(include_staging, false) AND EXISTS (SELECT 1 FROM trades_staging) THEN
+        RAISE EXCEPTION 'rollback_trades: % trades are staged and not yet rolled up',
+            (SELECT count(*) FROM trades_staging)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'SELECT bars_rollup(); first, or SELECT rollback_trades(include_staging => true);';
+    END IF;
+    -- Only bars tradebars wrote: those carry the order of their open and close trades.
+    DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    -- What was loaded is forgotten with the bars, so the same files, chunks and live
+    -- periods can be fed again and count once (0.3.0).
+    DELETE FROM ingest_ledger;
+    DELETE FROM live_positions;
+    DELETE FROM trade_coverage;
+    -- No trades bar is left whose identity could be unknown: nothing before a horizon to refuse.
+    UPDATE bar_settings SET identity_horizon = 0;
+    IF coalesce(include_staging, false) THEN
+        TRUNCATE trades_staging_0, trades_staging_1, trades_rejected;
+        RAISE NOTICE 'rollback_trades: removed % trades bars, staged trades, the ingest ledger and trade identity', n;
+    ELSE
+        RAISE NOTICE 'rollback_trades: removed % trades bars, the ingest ledger and trade identity; legacy bars untouched', n;
+    END IF;
+    RETURN n;
+END
+$fn$;
