@@ -124,7 +124,9 @@ BEGIN
                              TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 minute';
     IF bars.fill <> 'none' THEN
         -- the close before the range (in the session), carried into its first empty buckets;
-        -- without one, no empty bucket comes before the first bar
+        -- without one, no empty bucket comes before the first bar. (The filter is the one of
+        -- minute_bars below, written out again: a helper function with its own search_path
+        -- would not be inlined, and this backward scan must stop at the first row.)
         SELECT p.close INTO seed
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
