@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test: formatting and lints, the extension's unit and #[pg_test] tests (in PostgreSQL),
-# the feeder's unit tests, the end-to-end tests (the feeder binary against a private
-# cluster with the extension installed; TLS against a cluster of their own; the alert rules
-# in a real Prometheus), the alert rules' promtool tests, and the supply chain: licenses,
+# the feeder's unit tests, the end-to-end tests (the feeder binary against a private cluster
+# with the extension installed; TLS against a cluster of their own; the alert rules in a real
+# Prometheus), the SQL tests (pg_regress, the isolation tester), the alert rules' promtool
+# tests, and the supply chain: licenses,
 # bans and sources (cargo deny), vulnerabilities (cargo audit against ../shared/advisory-db).
 # Real Databento samples are read from ../shared/data when present; tests that need them say
 # so when they skip.
@@ -33,6 +34,9 @@ echo "== feeder unit tests and end-to-end tests"
 trap 'bash scripts/cluster.sh stop "${CARGO_TARGET_DIR:-target}/e2e-pgdata"' EXIT
 cargo build -p tradebars-feeder --quiet
 cargo test -p tradebars-feeder -p tradebars-tests 2>&1 | tee -a "$RESULTS"
+
+echo "== SQL tests: pg_regress (test/regress) and the isolation tester (test/isolation)"
+bash scripts/regress.sh 2>&1 | tee -a "$RESULTS"
 
 echo "== supply chain: licenses, bans, sources (cargo deny, deny.toml)"
 # Pinned: these versions build with the project's Rust (1.95).
@@ -74,6 +78,6 @@ else
 fi
 
 # One closing line over every runner above.
-awk '/^test result:|^package checks:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+awk '/^test result:|^package checks:|^regress checks:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$RESULTS"
 rm -f "$RESULTS"

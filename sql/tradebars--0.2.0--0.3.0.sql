@@ -686,19 +686,51 @@ ALTER TYPE bar ADD ATTRIBUTE clock text;
 ALTER TYPE bar ADD ATTRIBUTE filled boolean;
 DROP FUNCTION bars(text, timestamptz, timestamptz, boolean, interval, boolean);
 
--- The start of the bucket that holds `ts`: the local day (from `origin`) in `tz`, then whole
--- steps of elapsed time from its start. See the top of this file.
-CREATE FUNCTION bar_bucket(ts timestamptz, step interval, tz text, origin interval)
-    RETURNS timestamptz
+-- The instant a local wall time `w` first comes in `tz`: where the clock falls back and
+-- repeats an hour, the first of the two; where it springs forward past `w`, the moment it
+-- jumps. (`w AT TIME ZONE tz` alone takes the later reading in both cases, which would start a
+-- day after trades that belong to it.)
+CREATE FUNCTION local_instant(w timestamp, tz text) RETURNS timestamptz
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    guess timestamptz := w AT TIME ZONE tz;
+BEGIN
+    -- No change of the clock in the two hours before: the usual case.
+    IF (guess AT TIME ZONE tz) = w
+       AND ((guess - interval '2 hours') AT TIME ZONE tz) = w - interval '2 hours' THEN
+        RETURN guess;
+    END IF;
+    RETURN (SELECT min(t)
+            FROM generate_series(guess - interval '2 hours', guess + interval '2 hours', interval '1 minute') AS t
+            WHERE (t AT TIME ZONE tz) >= w);
+END
+$fn$;
+
+-- The starts of the local days (each from `origin`) in `tz` that cover [from_ts, to_ts),
+-- ascending, with a day to spare at both ends.
+CREATE FUNCTION local_day_starts(from_ts timestamptz, to_ts timestamptz, tz text, origin interval)
+    RETURNS timestamptz[]
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = @extschema@, pg_temp
-RETURN (
-    SELECT CASE WHEN step = interval '1 day' THEN d.day_start
-                ELSE d.day_start + floor(extract(epoch FROM ts - d.day_start)
-                                         / extract(epoch FROM step))::bigint * step END
-    FROM (SELECT (date_trunc('day', (ts AT TIME ZONE tz) - origin) + origin) AT TIME ZONE tz
-                 AS day_start) d
-);
+RETURN ARRAY(
+    SELECT local_instant(d + origin, tz)
+    FROM generate_series(date_trunc('day', (from_ts AT TIME ZONE tz) - origin) - interval '1 day',
+                         date_trunc('day', (to_ts AT TIME ZONE tz) - origin) + interval '1 day',
+                         interval '1 day') AS d
+    ORDER BY 1);
+
+-- The start of the bucket that holds `ts`: its day (the last of `day_starts` at or before it),
+-- then whole steps of elapsed time from that day's start. Only built-in functions, so it is
+-- inlined into bars()'s query (a SET search_path would prevent that).
+CREATE FUNCTION bar_bucket(ts timestamptz, step interval, day_starts timestamptz[])
+    RETURNS timestamptz
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN step = interval '1 day' THEN day_starts[width_bucket(ts, day_starts)]
+            ELSE day_starts[width_bucket(ts, day_starts)]
+                 + floor(extract(epoch FROM ts - day_starts[width_bucket(ts, day_starts)])
+                         / extract(epoch FROM step))::bigint * step END;
 
 -- A session such as '09:30-16:00' as its local open and close times; NULL: the whole day.
 CREATE FUNCTION bar_session(session text, OUT opens time, OUT closes time)
@@ -747,8 +779,11 @@ DECLARE
     hours record;
     -- UTC and no origin: date_bin from 2000-01-01, exactly as before time zones came
     plain boolean;
+    day_starts timestamptz[];
     seed numeric;
     first_minute timestamptz;
+    -- with fill, how far apart the minutes are that find every bucket
+    spacing interval;
 BEGIN
     SELECT * INTO hours FROM bar_session(bars.session);
     IF bars.symbol IS NULL OR bars.start IS NULL OR bars."end" IS NULL OR bars.tz IS NULL
@@ -775,13 +810,37 @@ BEGIN
         RAISE EXCEPTION 'bars: with tz or origin, bucket must divide a day (1, 5, 15 or 30 minutes, 1, 2 or 4 hours, 1 day ...), not %', step
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF (NOT plain OR bars.fill <> 'none')
+       AND (NOT isfinite(bars.start) OR NOT isfinite(bars."end")
+            OR bars."end" - bars.start > interval '100 years') THEN
+        RAISE EXCEPTION 'bars: with tz, origin or fill, start and end must be finite and at most 100 years apart'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT plain THEN
+        day_starts := local_day_starts(bars.start, bars."end", bars.tz, bars.origin);
+    END IF;
+    -- A session cuts buckets at any minute; a bucket that neither divides an hour nor is
+    -- whole hours can end short where the clock changes; otherwise no bucket is shorter than
+    -- half an hour (the smallest change of a clock).
+    spacing := CASE WHEN hours.opens IS NOT NULL
+                         OR (3600 % extract(epoch FROM step)::bigint <> 0
+                             AND extract(epoch FROM step)::bigint % 3600 <> 0)
+                    THEN interval '1 minute'
+                    ELSE least(step, interval '30 minutes') END;
+    IF bars.fill <> 'none' AND extract(epoch FROM bars."end" - bars.start) / extract(epoch FROM spacing) > 2000000 THEN
+        RAISE EXCEPTION 'bars: fill would look at % buckets; ask for a shorter range or a larger bucket',
+            round(extract(epoch FROM bars."end" - bars.start) / extract(epoch FROM spacing))
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM require_price_bars_ready('bars');
     -- the first whole minute in the range: minute bars start on the minute
     first_minute := date_bin(interval '1 minute', bars.start - interval '1 microsecond',
                              TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 minute';
     IF bars.fill <> 'none' THEN
         -- the close before the range (in the session), carried into its first empty buckets;
-        -- without one, no empty bucket comes before the first bar
+        -- without one, no empty bucket comes before the first bar. (The filter is the one of
+        -- minute_bars below, written out again: a helper function with its own search_path
+        -- would not be inlined, and this backward scan must stop at the first row.)
         SELECT p.close INTO seed
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
@@ -820,7 +879,7 @@ BEGIN
     ),
     buckets AS (
         SELECT CASE WHEN plain THEN date_bin(step, m."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00')
-                    ELSE bar_bucket(m."timestamp", step, bars.tz, bars.origin) END AS t,
+                    ELSE bar_bucket(m."timestamp", step, day_starts) END AS t,
                (array_agg(m.open ORDER BY m."timestamp"))[1] AS open,
                max(m.high) AS high,
                min(m.low) AS low,
@@ -837,11 +896,9 @@ BEGIN
     -- bucketed; candidates close enough that no bucket is missed (a session cuts buckets at
     -- any minute, so then every minute).
     every_bucket AS (
-        SELECT DISTINCT CASE WHEN plain THEN date_bin(step, g, TIMESTAMPTZ '2000-01-01 00:00:00+00')
-                             ELSE bar_bucket(g, step, bars.tz, bars.origin) END AS t
-        FROM (SELECT generate_series(first_minute, bars."end" - interval '1 microsecond',
-                                     CASE WHEN hours.opens IS NOT NULL THEN interval '1 minute'
-                                          ELSE least(step, interval '1 hour') END)
+        SELECT CASE WHEN plain THEN date_bin(step, g, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                    ELSE bar_bucket(g, step, day_starts) END AS t
+        FROM (SELECT generate_series(first_minute, bars."end" - interval '1 microsecond', spacing)
               UNION ALL  -- the last minute, whose bucket the steps may pass over
               SELECT date_bin(interval '1 minute', bars."end" - interval '1 microsecond',
                               TIMESTAMPTZ '2000-01-01 00:00:00+00')) AS c(g)
@@ -849,6 +906,8 @@ BEGIN
           AND (hours.opens IS NULL
                OR ((g AT TIME ZONE bars.tz)::time >= hours.opens
                    AND (g AT TIME ZONE bars.tz)::time < hours.closes))
+        UNION  -- and every bucket that holds a bar, whatever the candidates found
+        SELECT b.t FROM buckets b WHERE bars.fill <> 'none'
     ),
     gridded AS (
         SELECT e.t, b.open, b.high, b.low, b.close, b.volume, b.trade_count, b.vwap,

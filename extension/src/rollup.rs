@@ -202,13 +202,19 @@ fn check_preconditions(client: &mut Client<'_>) {
     let isolation: String =
         value(client, "SELECT current_setting('transaction_isolation')").unwrap_or_default();
     if isolation != "read committed" {
-        pgrx::error!(
-            "bars_rollup() needs READ COMMITTED isolation (this transaction is {isolation}): \
-             it must see every trade committed before it consumes staging"
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            format!(
+                "bars_rollup() needs READ COMMITTED isolation (this transaction is {isolation}): \
+                 it must see every trade committed before it consumes staging"
+            )
         );
     }
     if !value::<bool>(client, "SELECT price_bars_is_ready()").unwrap_or(false) {
-        pgrx::error!(
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "price_bars was made by another application and lacks the columns trades bars need: \
              run SELECT mark_legacy(); first (it keeps every existing bar, marked legacy)"
         );

@@ -451,3 +451,137 @@ fn bad_calendar_arguments_are_one_clear_error_each() {
         assert!(msg.contains(says), "{sql}: {msg}");
     }
 }
+
+/// Minute bars of `symbol` at the given UTC instants, price i+1 dollars each, volume 1.
+fn write_at(db: &str, symbol: &str, instants: &[i64]) -> Vec<Minute> {
+    let minutes: Vec<Minute> = instants
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            let p = 100 * (i as i64 + 1);
+            Minute {
+                at: *at,
+                open: p,
+                high: p,
+                low: p,
+                close: p,
+                volume: 1,
+            }
+        })
+        .collect();
+    write(db, symbol, &minutes);
+    minutes
+}
+
+#[test]
+fn a_day_starts_when_the_local_clock_first_shows_its_start() {
+    let db = fresh_db("calendar_ambiguous", "");
+    // New York falls back at 06:00 UTC on 2025-11-02: 01:30 comes at 05:30 and again at 06:30
+    let ny = write_at(
+        &db,
+        "NY",
+        &[
+            utc(2025, 11, 1, 12, 0),
+            utc(2025, 11, 2, 5, 40),
+            utc(2025, 11, 2, 6, 10),
+            utc(2025, 11, 2, 12, 0),
+        ],
+    );
+    let rows = query(
+        &db,
+        "SELECT * FROM bars('NY', '2025-11-01', '2025-11-03', bucket => '1 day', tz => 'America/New_York', origin => '01:30')",
+    );
+    let day_of = |at: i64| {
+        if at < utc(2025, 11, 2, 5, 30) {
+            utc(2025, 11, 1, 5, 30)
+        } else {
+            utc(2025, 11, 2, 5, 30)
+        }
+    };
+    assert_eq!(rows, expected(&ny, day_of));
+    // Havana falls back from 01:00 to 00:00 (05:00 UTC): its 2025-11-02 starts at the first
+    // midnight, 04:00 UTC
+    let hav = write_at(
+        &db,
+        "HAV",
+        &[
+            utc(2025, 11, 2, 3, 50),
+            utc(2025, 11, 2, 4, 10),
+            utc(2025, 11, 2, 12, 0),
+        ],
+    );
+    let rows = query(
+        &db,
+        "SELECT * FROM bars('HAV', '2025-11-01 06:00+00', '2025-11-03', bucket => '1 day', tz => 'America/Havana')",
+    );
+    let day_of = |at: i64| {
+        if at < utc(2025, 11, 2, 4, 0) {
+            utc(2025, 11, 1, 4, 0)
+        } else {
+            utc(2025, 11, 2, 4, 0)
+        }
+    };
+    assert_eq!(rows, expected(&hav, day_of));
+    // New York springs forward at 07:00 UTC on 2025-03-09, past 02:30: a day from 02:30
+    // starts at 07:00 UTC, when the clock jumps to 03:00
+    let spring = write_at(&db, "SPR", &[utc(2025, 3, 9, 7, 10)]);
+    let rows = query(
+        &db,
+        "SELECT * FROM bars('SPR', '2025-03-09', '2025-03-10', bucket => '1 day', tz => 'America/New_York', origin => '02:30')",
+    );
+    assert_eq!(rows, expected(&spring, |_| utc(2025, 3, 9, 7, 0)));
+}
+
+#[test]
+fn fill_keeps_every_bar_whatever_the_bucket_on_days_the_clock_changes() {
+    let db = fresh_db("calendar_fill_dst", "");
+    let mut instants = Vec::new();
+    let mut at = utc(2025, 3, 8, 0, 0);
+    while at < utc(2025, 3, 11, 0, 0) {
+        instants.push(at);
+        at += 37 * 60; // every 37 minutes, against every bucket's grain
+    }
+    write_at(&db, "ODD", &instants);
+    for bucket in [
+        "45 minutes",
+        "90 minutes",
+        "1 hour",
+        "3 hours",
+        "20 minutes",
+    ] {
+        let range = format!(
+            "'ODD', '2025-03-08 05:00+00', '2025-03-11 04:00+00', bucket => '{bucket}', tz => 'America/New_York'"
+        );
+        let bars = query(&db, &format!("SELECT * FROM bars({range})"));
+        for fill in ["previous", "null"] {
+            let filled = query(
+                &db,
+                &format!("SELECT * FROM bars({range}, fill => '{fill}')"),
+            );
+            let real: Vec<Row> = filled.iter().copied().filter(|r| !r.7).collect();
+            assert_eq!(real, bars, "{bucket}, fill {fill}: every bar is there");
+            let mut starts: Vec<i64> = filled.iter().map(|r| r.0).collect();
+            starts.dedup();
+            assert_eq!(starts.len(), filled.len(), "{bucket}: one row per bucket");
+        }
+    }
+}
+
+#[test]
+fn fill_over_an_endless_range_is_refused_at_once() {
+    let db = fresh_db("calendar_endless", "");
+    let mut c = connect(&db);
+    for args in [
+        "'X', '2025-01-01', 'infinity', fill => 'previous'",
+        "'X', '-infinity', '2025-01-01', tz => 'America/New_York'",
+        "'X', '1900-01-01', '2025-01-01', bucket => '1 minute', fill => 'null'",
+    ] {
+        let sql = format!("SELECT * FROM bars({args})");
+        let err = c.batch_execute(&sql).expect_err(&sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PARAMETER_VALUE),
+            "{sql}: {err}"
+        );
+    }
+}

@@ -1,0 +1,61 @@
+-- bars() as an app calls it: UTC minutes and buckets, a time zone across New York's autumn
+-- clock change, a session, an origin, gap fill, and the errors of bad arguments.
+CREATE EXTENSION tradebars;
+SET TimeZone = 'UTC';
+\pset null '(null)'
+
+-- A helper: the SQLSTATE and message of a statement that fails.
+CREATE FUNCTION pg_temp.error_of(statement text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE statement;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+
+-- Minute bars as bars_rollup() writes them (trades bars), for R: every 20 minutes over
+-- 2025-11-01 to 2025-11-04 UTC, price rising by a cent each, volume 10.
+INSERT INTO price_bars (symbol, "timestamp", open, high, low, close, volume, trade_count,
+                        vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
+                        is_legacy, data_source)
+SELECT 'R', t, 100 + i * 0.01, 100.05 + i * 0.01, 99.95 + i * 0.01, 100.02 + i * 0.01, 10, 2,
+       100.01 + i * 0.01, (100.01 + i * 0.01) * 10, 0, 0, 0, 0, false, 'trades'
+FROM generate_series(0, 3 * 72 - 1) AS i,
+     LATERAL (SELECT timestamptz '2025-11-01 00:00+00' + i * interval '20 minutes' AS t) s;
+
+-- minutes, as stored
+SELECT "timestamp", open, close, volume, data_source, clock, filled
+FROM bars('R', '2025-11-01 00:00+00', '2025-11-01 01:00+00');
+
+-- UTC days (the default) against New York days: 2025-11-02 is 25 hours long there
+SELECT "timestamp", open, close, volume, trade_count FROM bars('R', '2025-11-01', '2025-11-04', bucket => '1 day');
+SELECT "timestamp", "timestamp" AT TIME ZONE 'America/New_York' AS local, open, close, volume, trade_count
+FROM bars('R', '2025-11-01 04:00+00', '2025-11-03 05:00+00', bucket => '1 day', tz => 'America/New_York');
+
+-- the same days, session 09:30-16:00 local only
+SELECT "timestamp" AT TIME ZONE 'America/New_York' AS local, open, close, volume, trade_count
+FROM bars('R', '2025-11-01 04:00+00', '2025-11-03 05:00+00', bucket => '1 day',
+          tz => 'America/New_York', session => '09:30-16:00');
+
+-- hourly bars on the half hour (origin)
+SELECT "timestamp", open, close, trade_count
+FROM bars('R', '2025-11-01 00:00+00', '2025-11-01 03:00+00', bucket => '1 hour', origin => '00:30');
+
+-- gap fill: 5-minute buckets where bars come every 20 minutes
+SELECT "timestamp", open, high, low, close, volume, trade_count, filled
+FROM bars('R', '2025-11-01 00:05+00', '2025-11-01 00:45+00', bucket => '5 minutes', fill => 'previous');
+SELECT "timestamp", open, close, volume, filled
+FROM bars('R', '2025-11-01 00:05+00', '2025-11-01 00:30+00', bucket => '5 minutes', fill => 'null');
+-- before the symbol's first bar nothing is invented
+SELECT count(*) FROM bars('R', '2025-10-31 23:00+00', '2025-11-01 00:00+00', fill => 'previous');
+
+-- bad arguments: one clear error each
+SELECT pg_temp.error_of($$SELECT * FROM bars('R', '2025-11-02', '2025-11-01')$$);
+SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), bucket => '90 seconds')$$);
+SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), bucket => '2 days')$$);
+SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), tz => 'Nowhere/City')$$);
+SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), session => '16:00-09:30')$$);
+SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), fill => 'linear')$$);
+SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), origin => '25 hours')$$);
+SELECT pg_temp.error_of($$SELECT * FROM bars(NULL, now(), now())$$);
+DROP EXTENSION tradebars;
