@@ -145,8 +145,9 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF bars.origin < interval '0' OR bars.origin >= interval '1 day'
-       OR extract(month FROM bars.origin) <> 0 OR extract(day FROM bars.origin) <> 0 THEN
-        RAISE EXCEPTION 'bars: origin is an offset from local midnight, from 0 to less than a day, not %', bars.origin
+       OR extract(month FROM bars.origin) <> 0 OR extract(day FROM bars.origin) <> 0
+       OR extract(epoch FROM bars.origin)::numeric % 60 <> 0 THEN
+        RAISE EXCEPTION 'bars: origin is an offset from local midnight in whole minutes, from 0 to less than a day, not %', bars.origin
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM now() AT TIME ZONE bars.tz;  -- an unknown time zone: 22023 here, not mid-query

@@ -274,8 +274,11 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM require_price_bars_ready('rollback_trades');
+    PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
+    PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
     -- A running feeder holds trades (and live, what it knows is counted) that this would
-    -- make it forget under its feet: stop it first.
+    -- make it forget under its feet: stop it first. Checked once the locks are held, so a
+    -- feeder that starts now waits for this rollback before its first load.
     IF EXISTS (SELECT 1 FROM pg_locks
                WHERE locktype = 'advisory' AND granted AND classid = 29794 AND objid = 3
                  AND objsubid = 2 AND pid <> pg_backend_pid()
@@ -284,8 +287,6 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'stop tradebars-feeder (live, replay or backfill), then roll back, then start it again';
     END IF;
-    PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
-    PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
     -- Staged trades would become trades bars again after the rollback, and their identity
     -- goes with the ledger: roll them up first, or remove them with the bars.
     IF NOT coalesce(include_staging, false) AND EXISTS (SELECT 1 FROM trades_staging) THEN

@@ -436,6 +436,11 @@ fn bad_calendar_arguments_are_one_clear_error_each() {
             "origin is an offset",
         ),
         (
+            "origin => '00:00:30'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "in whole minutes",
+        ),
+        (
             "bucket => '7 minutes', tz => 'America/New_York'",
             SqlState::INVALID_PARAMETER_VALUE,
             "must divide a day",
