@@ -3,8 +3,8 @@
 # (default 0.2.0's last commit), on the same input files (made by this tree's generator), and
 # both tables side by side with the ratio after/before.
 #   scripts/bench-compare.sh [REV]        BENCH_* and RUNS as for scripts/bench.sh
-# The earlier revision is checked out in target/bench-base (a git worktree); both share this
-# tree's cargo target directory, so only the workspace's own crates build twice.
+# The earlier revision is checked out in target/bench-base (a git worktree) and builds in
+# target/bench-base-target (kept, so later runs build only what changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,8 +35,11 @@ echo "bench-compare: before ($BASE_REV)"
 rm -rf target/bench-base
 git worktree prune
 git worktree add --detach target/bench-base "$BASE_REV" >/dev/null
-ln -s "$CARGO_TARGET_DIR" target/bench-base/target  # its scripts name their binaries under ./target
-TRADEBARS_BENCH_DIR=$ROOT/before bash target/bench-base/scripts/bench.sh
+# A target directory of its own: in a shared one, its build would leave its library where
+# this tree's next build, finding its own inputs unchanged, would not put its own back.
+mkdir -p target/bench-base-target
+ln -s "$PWD/target/bench-base-target" target/bench-base/target  # its scripts name their binaries under ./target
+CARGO_TARGET_DIR=$PWD/target/bench-base-target TRADEBARS_BENCH_DIR=$ROOT/before bash target/bench-base/scripts/bench.sh
 cp target/bench-base/bench-results/bench.csv "$ROOT/before.csv"
 rm target/bench-base/target
 git worktree remove --force target/bench-base
