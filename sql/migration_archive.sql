@@ -27,8 +27,6 @@ BEGIN
 END
 $fn$;
 
--- How many of the legacy bars chosen by `deleted_before` (NULL: every legacy bar) are held
--- neither in price_bars_legacy nor in `backup`, matched by (symbol, timestamp, data_source).
 -- Refuses a backup table that is no real copy: it must be a permanent table (not a view,
 -- not temporary or unlogged), other than price_bars and its partitions, with every column
 -- price_bars has; so must every child or partition that holds its rows. (SQLSTATE 22023.)

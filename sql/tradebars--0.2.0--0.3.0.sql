@@ -782,6 +782,7 @@ DECLARE
     plain boolean;
     day_starts timestamptz[];
     seed numeric;
+    seed_at timestamptz;
     first_minute timestamptz;
     -- with fill, how far apart the minutes are that find every bucket
     spacing interval;
@@ -843,7 +844,9 @@ BEGIN
         -- without one, no empty bucket comes before the first bar. (The filter is the one of
         -- minute_bars below, written out again: a helper function with its own search_path
         -- would not be inlined, and this backward scan must stop at the first row.)
-        SELECT p.close INTO seed
+        -- the latest such minute by a backward scan of the index, then its bar by precedence
+        -- (ordering by precedence in one step would sort the symbol's whole history)
+        SELECT p."timestamp" INTO seed_at
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
           AND (coalesce(bars.include_legacy, false)
@@ -852,8 +855,15 @@ BEGIN
           AND (hours.opens IS NULL
                OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
                    AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
-        ORDER BY p."timestamp" DESC,
-                 CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
+        ORDER BY p."timestamp" DESC
+        LIMIT 1;
+        SELECT p.close INTO seed
+        FROM price_bars p
+        WHERE p.symbol = bars.symbol AND p."timestamp" = seed_at
+          AND (coalesce(bars.include_legacy, false)
+               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+          AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
+        ORDER BY CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
                       WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
                  p.data_source
         LIMIT 1;

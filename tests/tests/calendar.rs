@@ -496,13 +496,14 @@ fn a_day_starts_when_the_local_clock_first_shows_its_start() {
         &db,
         "SELECT * FROM bars('NY', '2025-11-01', '2025-11-03', bucket => '1 day', tz => 'America/New_York', origin => '01:30')",
     );
-    let day_of = |at: i64| {
-        if at < utc(2025, 11, 2, 5, 30) {
-            utc(2025, 11, 1, 5, 30)
-        } else {
-            utc(2025, 11, 2, 5, 30)
-        }
-    };
+    // two days: `first` until `cut`, `second` from it
+    let days =
+        |cut: i64, first: i64, second: i64| move |at: i64| if at < cut { first } else { second };
+    let day_of = days(
+        utc(2025, 11, 2, 5, 30),
+        utc(2025, 11, 1, 5, 30),
+        utc(2025, 11, 2, 5, 30),
+    );
     assert_eq!(rows, expected(&ny, day_of));
     // Havana falls back from 01:00 to 00:00 (05:00 UTC): its 2025-11-02 starts at the first
     // midnight, 04:00 UTC
@@ -519,13 +520,11 @@ fn a_day_starts_when_the_local_clock_first_shows_its_start() {
         &db,
         "SELECT * FROM bars('HAV', '2025-11-01 06:00+00', '2025-11-03', bucket => '1 day', tz => 'America/Havana')",
     );
-    let day_of = |at: i64| {
-        if at < utc(2025, 11, 2, 4, 0) {
-            utc(2025, 11, 1, 4, 0)
-        } else {
-            utc(2025, 11, 2, 4, 0)
-        }
-    };
+    let day_of = days(
+        utc(2025, 11, 2, 4, 0),
+        utc(2025, 11, 1, 4, 0),
+        utc(2025, 11, 2, 4, 0),
+    );
     assert_eq!(rows, expected(&hav, day_of));
     // New York springs forward at 07:00 UTC on 2025-03-09, past 02:30: a day from 02:30
     // starts at 07:00 UTC, when the clock jumps to 03:00
