@@ -35,6 +35,10 @@ pub enum FeederError {
     Gateway(String),
     #[error("{0}")]
     Usage(String),
+    /// Asked to stop (SIGTERM, SIGINT) before the work could start again: nothing is lost,
+    /// the next start resumes. Exit code 0.
+    #[error("stopped {0}")]
+    Stopped(String),
 }
 
 impl FeederError {
@@ -70,9 +74,10 @@ impl FeederError {
     }
 
     /// The process exit code: 4 when Databento refuses the key, 3 when another feeder holds
-    /// the database, 2 for usage, else 1.
+    /// the database, 2 for usage, 0 when stopped on request, else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
+            FeederError::Stopped(_) => 0,
             FeederError::Auth(_) => 4,
             FeederError::FeederRunning(_) => 3,
             FeederError::Usage(_) => 2,

@@ -390,8 +390,12 @@ async fn run(cli: Cli) -> Result<(), FeederError> {
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if let Err(e) = run(cli).await {
-        eprintln!("{APP}: error: {e}");
-        std::process::exit(e.exit_code());
+    match run(cli).await {
+        Ok(()) => {}
+        Err(e @ FeederError::Stopped(_)) => tracing::info!("{e}; the next start resumes"),
+        Err(e) => {
+            eprintln!("{APP}: error: {e}");
+            std::process::exit(e.exit_code());
+        }
     }
 }

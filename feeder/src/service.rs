@@ -334,12 +334,16 @@ async fn reconnect_database(
                 // The lock died with the old session: take it again, or step aside.
                 tokio::select! {
                     taken = lock::acquire(&client, "live", opts.standby) => taken?,
-                    _ = until_stopped(stop) => return Err(FeederError::Usage("stopped while standing by".into())),
+                    _ = until_stopped(stop) => return Err(FeederError::Stopped("while standing by for another feeder".into())),
                 }
                 Metrics::add(&metrics.reconnects, 1);
                 return Ok(client);
             }
-            Err(e) if stop.load(Ordering::SeqCst) => return Err(e),
+            Err(_) if stop.load(Ordering::SeqCst) => {
+                return Err(FeederError::Stopped(
+                    "while PostgreSQL was unreachable".into(),
+                ))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable");
                 tokio::time::sleep(backoff).await;

@@ -235,3 +235,59 @@ fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
     assert!(out.contains("standing by"), "{out}");
     assert_eq!(stored_bars(&db), oracle(&file));
 }
+
+#[test]
+fn sigterm_while_a_standby_waits_after_losing_its_connection_exits_0() {
+    let db = fresh_db("live_standby_reconnect", "");
+    let file = generate("live-standby-reconnect.dbn.zst", 8, 40000, 68);
+    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(50)));
+    let mut feeder = start_live(&gateway, &db, KEY, &["--standby"]);
+    wait_until("the feeder staging", Duration::from_secs(60), || {
+        stored_trades(&db) >= 2_000
+    });
+    // Its sessions die; another holder takes the feeder lock before it is back, so on its
+    // reconnect it stands by.
+    let mut other = connect(&db);
+    let mut dba = connect(&db);
+    wait_until(
+        "the feeder lock taken from it",
+        Duration::from_secs(30),
+        || {
+            dba.batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'tradebars-feeder' AND datname = current_database()",
+            )
+            .expect("terminating the feeder's sessions");
+            (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(2));
+                other
+                    .query_one("SELECT pg_try_advisory_lock(29794, 3)", &[])
+                    .expect("try lock")
+                    .get::<_, bool>(0)
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        feeder.try_wait().expect("status").is_none(),
+        "the feeder stands by"
+    );
+    sigterm(&mut feeder);
+    let (code, out) = exit_within(feeder, Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("stopped while standing by"), "{out}");
+    // nothing it committed is lost and nothing counts twice: once the other holder is gone,
+    // a restart resumes and the day ends exactly as sent
+    drop(other);
+    let mut again = start_live(&gateway, &db, KEY, &[]);
+    wait_until("all 40000 trades in bars", Duration::from_secs(90), || {
+        count(
+            &db,
+            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+        ) == 40_000
+    });
+    sigterm(&mut again);
+    let (code, out) = exit_within(again, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
