@@ -32,3 +32,23 @@ BEGIN
               HINT = 'SELECT mark_legacy(); sets such bars apart as source ''scanner'', values unchanged; the staged trades stay staged until then';
 END
 $fn$;
+
+-- The bars of one rollup before they are merged, one row per symbol and minute, with what
+-- cannot be counted graded out (0.3.0). The rollup fills it from the staging slot, merges
+-- the good rows into price_bars, sums its counts and TRUNCATEs it, all in its own
+-- transaction: so staged trades are read once, and every statement is an
+-- INSERT ... SELECT over tables distributed alike by symbol (on Citus, distribute it with
+-- staging). Unlogged: nothing in it outlives the transaction that wrote it.
+CREATE UNLOGGED TABLE rollup_bars (
+    symbol      text    NOT NULL,
+    minute      bigint  NOT NULL,   -- minutes since the epoch, UTC
+    good        boolean NOT NULL,   -- a symbol, a plausible minute and a counted trade
+    open_px     bigint, high_px bigint, low_px bigint, close_px bigint,
+    open_ts     bigint, open_seq bigint, close_ts bigint, close_seq bigint,
+    volume      bigint  NOT NULL,
+    trade_count bigint  NOT NULL,
+    notional_px numeric,
+    rejected    bigint  NOT NULL    -- trades of this group the aggregate did not count
+);
+COMMENT ON TABLE rollup_bars IS
+    'tradebars: the bars of the rollup in progress (empty outside bars_rollup())';
