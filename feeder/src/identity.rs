@@ -25,10 +25,10 @@ pub const NS_PER_MINUTE: i64 = 60_000_000_000;
 
 /// Hash maps keyed by small integers, touched once per trade: FxHash-like multiply-shift
 /// hashing, several times cheaper than SipHash here (keys are not attacker-chosen).
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Mix>>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Mix>>;
 
 #[derive(Default)]
-struct Mix(u64);
+pub(crate) struct Mix(u64);
 
 impl std::hash::Hasher for Mix {
     fn finish(&self) -> u64 {
@@ -194,8 +194,10 @@ impl Seen {
                 self.first_group.push(fp);
             }
         } else {
+            // Reused, not replaced: most trades start a group of their own.
             self.last = ts;
-            self.last_group = vec![fp];
+            self.last_group.clear();
+            self.last_group.push(fp);
         }
         match matched {
             Some(i) => {
