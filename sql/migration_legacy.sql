@@ -12,7 +12,8 @@ AS $fn$
        AND (SELECT count(*) FROM pg_attribute
             WHERE attrelid = to_regclass('price_bars') AND attnum > 0 AND NOT attisdropped
               AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
-                              'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq')) = 10
+                              'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
+                              'changed_in')) = 11
        AND EXISTS (
             SELECT 1 FROM pg_index i
             WHERE i.indrelid = to_regclass('price_bars') AND i.indisunique AND i.indpred IS NULL
@@ -94,7 +95,8 @@ BEGIN
     IF (SELECT count(*) FROM pg_attribute
         WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
           AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
-                          'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq')) < 10 THEN
+                          'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
+                          'changed_in')) < 11 THEN
     ALTER TABLE price_bars
         ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS data_source text,
@@ -105,7 +107,8 @@ BEGIN
         ADD COLUMN IF NOT EXISTS open_ts_ns  bigint,
         ADD COLUMN IF NOT EXISTS open_seq    bigint,
         ADD COLUMN IF NOT EXISTS close_ts_ns bigint,
-        ADD COLUMN IF NOT EXISTS close_seq   bigint;
+        ADD COLUMN IF NOT EXISTS close_seq   bigint,
+        ADD COLUMN IF NOT EXISTS changed_in  bigint;
     END IF;
     UPDATE price_bars SET is_legacy = false WHERE is_legacy IS NULL;
 
@@ -156,6 +159,10 @@ BEGIN
     IF to_regclass('price_bars_legacy_idx') IS NULL THEN
         -- Partial: legacy bars only, so writing trades bars does not pay for it.
         CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
+    END IF;
+    IF to_regclass('price_bars_changed_in') IS NULL THEN
+        -- Partial: bars no rollup changed (legacy ones) are never asked for by it.
+        CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
     END IF;
     PERFORM guard_trades_bars();
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';

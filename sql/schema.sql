@@ -120,12 +120,15 @@ BEGIN
             is_legacy    boolean     NOT NULL DEFAULT false,
             data_source  text,
             migrated_at  timestamptz,
-            deleted_at   timestamptz
+            deleted_at   timestamptz,
+            changed_in   bigint                 -- the rollup that last changed it (0.3.0)
         );
         CREATE UNIQUE INDEX price_bars_symbol_timestamp_source
             ON price_bars (symbol, "timestamp", data_source);
         -- Partial: legacy bars only, so writing trades bars does not pay for it.
         CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
+        -- What bars_changed_since() reads: the bars of the latest rollups.
+        CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
         PERFORM pg_extension_config_dump('price_bars', '');
     END IF;
 END

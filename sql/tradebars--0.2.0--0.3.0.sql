@@ -15,6 +15,9 @@
 --   scanner's bars apart as source 'scanner' (bars() prefers trades, then scanner, then
 --   legacy; migration_coverage() counts them); a trigger refuses to relabel trades bars;
 --   irreversible deletes accept only a real copy, compared whole.
+-- * bars_rollup() aggregates staging once, into rollup_bars; each bar records the rollup that
+--   changed it (price_bars.changed_in), each rollup that changes bars sends NOTIFY
+--   tradebars_bars, and bars_changed_since() returns what changed since a rollup.
 -- Must define exactly what a fresh 0.3.0 install defines; the end-to-end test
 -- `upgrading_from_0_2_0_gives_what_a_fresh_install_gives` compares them.
 
@@ -25,6 +28,37 @@ CREATE OR REPLACE VIEW trades_staging AS
     SELECT * FROM trades_staging_0
     UNION ALL
     SELECT * FROM trades_staging_1;
+
+-- Live push (0.3.0): each bar says which rollup changed it last (bars_changed_since()).
+-- A price_bars still the old application's gets the column from mark_legacy().
+DO $do$
+BEGIN
+    IF to_regclass('price_bars') IS NOT NULL AND price_bars_is_ready() THEN
+        ALTER TABLE price_bars ADD COLUMN IF NOT EXISTS changed_in bigint;
+        CREATE INDEX IF NOT EXISTS price_bars_changed_in ON price_bars (changed_in)
+            WHERE changed_in IS NOT NULL;
+    END IF;
+END
+$do$;
+CREATE OR REPLACE FUNCTION price_bars_is_ready() RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+    SELECT to_regclass('price_bars') IS NOT NULL
+       AND (SELECT count(*) FROM pg_attribute
+            WHERE attrelid = to_regclass('price_bars') AND attnum > 0 AND NOT attisdropped
+              AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
+                              'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
+                              'changed_in')) = 11
+       AND EXISTS (
+            SELECT 1 FROM pg_index i
+            WHERE i.indrelid = to_regclass('price_bars') AND i.indisunique AND i.indpred IS NULL
+              AND i.indnatts = 3
+              AND ARRAY(SELECT a.attname::text
+                        FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                        ORDER BY k.ord) = ARRAY['symbol', 'timestamp', 'data_source'])
+$fn$;
 
 -- ---- sql/identity.sql, as released in 0.3.0 ----
 -- Trade identity and the bar clock (0.3.0).
@@ -552,7 +586,8 @@ BEGIN
     IF (SELECT count(*) FROM pg_attribute
         WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
           AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
-                          'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq')) < 10 THEN
+                          'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
+                          'changed_in')) < 11 THEN
     ALTER TABLE price_bars
         ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS data_source text,
@@ -563,7 +598,8 @@ BEGIN
         ADD COLUMN IF NOT EXISTS open_ts_ns  bigint,
         ADD COLUMN IF NOT EXISTS open_seq    bigint,
         ADD COLUMN IF NOT EXISTS close_ts_ns bigint,
-        ADD COLUMN IF NOT EXISTS close_seq   bigint;
+        ADD COLUMN IF NOT EXISTS close_seq   bigint,
+        ADD COLUMN IF NOT EXISTS changed_in  bigint;
     END IF;
     UPDATE price_bars SET is_legacy = false WHERE is_legacy IS NULL;
 
@@ -614,6 +650,10 @@ BEGIN
     IF to_regclass('price_bars_legacy_idx') IS NULL THEN
         -- Partial: legacy bars only, so writing trades bars does not pay for it.
         CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
+    END IF;
+    IF to_regclass('price_bars_changed_in') IS NULL THEN
+        -- Partial: bars no rollup changed (legacy ones) are never asked for by it.
+        CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
     END IF;
     PERFORM guard_trades_bars();
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
@@ -1040,6 +1080,46 @@ CREATE UNLOGGED TABLE rollup_bars (
 );
 COMMENT ON TABLE rollup_bars IS
     'tradebars: the bars of the rollup in progress (empty outside bars_rollup())';
+
+-- ---- sql/changes.sql, as released in 0.3.0 ----
+-- Live push (0.3.0): apps learn that bars changed without polling.
+--
+-- Every bars_rollup() that changes bars sends one NOTIFY on the channel tradebars_bars, with
+-- the rollup's id as its payload (a decimal number: far below PostgreSQL's 8000-byte limit).
+-- It is delivered when the rollup commits, with the bars. Each bar keeps the id of the rollup
+-- that changed it last (price_bars.changed_in), so bars_changed_since(id) returns every bar
+-- changed after rollup `id`, as it stands now: a listener that missed notifications, or was
+-- not connected, catches up with one call. The latest id is rollup_status().rollups.
+CREATE FUNCTION bars_changed_since(since bigint, symbols text[] DEFAULT NULL)
+RETURNS TABLE (rollup_id bigint, symbol text, "timestamp" timestamptz, open numeric,
+               high numeric, low numeric, close numeric, volume bigint, trade_count bigint,
+               vwap numeric)
+    LANGUAGE plpgsql STABLE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+#variable_conflict use_column
+BEGIN
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'bars_changed_since: since must not be NULL (0 returns every bar a rollup wrote)'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF since < 0 THEN
+        RAISE EXCEPTION 'bars_changed_since: since must be a rollup id, 0 or more (got %)', since
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'SELECT rollups FROM rollup_status(); gives the latest rollup id';
+    END IF;
+    PERFORM require_price_bars_ready('bars_changed_since');
+    RETURN QUERY
+        SELECT p.changed_in, p.symbol, p."timestamp", p.open, p.high, p.low, p.close,
+               p.volume, p.trade_count, p.vwap
+        FROM price_bars p
+        WHERE p.changed_in > bars_changed_since.since
+          AND (bars_changed_since.symbols IS NULL OR p.symbol = ANY (bars_changed_since.symbols))
+        ORDER BY p.changed_in, p.symbol, p."timestamp";
+END
+$fn$;
+COMMENT ON FUNCTION bars_changed_since(bigint, text[]) IS
+    'tradebars: the bars changed by rollups after rollup `since` (optionally of some symbols only), as they stand now; NOTIFY tradebars_bars says when to ask';
 
 -- Trade identity (0.3.0): the feeder reads and extends what is already counted.
 GRANT SELECT, INSERT, DELETE ON trade_coverage TO tradebars_feeder;

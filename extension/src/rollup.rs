@@ -14,6 +14,9 @@ pub const ROLLUP_LOCK: i32 = 2;
 /// work_mem for the rollup's hash aggregate (at least; a larger setting is kept).
 const ROLLUP_WORK_MEM: &str = "256MB";
 
+/// The channel each rollup that changes bars notifies, with its id (sql/changes.sql).
+pub const BARS_CHANNEL: &str = "tradebars_bars";
+
 pub const SLOTS: [&str; 2] = ["trades_staging_0", "trades_staging_1"];
 
 /// The slot the feeder is not writing to after the epoch moved to `epoch`.
@@ -129,8 +132,10 @@ enum Bars<'a> {
     Inline(&'a str, Clock),
 }
 
-/// The bars to merge, as the merge's SELECT.
+/// The bars to merge, as the merge's SELECT. From `rollup_bars`, each carries the rollup's
+/// id ($1) as `changed_in`.
 fn bars_select(bars: Bars<'_>) -> String {
+    let changed_in = if bars == Bars::Grouped { ", $1" } else { "" };
     let (p, from) = match bars {
         Bars::Grouped => ("", "rollup_bars WHERE good".to_string()),
         Bars::Inline(slot, clock) => {
@@ -156,7 +161,7 @@ fn bars_select(bars: Bars<'_>) -> String {
                 {p}volume, {p}trade_count, \
                 trim_scale(round(fixed_to_numeric({p}notional_px) / {p}volume, 9)), \
                 fixed_to_numeric({p}notional_px), \
-                {p}open_ts, {p}open_seq, {p}close_ts, {p}close_seq, false, 'trades' \
+                {p}open_ts, {p}open_seq, {p}close_ts, {p}close_seq, false, 'trades'{changed_in} \
          FROM {from}"
     )
 }
@@ -179,11 +184,16 @@ fn merge_sql(bars: Bars<'_>, guarded: bool) -> String {
         "p.volume + EXCLUDED.volume"
     };
     let select = bars_select(bars);
+    let (changed_in, set_changed_in) = if bars == Bars::Grouped {
+        (", changed_in", ",\n    changed_in = EXCLUDED.changed_in")
+    } else {
+        ("", "")
+    };
     format!(
         r#"
 INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
                              vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
-                             is_legacy, data_source)
+                             is_legacy, data_source{changed_in})
 {select}
 ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
     open = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
@@ -203,7 +213,7 @@ ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
     volume = {volume},
     trade_count = p.trade_count + EXCLUDED.trade_count,
     notional = p.notional + EXCLUDED.notional,
-    vwap = trim_scale(round((p.notional + EXCLUDED.notional) / (p.volume + EXCLUDED.volume), 9))
+    vwap = trim_scale(round((p.notional + EXCLUDED.notional) / (p.volume + EXCLUDED.volume), 9)){set_changed_in}
 "#
     )
 }
@@ -239,11 +249,10 @@ pub struct RollupResult {
 
 type Client<'a> = pgrx::spi::SpiClient<'a>;
 
-/// Runs `sql` with the minute bounds; a failure is a PostgreSQL ERROR naming the step.
-fn run(client: &mut Client<'_>, sql: &str, bounds: Option<[i64; 2]>, what: &str) -> u64 {
-    let args: Vec<pgrx::datum::DatumWithOid> = bounds
-        .map(|b| b.iter().map(|v| (*v).into()).collect())
-        .unwrap_or_default();
+/// Runs `sql` with `params` ($1, $2, ...: the minute bounds, or the rollup's id); a failure
+/// is a PostgreSQL ERROR naming the step.
+fn run(client: &mut Client<'_>, sql: &str, params: &[i64], what: &str) -> u64 {
+    let args: Vec<pgrx::datum::DatumWithOid> = params.iter().map(|v| (*v).into()).collect();
     client
         .update(sql, None, &args)
         .map(|t| t.len() as u64)
@@ -295,7 +304,7 @@ fn pinned_clock(client: &mut Client<'_>) -> Option<Clock> {
     run(
         client,
         "INSERT INTO bar_settings (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
-        None,
+        &[],
         "pinning the bar clock",
     );
     let name: String = value(client, "SELECT clock FROM bar_settings").unwrap_or_default();
@@ -309,7 +318,7 @@ fn claim_slots(client: &mut Client<'_>) -> [&'static str; 2] {
     run(
         client,
         &format!("SELECT pg_advisory_xact_lock({TRADEBARS_LOCK_CLASS}, {ROLLUP_LOCK})"),
-        None,
+        &[],
         "waiting for another rollup",
     );
     let epoch: i64 = value(client, "SELECT nextval('staging_epoch')")
@@ -333,9 +342,11 @@ fn idle_with_stragglers(client: &mut Client<'_>, slot: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// What the database's objects allow the rollup to do.
+/// This rollup: its id, and what the database's objects allow it to do.
 #[derive(Debug, Clone, Copy)]
-struct Objects {
+struct Plan {
+    /// `rollup_stats.rollups` once it commits: what `price_bars.changed_in` and the NOTIFY say.
+    id: i64,
     clock: Clock,
     /// 0.3.0's objects: staging has `ord`, and `foreign_trades_bar` guards the merge.
     v030: bool,
@@ -345,37 +356,28 @@ struct Objects {
 
 /// Rolls up one slot and empties it. Waits for a COPY still writing to it; later writers of
 /// it wait for us.
-fn roll_slot(
-    client: &mut Client<'_>,
-    slot: &str,
-    objects: Objects,
-    bounds: [i64; 2],
-) -> RollupResult {
+fn roll_slot(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> RollupResult {
     run(
         client,
         &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
-        None,
+        &[],
         "claiming staging",
     );
-    if objects.grouped {
-        roll_grouped(client, slot, objects.clock, bounds)
+    if plan.grouped {
+        roll_grouped(client, slot, plan, bounds)
     } else {
-        roll_inline(client, slot, objects, bounds)
+        roll_inline(client, slot, plan, bounds)
     }
 }
 
 /// Aggregates the slot into `rollup_bars`, merges its good bars, sets aside the trades it
 /// graded out, and empties both.
-fn roll_grouped(
-    client: &mut Client<'_>,
-    slot: &str,
-    clock: Clock,
-    bounds: [i64; 2],
-) -> RollupResult {
+fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> RollupResult {
+    let clock = plan.clock;
     let groups = run(
         client,
         &group_sql(slot, clock),
-        Some(bounds),
+        &bounds,
         "aggregating staged trades",
     );
     if groups == 0 {
@@ -389,7 +391,7 @@ fn roll_grouped(
     let bars = run(
         client,
         &merge_sql(Bars::Grouped, true),
-        None,
+        &[plan.id],
         "merging bars",
     ) as i64;
     let mut rejected = 0;
@@ -397,7 +399,7 @@ fn roll_grouped(
         rejected = run(
             client,
             &reject_sql(slot, clock, true),
-            Some(bounds),
+            &bounds,
             "keeping rejected trades",
         ) as i64;
     }
@@ -411,7 +413,7 @@ fn roll_grouped(
     run(
         client,
         &format!("TRUNCATE {slot}, rollup_bars"),
-        None,
+        &[],
         "consuming staging",
     );
     RollupResult {
@@ -423,13 +425,8 @@ fn roll_grouped(
 
 /// The rollup of a database whose objects predate `rollup_bars` (the library is newer than
 /// its `ALTER EXTENSION ... UPDATE`): count, merge with each trade filtered, set aside.
-fn roll_inline(
-    client: &mut Client<'_>,
-    slot: &str,
-    objects: Objects,
-    bounds: [i64; 2],
-) -> RollupResult {
-    let (clock, with_ord) = (objects.clock, objects.v030);
+fn roll_inline(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> RollupResult {
+    let (clock, with_ord) = (plan.clock, plan.v030);
     let args: Vec<pgrx::datum::DatumWithOid> = bounds.iter().map(|v| (*v).into()).collect();
     let (staged, unusable) = client
         .select(&census_sql(slot, clock), None, &args)
@@ -446,21 +443,21 @@ fn roll_inline(
     result.bars = run(
         client,
         &merge_sql(Bars::Inline(slot, clock), with_ord),
-        Some(bounds),
+        &bounds,
         "merging bars",
     ) as i64;
     if unusable > 0 {
         result.rejected = run(
             client,
             &reject_sql(slot, clock, with_ord),
-            Some(bounds),
+            &bounds,
             "keeping rejected trades",
         ) as i64;
     }
     run(
         client,
         &format!("TRUNCATE {slot}"),
-        None,
+        &[],
         "consuming staging",
     );
     result
@@ -471,7 +468,8 @@ fn run_rollup() -> RollupResult {
         check_preconditions(client);
         let [quiet, other] = claim_slots(client);
         let clock = pinned_clock(client);
-        let objects = Objects {
+        let plan = Plan {
+            id: value(client, "SELECT rollups + 1 FROM rollup_stats").unwrap_or(1),
             clock: clock.unwrap_or(Clock::Event),
             v030: clock.is_some(),
             grouped: value::<bool>(client, "SELECT to_regclass('rollup_bars') IS NOT NULL")
@@ -491,9 +489,9 @@ fn run_rollup() -> RollupResult {
         let now_minute: i64 =
             value(client, "SELECT (extract(epoch FROM now())::bigint / 60)").unwrap_or_default();
         let bounds = [MIN_MINUTE, now_minute + 24 * 60];
-        let mut result = roll_slot(client, quiet, objects, bounds);
+        let mut result = roll_slot(client, quiet, plan, bounds);
         if idle_with_stragglers(client, other) {
-            let more = roll_slot(client, other, objects, bounds);
+            let more = roll_slot(client, other, plan, bounds);
             result.trades += more.trades;
             result.bars += more.bars;
             result.rejected += more.rejected;
@@ -506,12 +504,21 @@ fn run_rollup() -> RollupResult {
             b = result.bars,
             r = result.rejected
         );
-        run(client, &stats, None, "recording totals");
+        run(client, &stats, &[], "recording totals");
+        if plan.grouped && result.bars > 0 {
+            // Delivered at commit, with the bars: see sql/changes.sql.
+            run(
+                client,
+                &format!("SELECT pg_notify('{BARS_CHANNEL}', $1::text)"),
+                &[plan.id],
+                "notifying listeners",
+            );
+        }
         let restore = format!(
             "SELECT set_config('work_mem', {}, true)",
             pgrx::spi::quote_literal(&work_mem)
         );
-        run(client, &restore, None, "restoring work_mem");
+        run(client, &restore, &[], "restoring work_mem");
         result
     })
 }
@@ -535,6 +542,12 @@ pgrx::extension_sql_file!(
     "../../sql/rollup.sql",
     name = "rollup_status",
     requires = ["tradebars_schema"],
+);
+
+pgrx::extension_sql_file!(
+    "../../sql/changes.sql",
+    name = "bar_changes",
+    requires = ["migration_legacy"],
 );
 
 #[cfg(any(test, feature = "pg_test"))]

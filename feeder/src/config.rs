@@ -60,6 +60,13 @@ pub enum Command {
     Rollup(DbArgs),
     /// Show bars by source, the pipeline, the feeder and the migration's success criteria.
     Status(StatusArgs),
+    /// Print bars as rollups change them, until interrupted (SIGTERM or SIGINT: exit 0).
+    ///
+    /// Listens on the channel tradebars_bars, which each rollup that changes bars notifies,
+    /// and asks bars_changed_since() for every bar changed since the last one printed: a
+    /// missed notification or a lost connection (opened again) loses no bar. One line per bar:
+    /// rollup id, symbol, minute (UTC), open, high, low, close, volume, trades, vwap.
+    Watch(WatchArgs),
     /// Connect to PostgreSQL as the other commands do, and say how: server version, user, TLS.
     ///
     /// Checks a database URL and its TLS settings (sslmode, sslrootcert, sslcert, sslkey in the
@@ -245,6 +252,27 @@ pub struct StatusArgs {
     /// Print again every SECONDS seconds until interrupted.
     #[arg(long, value_name = "SECONDS")]
     pub watch: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Only these symbols, comma-separated; every symbol when absent.
+    #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
+    pub symbols: Vec<String>,
+    /// First print the bars changed after this rollup (0: every bar a rollup wrote); without
+    /// it, only bars changed from now on.
+    #[arg(long, value_name = "ROLLUP_ID", value_parser = clap::value_parser!(i64).range(0..))]
+    pub since: Option<i64>,
+}
+
+fn parse_symbol(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("a symbol must not be empty".into());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_date(s: &str) -> Result<time::Date, String> {

@@ -20,6 +20,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -29,8 +30,10 @@ use rustls::{
     AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
     SignatureScheme,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{describe_db_error, FeederError};
@@ -578,6 +581,24 @@ pub fn tls_options(url: &str) -> Result<TlsOptions, FeederError> {
 }
 
 pub async fn connect(url: &str, application: &str) -> Result<Client, FeederError> {
+    open(url, application, None).await
+}
+
+/// As `connect`, with the connection's notifications (of `LISTEN`) sent down a channel. The
+/// channel closes when the connection does.
+pub async fn connect_listening(
+    url: &str,
+    application: &str,
+) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), FeederError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    Ok((open(url, application, Some(tx)).await?, rx))
+}
+
+async fn open(
+    url: &str,
+    application: &str,
+    notifications: Option<mpsc::UnboundedSender<Notification>>,
+) -> Result<Client, FeederError> {
     let (mut config, tls) =
         parse(url, &|k| std::env::var(k).ok()).map_err(|msg| FeederError::Connect {
             target: "the given database URL".into(),
@@ -597,7 +618,7 @@ pub async fn connect(url: &str, application: &str) -> Result<Client, FeederError
             .connect(NoTls)
             .await
             .map_err(|e| fail(describe_connect_error(&e, &tls)))?;
-        spawn_connection(connection, target.clone());
+        spawn_connection(connection, target.clone(), notifications);
         return Ok(client);
     }
     let connector = MakeRustlsConnect::new(client_config(&tls).map_err(fail)?);
@@ -605,17 +626,40 @@ pub async fn connect(url: &str, application: &str) -> Result<Client, FeederError
         .connect(connector)
         .await
         .map_err(|e| fail(describe_connect_error(&e, &tls)))?;
-    spawn_connection(connection, target.clone());
+    spawn_connection(connection, target.clone(), notifications);
     Ok(client)
 }
 
-fn spawn_connection<F>(connection: F, target: String)
-where
-    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+/// Drives the connection; with `notifications`, reads its messages one by one and passes the
+/// notifications on (a connection driven as a plain future drops them).
+fn spawn_connection<S, T>(
+    mut connection: Connection<S, T>,
+    target: String,
+    notifications: Option<mpsc::UnboundedSender<Notification>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let closed = move |e: tokio_postgres::Error| {
+        tracing::warn!(target = %target, error = %describe_db_error(&e), "PostgreSQL connection closed");
+    };
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(target = %target, error = %describe_db_error(&e), "PostgreSQL connection closed");
+        let Some(tx) = notifications else {
+            if let Err(e) = connection.await {
+                closed(e);
+            }
+            return;
+        };
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n);
+                }
+                Ok(AsyncMessage::Notice(n)) => tracing::debug!("PostgreSQL: {}", n.message()),
+                Ok(_) => {}
+                Err(e) => return closed(e),
+            }
         }
     });
 }

@@ -14,6 +14,7 @@ mod sink;
 mod source;
 mod status;
 mod trade;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -383,6 +384,7 @@ async fn run(cli: Cli) -> Result<(), FeederError> {
             status::run(&db::connect(&args.db.database_url, APP).await?, args.watch).await
         }
         Command::Ping(args) => ping(&args.database_url).await,
+        Command::Watch(args) => watch::run(args, APP).await,
     }
 }
 
