@@ -194,7 +194,7 @@ BEGIN
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
           AND (coalesce(bars.include_legacy, false)
-               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
           AND (hours.opens IS NULL
                OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
@@ -205,10 +205,11 @@ BEGIN
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" = seed_at
           AND (coalesce(bars.include_legacy, false)
-               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
         ORDER BY CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
-                      WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
+                      WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
+                      WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
         LIMIT 1;
     END IF;
@@ -217,20 +218,22 @@ BEGIN
         SELECT DISTINCT ON (p."timestamp")
                p."timestamp", p.open, p.high, p.low, p.close, p.volume::bigint AS volume,
                p.trade_count::bigint AS trade_count, p.notional, p.data_source,
-               (p.is_legacy OR p.data_source IS DISTINCT FROM 'trades') AS legacy
+               (p.is_legacy OR p.data_source NOT IN ('trades', 'ohlcv-1m')
+                OR p.data_source IS NULL) AS legacy
         FROM price_bars p
         WHERE p.symbol = bars.symbol
           AND p."timestamp" >= bars.start AND p."timestamp" < bars."end"
           AND (coalesce(bars.include_legacy, false)
-               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
           AND (hours.opens IS NULL
                OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
                    AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
-        -- trades bars first, then the old scanner's, then legacy
+        -- trades bars first, then Databento's official bars, then the old scanner's, then legacy
         ORDER BY p."timestamp",
                  CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
-                      WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
+                      WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
+                      WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
     ),
     buckets AS (
@@ -298,4 +301,4 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION bars(text, timestamptz, timestamptz, boolean, interval, boolean, text, interval, text, text) IS
-    'tradebars: bars of one symbol in [start, end): trades bars win over legacy bars; bucket from 1 minute to 1 day, in tz from origin, within session, gaps filled as asked';
+    'tradebars: bars of one symbol in [start, end): trades bars win over official (ohlcv-1m), those over legacy bars; bucket from 1 minute to 1 day, in tz from origin, within session, gaps filled as asked';

@@ -38,9 +38,10 @@ CREATE TABLE trade_coverage (
     first_group   bigint[] NOT NULL,  -- fingerprints of the trades at first_recv, in order
     last_group    bigint[] NOT NULL,  -- and at last_recv
     source        text     NOT NULL,  -- the source that staged the first of them
-    PRIMARY KEY (publisher_id, instrument_id, first_recv)
+    -- Minute first: a load reads and writes whole minutes in time order, so its rows append
+    -- at the index's end, and one index serves loading, pruning and the newest minute.
+    PRIMARY KEY (minute, publisher_id, instrument_id, first_recv)
 );
-CREATE INDEX trade_coverage_minute ON trade_coverage (minute);
 COMMENT ON TABLE trade_coverage IS
     'tradebars: which trades are already counted, per publisher, instrument and ts_recv minute';
 

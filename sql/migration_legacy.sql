@@ -183,8 +183,8 @@ BEGIN
             coalesce(quote_literal(source), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF source IN ('trades', 'scanner') THEN
-        RAISE EXCEPTION 'mark_legacy: ''%'' names bars of tradebars or of the old scanner; give the legacy feed''s name, such as ''mbp-1''', source
+    IF source IN ('trades', 'scanner', 'ohlcv-1m') THEN
+        RAISE EXCEPTION 'mark_legacy: ''%'' names bars of tradebars, of Databento or of the old scanner; give the legacy feed''s name, such as ''mbp-1''', source
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF to_regclass('price_bars') IS NULL THEN
@@ -211,7 +211,8 @@ BEGIN
        SET is_legacy = true,
            data_source = coalesce(data_source, mark_legacy.source),
            migrated_at = now()
-     WHERE NOT is_legacy AND data_source IS DISTINCT FROM 'trades';
+     WHERE NOT is_legacy AND data_source IS DISTINCT FROM 'trades'
+       AND data_source IS DISTINCT FROM 'ohlcv-1m';  -- Databento's bars, loaded by tradebars
     GET DIAGNOSTICS marked = ROW_COUNT;
     IF marked = 0 THEN
         RAISE NOTICE 'mark_legacy: nothing to mark; % bars were already legacy',

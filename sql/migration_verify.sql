@@ -27,7 +27,8 @@ END
 $fn$;
 
 CREATE FUNCTION migration_coverage(since interval DEFAULT '1 day')
-RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint)
+RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint,
+               official_bars bigint)
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, pg_temp
 AS $fn$
@@ -39,7 +40,8 @@ BEGIN
         SELECT date_trunc('hour', p."timestamp"),
                count(*) FILTER (WHERE p.is_legacy AND p.data_source IS DISTINCT FROM 'scanner'),
                count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'trades'),
-               count(*) FILTER (WHERE p.data_source = 'scanner')
+               count(*) FILTER (WHERE p.data_source = 'scanner'),
+               count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'ohlcv-1m')
         FROM price_bars p
         WHERE p."timestamp" > cutoff
         GROUP BY 1 ORDER BY 1;

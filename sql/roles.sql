@@ -34,6 +34,11 @@ GRANT SELECT ON bar_settings TO tradebars_feeder, tradebars_reader;
 REVOKE EXECUTE ON FUNCTION prune_trade_identity(), identity_refusal(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION prune_trade_identity(), identity_refusal(bigint) TO tradebars_feeder;
 
+-- Official bars (0.3.0): the feeder stages them; the merge runs as the extension's owner.
+GRANT INSERT ON official_bars_staging TO tradebars_feeder;
+REVOKE EXECUTE ON FUNCTION official_bars_merge(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION official_bars_merge(text) TO tradebars_feeder;
+
 -- The DBA's functions change or remove bars: not for everyone.
 REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_deleted(interval, regclass, boolean),
     archive_legacy(), restore_legacy(boolean), hard_delete_legacy(regclass, boolean),

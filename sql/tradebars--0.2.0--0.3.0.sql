@@ -18,6 +18,8 @@
 -- * bars_rollup() aggregates staging once, into rollup_bars; each bar records the rollup that
 --   changed it (price_bars.changed_in), each rollup that changes bars sends NOTIFY
 --   tradebars_bars, and bars_changed_since() returns what changed since a rollup.
+-- * Databento's official OHLCV-1m bars load into price_bars as source 'ohlcv-1m'
+--   (sql/official.sql); bars() ranks them after trades bars and before legacy.
 -- Must define exactly what a fresh 0.3.0 install defines; the end-to-end test
 -- `upgrading_from_0_2_0_gives_what_a_fresh_install_gives` compares them.
 
@@ -101,9 +103,10 @@ CREATE TABLE trade_coverage (
     first_group   bigint[] NOT NULL,  -- fingerprints of the trades at first_recv, in order
     last_group    bigint[] NOT NULL,  -- and at last_recv
     source        text     NOT NULL,  -- the source that staged the first of them
-    PRIMARY KEY (publisher_id, instrument_id, first_recv)
+    -- Minute first: a load reads and writes whole minutes in time order, so its rows append
+    -- at the index's end, and one index serves loading, pruning and the newest minute.
+    PRIMARY KEY (minute, publisher_id, instrument_id, first_recv)
 );
-CREATE INDEX trade_coverage_minute ON trade_coverage (minute);
 COMMENT ON TABLE trade_coverage IS
     'tradebars: which trades are already counted, per publisher, instrument and ts_recv minute';
 
@@ -674,8 +677,8 @@ BEGIN
             coalesce(quote_literal(source), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF source IN ('trades', 'scanner') THEN
-        RAISE EXCEPTION 'mark_legacy: ''%'' names bars of tradebars or of the old scanner; give the legacy feed''s name, such as ''mbp-1''', source
+    IF source IN ('trades', 'scanner', 'ohlcv-1m') THEN
+        RAISE EXCEPTION 'mark_legacy: ''%'' names bars of tradebars, of Databento or of the old scanner; give the legacy feed''s name, such as ''mbp-1''', source
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF to_regclass('price_bars') IS NULL THEN
@@ -702,7 +705,8 @@ BEGIN
        SET is_legacy = true,
            data_source = coalesce(data_source, mark_legacy.source),
            migrated_at = now()
-     WHERE NOT is_legacy AND data_source IS DISTINCT FROM 'trades';
+     WHERE NOT is_legacy AND data_source IS DISTINCT FROM 'trades'
+       AND data_source IS DISTINCT FROM 'ohlcv-1m';  -- Databento's bars, loaded by tradebars
     GET DIAGNOSTICS marked = ROW_COUNT;
     IF marked = 0 THEN
         RAISE NOTICE 'mark_legacy: nothing to mark; % bars were already legacy',
@@ -890,7 +894,7 @@ BEGIN
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
           AND (coalesce(bars.include_legacy, false)
-               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
           AND (hours.opens IS NULL
                OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
@@ -901,10 +905,11 @@ BEGIN
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" = seed_at
           AND (coalesce(bars.include_legacy, false)
-               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
         ORDER BY CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
-                      WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
+                      WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
+                      WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
         LIMIT 1;
     END IF;
@@ -913,20 +918,22 @@ BEGIN
         SELECT DISTINCT ON (p."timestamp")
                p."timestamp", p.open, p.high, p.low, p.close, p.volume::bigint AS volume,
                p.trade_count::bigint AS trade_count, p.notional, p.data_source,
-               (p.is_legacy OR p.data_source IS DISTINCT FROM 'trades') AS legacy
+               (p.is_legacy OR p.data_source NOT IN ('trades', 'ohlcv-1m')
+                OR p.data_source IS NULL) AS legacy
         FROM price_bars p
         WHERE p.symbol = bars.symbol
           AND p."timestamp" >= bars.start AND p."timestamp" < bars."end"
           AND (coalesce(bars.include_legacy, false)
-               OR (NOT p.is_legacy AND p.data_source IS NOT DISTINCT FROM 'trades'))
+               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
           AND (hours.opens IS NULL
                OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
                    AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
-        -- trades bars first, then the old scanner's, then legacy
+        -- trades bars first, then Databento's official bars, then the old scanner's, then legacy
         ORDER BY p."timestamp",
                  CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
-                      WHEN p.data_source = 'scanner' THEN 1 ELSE 2 END,
+                      WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
+                      WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
     ),
     buckets AS (
@@ -994,7 +1001,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION bars(text, timestamptz, timestamptz, boolean, interval, boolean, text, interval, text, text) IS
-    'tradebars: bars of one symbol in [start, end): trades bars win over legacy bars; bucket from 1 minute to 1 day, in tz from origin, within session, gaps filled as asked';
+    'tradebars: bars of one symbol in [start, end): trades bars win over official (ohlcv-1m), those over legacy bars; bucket from 1 minute to 1 day, in tz from origin, within session, gaps filled as asked';
 
 DROP FUNCTION migration_status();
 CREATE FUNCTION migration_status()
@@ -1024,7 +1031,8 @@ $fn$;
 
 DROP FUNCTION migration_coverage(interval);
 CREATE FUNCTION migration_coverage(since interval DEFAULT '1 day')
-RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint)
+RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint,
+               official_bars bigint)
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, pg_temp
 AS $fn$
@@ -1036,7 +1044,8 @@ BEGIN
         SELECT date_trunc('hour', p."timestamp"),
                count(*) FILTER (WHERE p.is_legacy AND p.data_source IS DISTINCT FROM 'scanner'),
                count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'trades'),
-               count(*) FILTER (WHERE p.data_source = 'scanner')
+               count(*) FILTER (WHERE p.data_source = 'scanner'),
+               count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'ohlcv-1m')
         FROM price_bars p
         WHERE p."timestamp" > cutoff
         GROUP BY 1 ORDER BY 1;
@@ -1120,6 +1129,88 @@ END
 $fn$;
 COMMENT ON FUNCTION bars_changed_since(bigint, text[]) IS
     'tradebars: the bars changed by rollups after rollup `since` (optionally of some symbols only), as they stand now; NOTIFY tradebars_bars says when to ask';
+
+-- ---- sql/official.sql, as released in 0.3.0 ----
+-- Databento's own bars as history (0.3.0): official OHLCV-1m bars, loaded by the feeder from
+-- an ohlcv-1m file (replay) into price_bars with data_source 'ohlcv-1m'. They carry real
+-- volume, so bars() returns them by default; in one minute a trades bar wins over them, and
+-- they over legacy bars. Built on ts_recv as trades bars are (the database's default clock),
+-- a trades bar and the official bar of the same minute agree exactly. Databento's OHLCV has
+-- no trade count: trade_count is 0, vwap and notional NULL.
+--
+-- The feeder COPYs a file's bars here and calls official_bars_merge() in the same
+-- transaction, which merges them and empties this table.
+CREATE TABLE official_bars_staging (
+    symbol   text   NOT NULL,  -- '' when the file had no symbol mapping for it
+    ts_event bigint NOT NULL,  -- the bar's start, ns since the epoch, UTC
+    open     bigint NOT NULL,  -- prices fixed-point (1e-9), as in the DBN record
+    high     bigint NOT NULL,
+    low      bigint NOT NULL,
+    close    bigint NOT NULL,
+    volume   bigint NOT NULL
+);
+COMMENT ON TABLE official_bars_staging IS
+    'tradebars: official bars on their way into price_bars (empty outside a load)';
+
+-- Merges the staged official bars of `schema` into price_bars, replacing a bar already
+-- there (Databento's bar is whole: loading it again changes nothing), and empties the
+-- staging. Bars that cannot be stored are counted, not stored: no symbol mapping, not the
+-- start of a UTC minute, an undefined price or prices that contradict each other, a
+-- negative volume, an implausible time (before 1980, or more than a day ahead).
+CREATE FUNCTION official_bars_merge(schema text)
+RETURNS TABLE (bars_written bigint, bars_rejected bigint)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    staged bigint;
+    written bigint;
+    twice record;
+BEGIN
+    IF schema IS DISTINCT FROM 'ohlcv-1m' THEN
+        RAISE EXCEPTION 'official_bars_merge: schema must be ''ohlcv-1m'' (price_bars holds minute bars), not %',
+            coalesce(quote_literal(schema), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM require_price_bars_ready('official_bars_merge');
+    -- One load at a time; the staged rows are this transaction's own.
+    LOCK TABLE official_bars_staging IN ACCESS EXCLUSIVE MODE;
+    SELECT s.symbol, s.ts_event INTO twice
+    FROM official_bars_staging s WHERE s.symbol <> ''
+    GROUP BY s.symbol, s.ts_event HAVING count(*) > 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'official_bars_merge: two % bars of % at %; nothing was loaded',
+            schema, twice.symbol, to_timestamp(twice.ts_event / 1000000000)
+            USING ERRCODE = 'unique_violation';
+    END IF;
+    SELECT count(*) INTO staged FROM official_bars_staging;
+    INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
+                                 is_legacy, data_source)
+    SELECT s.symbol, to_timestamp(s.ts_event / 1000000000),
+           fixed_to_numeric(s.open), fixed_to_numeric(s.high), fixed_to_numeric(s.low),
+           fixed_to_numeric(s.close), s.volume, 0, false, schema
+    FROM official_bars_staging s
+    WHERE s.symbol <> '' AND s.ts_event % 60000000000 = 0
+      AND s.ts_event >= 315532800000000000
+      AND s.ts_event < (extract(epoch FROM now() + interval '1 day')::bigint * 1000000000)
+      AND 9223372036854775807 NOT IN (s.open, s.high, s.low, s.close)
+      AND s.low <= least(s.open, s.close) AND s.high >= greatest(s.open, s.close)
+      AND s.volume >= 0
+    ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
+        open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+        volume = EXCLUDED.volume;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    TRUNCATE official_bars_staging;
+    RETURN QUERY SELECT written, staged - written;
+END
+$fn$;
+COMMENT ON FUNCTION official_bars_merge(text) IS
+    'tradebars: merges staged official bars (ohlcv-1m) into price_bars; returns bars written and rejected';
+
+-- Official bars (0.3.0): the feeder stages them; the merge runs as the extension's owner.
+GRANT INSERT ON official_bars_staging TO tradebars_feeder;
+REVOKE EXECUTE ON FUNCTION official_bars_merge(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION official_bars_merge(text) TO tradebars_feeder;
 
 -- Trade identity (0.3.0): the feeder reads and extends what is already counted.
 GRANT SELECT, INSERT, DELETE ON trade_coverage TO tradebars_feeder;

@@ -15,6 +15,12 @@ pub mod rollup;
 pub mod staging;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "tradebars_schema", bootstrap);
+// Databento's official OHLCV-1m bars, loaded as history (the feeder's replay).
+pgrx::extension_sql_file!(
+    "../../sql/official.sql",
+    name = "official_bars",
+    requires = ["tradebars_schema", "staging_functions", "migration_legacy"]
+);
 pgrx::extension_sql_file!(
     "../../sql/identity.sql",
     name = "tradebars_identity",

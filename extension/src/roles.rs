@@ -11,6 +11,7 @@ pgrx::extension_sql_file!(
         "bars_query",
         "staging_functions",
         "tradebars_identity",
+        "official_bars",
         bars_rollup
     ],
 );

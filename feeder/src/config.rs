@@ -38,6 +38,10 @@ pub enum Command {
     /// events count: every TRADES record and the 'T' records of the others (MBO fills are the
     /// resting side of a trade and are not counted again). Symbols come from the file's
     /// symbology. A file already loaded (same content) is skipped.
+    ///
+    /// An ohlcv-1m file (Databento's own minute bars) goes straight into price_bars as
+    /// data_source 'ohlcv-1m', history where no trades were loaded; loading it again changes
+    /// nothing. Hourly and daily bars are refused: price_bars holds minute bars.
     Replay(ReplayArgs),
     /// Stream trades from Databento's live gateway into staging, as a service.
     ///

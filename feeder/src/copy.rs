@@ -32,6 +32,27 @@ fn ts(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(-1)
 }
 
+/// The columns of `official_bars_staging`, in the order `encode_official_bar` writes them.
+pub const OFFICIAL_COLUMNS: &str = "symbol, ts_event, open, high, low, close, volume";
+
+/// One row of `official_bars_staging`: a Databento OHLCV bar and its symbol ('' unmapped).
+/// Out-of-range times and volumes are staged as -1, which the merge rejects.
+pub fn encode_official_bar(buf: &mut BytesMut, symbol: &str, bar: &dbn::OhlcvMsg) {
+    let symbol = if symbol.as_bytes().contains(&0) {
+        ""
+    } else {
+        symbol
+    };
+    buf.put_i16(7);
+    buf.put_i32(symbol.len() as i32);
+    buf.put_slice(symbol.as_bytes());
+    put_i64(buf, ts(bar.hd.ts_event));
+    for price in [bar.open, bar.high, bar.low, bar.close] {
+        put_i64(buf, price);
+    }
+    put_i64(buf, i64::try_from(bar.volume).unwrap_or(-1));
+}
+
 /// One staging row: the trade, and `ord`, its place among the trades of its source that share
 /// its `ts_recv`, in delivery order (see identity.rs).
 pub fn encode_trade(buf: &mut BytesMut, trade: &Trade, ord: u32) {

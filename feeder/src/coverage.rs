@@ -106,10 +106,13 @@ pub async fn store(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Feeder
             .map(|(at, _)| i64::from(at.instrument))
             .collect();
         let firsts: Vec<i64> = changes.delete.iter().map(|(_, first)| *first).collect();
+        let minutes: Vec<i64> = firsts.iter().map(|f| f.div_euclid(NS_PER_MINUTE)).collect();
         tx.execute(
-            "DELETE FROM trade_coverage c USING unnest($1::integer[], $2::bigint[], $3::bigint[]) AS d(p, i, f)
-             WHERE c.publisher_id = d.p AND c.instrument_id = d.i AND c.first_recv = d.f",
-            &[&publishers, &instruments, &firsts],
+            "DELETE FROM trade_coverage c
+             USING unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[]) AS d(m, p, i, f)
+             WHERE c.minute = d.m AND c.publisher_id = d.p AND c.instrument_id = d.i
+               AND c.first_recv = d.f",
+            &[&minutes, &publishers, &instruments, &firsts],
         )
         .await
         .map_err(|e| FeederError::db("updating trade identity (trade_coverage)", e))?;
@@ -125,7 +128,11 @@ pub async fn store(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Feeder
         .await
         .map_err(|e| FeederError::db("writing trade identity (trade_coverage)", e))?;
     futures_util::pin_mut!(sink);
-    for chunk in changes.insert.chunks(4096) {
+    // In the key's order: the rows append to the primary key's index instead of landing all
+    // over it.
+    let mut spans: Vec<&Span> = changes.insert.iter().collect();
+    spans.sort_unstable_by_key(|s| (s.minute, s.at.publisher, s.at.instrument, s.first));
+    for chunk in spans.chunks(4096) {
         let mut buf = BytesMut::new();
         for span in chunk {
             encode_text_row(&mut buf, span);

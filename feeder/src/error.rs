@@ -11,7 +11,7 @@ pub enum FeederError {
     },
     #[error("{}: not a readable DBN file: {msg}", file.display())]
     Decode { file: PathBuf, msg: String },
-    #[error("{}: schema {schema} carries no trade events (tradebars-feeder reads trades, tbbo, mbp-1 or mbo)", file.display())]
+    #[error("{}: schema {schema} carries no trade events (tradebars-feeder reads trades, tbbo, mbp-1 or mbo, and Databento's ohlcv-1m bars: price_bars holds minute bars)", file.display())]
     Schema { file: PathBuf, schema: String },
     #[error("cannot connect to PostgreSQL at {target}: {msg}")]
     Connect { target: String, msg: String },

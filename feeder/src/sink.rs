@@ -44,11 +44,18 @@ async fn copy_rows(
     rows: impl Stream<Item = Result<Bytes, FeederError>>,
 ) -> Result<u64, FeederError> {
     let slot = staging_slot(tx).await?;
+    let statement = format!("COPY {slot} ({}) FROM STDIN (FORMAT binary)", copy::COLUMNS);
+    copy_into(tx, &statement, rows).await
+}
+
+/// Runs `statement` (a binary COPY ... FROM STDIN) with `rows`, header and trailer added.
+async fn copy_into(
+    tx: &Transaction<'_>,
+    statement: &str,
+    rows: impl Stream<Item = Result<Bytes, FeederError>>,
+) -> Result<u64, FeederError> {
     let sink = tx
-        .copy_in::<_, Bytes>(&format!(
-            "COPY {slot} ({}) FROM STDIN (FORMAT binary)",
-            copy::COLUMNS
-        ))
+        .copy_in::<_, Bytes>(statement)
         .await
         .map_err(|e| FeederError::db("starting COPY into staging", e))?;
     futures_util::pin_mut!(sink);
@@ -190,6 +197,51 @@ where
         .await
         .map_err(|e| FeederError::db("committing the load", e))?;
     Ok(summary)
+}
+
+/// What loading official bars did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OfficialLoaded {
+    pub written: i64,
+    pub rejected: i64,
+}
+
+/// Loads Databento's official minute bars: COPY into `official_bars_staging` and
+/// `official_bars_merge()`, in one transaction, so a file is loaded whole or not at all. A
+/// bar already stored is replaced by the same bar: loading a file again changes nothing.
+pub async fn load_official<F>(
+    client: &mut Client,
+    schema: &str,
+    chunks: mpsc::Receiver<Result<Bytes, FeederError>>,
+    end: F,
+) -> Result<OfficialLoaded, FeederError>
+where
+    F: std::future::Future<Output = Result<(), FeederError>>,
+{
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| FeederError::db("starting the load", e))?;
+    let rows = futures_util::stream::unfold(chunks, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let statement = format!(
+        "COPY official_bars_staging ({}) FROM STDIN (FORMAT binary)",
+        copy::OFFICIAL_COLUMNS
+    );
+    copy_into(&tx, &statement, rows).await?;
+    end.await?;
+    let row = tx
+        .query_one("SELECT * FROM official_bars_merge($1)", &[&schema])
+        .await
+        .map_err(|e| FeederError::db("official_bars_merge()", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| FeederError::db("committing the load", e))?;
+    Ok(OfficialLoaded {
+        written: row.get(0),
+        rejected: row.get(1),
+    })
 }
 
 /// Where a live subscription stands: the latest `ts_recv` staged for any of `symbols` of

@@ -228,8 +228,19 @@ fn bad_files_fail_with_one_line_and_stage_nothing() {
     }
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 0);
-    if let Some(ohlcv) = sample("dbn-test_data.ohlcv-1m.v3.dbn.zst") {
+    {
         // a refused schema anywhere in the list loads nothing, not even the good file before it
+        // (hourly official bars: only minute bars fit price_bars)
+        let ohlcv = scratch("refused.ohlcv-1h.dbn.zst");
+        let decoder =
+            dbn::decode::DynDecoder::from_file(&good, dbn::VersionUpgradePolicy::UpgradeToV3)
+                .expect("decoding");
+        let mut metadata = dbn::decode::DbnMetadata::metadata(&decoder).clone();
+        metadata.schema = Some(dbn::Schema::Ohlcv1H);
+        let file = std::fs::File::create(&ohlcv).expect("creating");
+        let mut encoder = dbn::encode::dbn::Encoder::with_zstd(file, &metadata).expect("encoder");
+        dbn::encode::EncodeRecord::flush(&mut encoder).expect("flushing");
+        drop(encoder);
         let out = feeder(
             &[
                 "replay",
@@ -240,7 +251,7 @@ fn bad_files_fail_with_one_line_and_stage_nothing() {
         );
         assert_eq!(out.status.code(), Some(1));
         assert!(
-            text(&out).contains("schema ohlcv-1m carries no trade events"),
+            text(&out).contains("schema ohlcv-1h carries no trade events"),
             "{}",
             text(&out)
         );

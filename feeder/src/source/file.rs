@@ -18,6 +18,17 @@ use crate::trade::RecordKind;
 
 /// Schemas whose records can carry trade events.
 const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, Schema::Mbo];
+/// Databento's own bars that fit price_bars: minute bars (hourly or daily ones would count
+/// the same trades twice next to minute bars).
+pub const OFFICIAL_SCHEMA: Schema = Schema::Ohlcv1M;
+
+/// What reading an official bars file found.
+#[derive(Debug, Default, Clone)]
+pub struct OfficialSummary {
+    pub records: u64,
+    pub bars: u64,
+    pub unmapped: u64,
+}
 
 /// Counts the bytes read, for progress.
 struct CountingReader<R> {
@@ -145,27 +156,40 @@ impl DbnFile {
         Ok(DBN_PREFIX_LEN + u64::from(len))
     }
 
-    fn check_schema(&self, metadata: &dbn::Metadata) -> Result<(), FeederError> {
+    /// `official`: the file is read as official bars, not trades.
+    fn check_schema(&self, metadata: &dbn::Metadata, official: bool) -> Result<(), FeederError> {
         match metadata.schema {
-            Some(schema) if !TRADE_SCHEMAS.contains(&schema) => Err(FeederError::Schema {
-                file: self.path.clone(),
-                schema: schema.to_string(),
-            }),
+            Some(OFFICIAL_SCHEMA) if official => Ok(()),
+            Some(schema) if official || !TRADE_SCHEMAS.contains(&schema) => {
+                Err(FeederError::Schema {
+                    file: self.path.clone(),
+                    schema: schema.to_string(),
+                })
+            }
             _ => Ok(()),
         }
     }
 
-    /// Reads only the metadata: is this a DBN file whose schema can carry trades? Returns the
-    /// time range its records were requested for, `[start, end)` in ns (end `None`: open).
-    pub fn check(&self) -> Result<(i64, Option<i64>), FeederError> {
+    /// Whether the file holds Databento's official minute bars rather than trades.
+    pub fn is_official(&self) -> Result<bool, FeederError> {
+        Ok(self.metadata()?.schema == Some(OFFICIAL_SCHEMA))
+    }
+
+    fn metadata(&self) -> Result<dbn::Metadata, FeederError> {
         let decoder = DynDecoder::with_buffer(
             io::BufReader::new(self.dbn_stream(Arc::new(AtomicU64::new(0)))?),
             dbn::Compression::None,
             VersionUpgradePolicy::UpgradeToV3,
         )
         .map_err(|e| self.dbn_err(e))?;
-        let metadata = decoder.metadata();
-        self.check_schema(metadata)?;
+        Ok(decoder.metadata().clone())
+    }
+
+    /// Reads only the metadata: is this a DBN file whose schema can carry trades? Returns the
+    /// time range its records were requested for, `[start, end)` in ns (end `None`: open).
+    pub fn check(&self) -> Result<(i64, Option<i64>), FeederError> {
+        let metadata = self.metadata()?;
+        self.check_schema(&metadata, metadata.schema == Some(OFFICIAL_SCHEMA))?;
         let start = i64::try_from(metadata.start).unwrap_or(0);
         let end = metadata
             .end
@@ -193,7 +217,7 @@ impl DbnFile {
         .map_err(|e| self.dbn_err(e))?;
         let mut record_bytes = 0u64;
         let metadata = decoder.metadata().clone();
-        self.check_schema(&metadata)?;
+        self.check_schema(&metadata, false)?;
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
         let mut rows = RowEncoder::new(identity);
         while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
@@ -222,6 +246,80 @@ impl DbnFile {
             let _ = tx.blocking_send(Ok(chunk));
         }
         Ok((summary, changes))
+    }
+
+    /// Decodes an official bars file, sending `official_bars_staging` rows in COPY format (no
+    /// header or trailer) down `tx`; an error is sent too, so the writer aborts its COPY.
+    pub fn decode_official_into(
+        &self,
+        tx: mpsc::Sender<Result<Bytes, FeederError>>,
+    ) -> Option<OfficialSummary> {
+        self.bytes_read.store(0, Ordering::Relaxed);
+        match self.decode_official(&tx) {
+            Ok(done) => Some(done),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                None
+            }
+        }
+    }
+
+    fn decode_official(
+        &self,
+        tx: &mpsc::Sender<Result<Bytes, FeederError>>,
+    ) -> Result<OfficialSummary, FeederError> {
+        let metadata_len = self.metadata_len()?;
+        let delivered = Arc::new(AtomicU64::new(0));
+        let reader = CountingReader {
+            inner: self.dbn_stream(self.bytes_read.clone())?,
+            read: delivered.clone(),
+        };
+        let mut decoder = DynDecoder::with_buffer(
+            io::BufReader::new(reader),
+            dbn::Compression::None,
+            VersionUpgradePolicy::UpgradeToV3,
+        )
+        .map_err(|e| self.dbn_err(e))?;
+        let metadata = decoder.metadata().clone();
+        self.check_schema(&metadata, true)?;
+        let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
+        let (mut summary, mut record_bytes) = (OfficialSummary::default(), 0u64);
+        let mut rows = bytes::BytesMut::new();
+        while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
+            record_bytes += rec.record_size() as u64;
+            summary.records += 1;
+            if let Some(bar) = rec.get::<dbn::OhlcvMsg>() {
+                if bar.hd.rtype != dbn::rtype::OHLCV_1M {
+                    return Err(self.decode_err(format!(
+                        "record {} is an OHLCV bar of another interval (rtype {:#04x}) in an ohlcv-1m file",
+                        summary.records, bar.hd.rtype
+                    )));
+                }
+                // A bar's symbol is the mapping in force at its start (its index time).
+                let symbol = symbols.get_for_ts(bar.hd.ts_event, bar.hd.instrument_id);
+                summary.bars += 1;
+                summary.unmapped += u64::from(symbol.is_none());
+                crate::copy::encode_official_bar(&mut rows, symbol.map_or("", |s| s), bar);
+            } else if rec.get::<dbn::SymbolMappingMsg>().is_some() {
+                symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
+            }
+            if rows.len() >= crate::source::CHUNK_BYTES
+                && tx.blocking_send(Ok(rows.split().freeze())).is_err()
+            {
+                return Ok(summary); // the writer stopped; it reports why
+            }
+        }
+        let read = delivered.load(Ordering::Relaxed);
+        if read != metadata_len + record_bytes {
+            return Err(self.decode_err(format!(
+                "the file is truncated: it ends inside a record ({} bytes after the last whole record)",
+                read.saturating_sub(metadata_len + record_bytes)
+            )));
+        }
+        if !rows.is_empty() {
+            let _ = tx.blocking_send(Ok(rows.freeze()));
+        }
+        Ok(summary)
     }
 
     fn identity_err(&self, e: crate::identity::IdentityError) -> FeederError {

@@ -1,0 +1,283 @@
+//! Databento's official OHLCV-1m bars as history: loaded by `replay` into price_bars with
+//! data_source 'ohlcv-1m', equal to the trades bars of the same minutes (the clock is
+//! Databento's), ranked after trades bars and before legacy by bars(), counted by
+//! migration_coverage(), left alone by mark_legacy(). The official bars here are derived by
+//! the test from the generated trades (the oracle), independently of the extension.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
+use dbn::encode::EncodeRecord;
+use dbn::{OhlcvMsg, RecordHeader, Schema, VersionUpgradePolicy};
+use tradebars_tests::*;
+
+/// Writes the oracle's bars of `trades` as an ohlcv-1m file with the trades file's
+/// symbology; `tamper` may change each record before it is written.
+fn official_file(
+    trades: &Path,
+    name: &str,
+    schema: Schema,
+    tamper: impl Fn(&mut OhlcvMsg),
+) -> (PathBuf, usize) {
+    let decoder =
+        DynDecoder::from_file(trades, VersionUpgradePolicy::UpgradeToV3).expect("decoding");
+    let mut metadata = decoder.metadata().clone();
+    metadata.schema = Some(schema);
+    let of = trades_of(trades);
+    let instrument: BTreeMap<String, (u32, u16)> = of
+        .iter()
+        .map(|(s, t)| (s.clone(), (t.instrument_id, t.publisher_id)))
+        .collect();
+    let mut bars: Vec<((i64, u32), OhlcvMsg)> = oracle(trades)
+        .into_iter()
+        .map(|((symbol, minute), (open, high, low, close, volume, _))| {
+            let (id, publisher) = instrument[&symbol];
+            let ts = minute as u64 * 1_000_000_000;
+            let mut bar = OhlcvMsg {
+                hd: RecordHeader::new::<OhlcvMsg>(dbn::rtype::OHLCV_1M, publisher, id, ts),
+                open,
+                high,
+                low,
+                close,
+                volume: volume as u64,
+            };
+            tamper(&mut bar);
+            ((minute, id), bar)
+        })
+        .collect();
+    bars.sort_by_key(|(k, _)| *k);
+    let path = scratch(name);
+    let file = std::fs::File::create(&path).expect("creating");
+    let mut encoder = dbn::encode::dbn::Encoder::with_zstd(file, &metadata).expect("encoder");
+    for (_, bar) in &bars {
+        encoder.encode_record(bar).expect("encoding");
+    }
+    encoder.flush().expect("flushing");
+    (path, bars.len())
+}
+
+fn replay(db: &str, file: &Path, rollup: bool) -> String {
+    let f = file.display().to_string();
+    let args: Vec<&str> = if rollup {
+        vec!["replay", &f, "--rollup"]
+    } else {
+        vec!["replay", &f]
+    };
+    let out = feeder(&args, Some(db));
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+/// The bars of one source, in the oracle's form (trade_count as stored).
+fn bars_of(db: &str, source: &str) -> BTreeMap<BarKey, BarVal> {
+    connect(db)
+        .query(
+            "SELECT symbol, extract(epoch FROM \"timestamp\")::bigint,
+                    (open * 1000000000)::bigint, (high * 1000000000)::bigint,
+                    (low * 1000000000)::bigint, (close * 1000000000)::bigint, volume, trade_count
+             FROM price_bars WHERE data_source = $1",
+            &[&source],
+        )
+        .expect("reading price_bars")
+        .into_iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)),
+            )
+        })
+        .collect()
+}
+
+/// OHLCV only: official bars carry no trade count.
+fn ohlcv(bars: &BTreeMap<BarKey, BarVal>) -> BTreeMap<BarKey, (i64, i64, i64, i64, i64)> {
+    bars.iter()
+        .map(|(k, v)| (k.clone(), (v.0, v.1, v.2, v.3, v.4)))
+        .collect()
+}
+
+#[test]
+fn official_bars_equal_the_trades_bars_of_the_same_minutes() {
+    let trades = generate("official-day.dbn.zst", 6, 12000, 71);
+    let (official, n) = official_file(
+        &trades,
+        "official-day.ohlcv-1m.dbn.zst",
+        Schema::Ohlcv1M,
+        |_| {},
+    );
+    let db = fresh_db("official_equal", "");
+    replay(&db, &trades, true);
+    let out = replay(&db, &official, false);
+    assert!(
+        out.contains(&format!("{n} official ohlcv-1m bars written")),
+        "{out}"
+    );
+
+    let from_trades = bars_of(&db, "trades");
+    let from_official = bars_of(&db, "ohlcv-1m");
+    assert_eq!(from_trades, oracle(&trades));
+    assert_eq!(ohlcv(&from_official), ohlcv(&from_trades));
+    assert!(
+        from_official.values().all(|v| v.5 == 0),
+        "no trade count in Databento's bars"
+    );
+
+    // loading the file again changes nothing
+    replay(&db, &official, false);
+    assert_eq!(bars_of(&db, "ohlcv-1m"), from_official);
+
+    // bars(): the trades bar wins in each minute; without trades bars, the official one
+    let symbol = "WGRX";
+    let day = "'2025-10-24', '2025-10-25'";
+    let sources = |db: &str| {
+        connect(db)
+            .query(
+                &format!("SELECT DISTINCT data_source, is_legacy FROM bars('{symbol}', {day})"),
+                &[],
+            )
+            .expect("bars")
+            .into_iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sources(&db), vec![("trades".to_string(), false)]);
+    connect(&db)
+        .batch_execute("SELECT rollback_trades()")
+        .expect("rollback");
+    assert_eq!(sources(&db), vec![("ohlcv-1m".to_string(), false)]);
+    assert_eq!(
+        bars_of(&db, "ohlcv-1m"),
+        from_official,
+        "rollback_trades keeps them"
+    );
+    let daily: (i64, i64) = {
+        let r = connect(&db)
+            .query_one(
+                &format!("SELECT volume, (close * 1000000000)::bigint FROM bars('{symbol}', {day}, bucket => '1 day')"),
+                &[],
+            )
+            .expect("a daily bar");
+        (r.get(0), r.get(1))
+    };
+    let of_symbol: Vec<&BarVal> = from_trades
+        .iter()
+        .filter(|((s, _), _)| s == symbol)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        daily,
+        (
+            of_symbol.iter().map(|v| v.4).sum::<i64>(),
+            of_symbol.last().expect("bars").3
+        )
+    );
+
+    // migration_coverage() counts them; mark_legacy() leaves them as they are
+    assert_eq!(
+        count(
+            &db,
+            "SELECT sum(official_bars)::bigint FROM migration_coverage('100 years')"
+        ),
+        n as i64
+    );
+    connect(&db)
+        .batch_execute("SELECT mark_legacy()")
+        .expect("mark_legacy");
+    assert_eq!(bars_of(&db, "ohlcv-1m"), from_official);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        0
+    );
+}
+
+#[test]
+fn bad_official_bars_are_rejected_and_other_intervals_refused() {
+    let trades = generate("official-bad.dbn.zst", 3, 3000, 72);
+    let db = fresh_db("official_bad", "");
+    // every bar whose minute is odd says high < low
+    let (bad, n) = official_file(
+        &trades,
+        "official-bad.ohlcv-1m.dbn.zst",
+        Schema::Ohlcv1M,
+        |b| {
+            if (b.hd.ts_event / 60_000_000_000) % 2 == 1 {
+                b.low = b.high + 1;
+            }
+        },
+    );
+    let odd = oracle(&trades)
+        .keys()
+        .filter(|(_, m)| (m / 60) % 2 == 1)
+        .count();
+    assert!(odd > 0 && odd < n);
+    let out = replay(&db, &bad, false);
+    assert!(
+        out.contains(&format!("{} official ohlcv-1m bars written", n - odd))
+            && out.contains(&format!("{odd} rejected in all")),
+        "{out}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM price_bars"),
+        (n - odd) as i64
+    );
+
+    // hourly bars next to minute bars would count the same trades twice: refused whole
+    let (hourly, _) = official_file(
+        &trades,
+        "official.ohlcv-1h.dbn.zst",
+        Schema::Ohlcv1H,
+        |_| {},
+    );
+    let out = feeder(&["replay", &hourly.display().to_string()], Some(&db));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("schema ohlcv-1h carries no trade events")
+            && text(&out).contains("ohlcv-1m"),
+        "{}",
+        text(&out)
+    );
+    // an ohlcv-1m file whose records are of another interval: refused whole
+    let (mixed, _) = official_file(
+        &trades,
+        "official-mixed.ohlcv-1m.dbn.zst",
+        Schema::Ohlcv1M,
+        |b| {
+            b.hd.rtype = dbn::rtype::OHLCV_1H;
+        },
+    );
+    let out = feeder(&["replay", &mixed.display().to_string()], Some(&db));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("another interval"), "{}", text(&out));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM price_bars"),
+        (n - odd) as i64
+    );
+}
+
+#[test]
+fn the_real_ohlcv_1m_sample_loads_as_it_is() {
+    let Some(file) = sample("dbn-test_data.ohlcv-1m.v3.dbn.zst") else {
+        return;
+    };
+    // what the file says, decoded here
+    let mut decoder =
+        DynDecoder::from_file(&file, VersionUpgradePolicy::UpgradeToV3).expect("decoding");
+    let symbols = dbn::TsSymbolMap::from_metadata(decoder.metadata()).expect("symbology");
+    let mut expected = BTreeMap::new();
+    while let Some(rec) = decoder.decode_record_ref().expect("record") {
+        let bar = rec.get::<OhlcvMsg>().expect("an OHLCV bar");
+        let symbol = symbols
+            .get_for_ts(bar.hd.ts_event, bar.hd.instrument_id)
+            .cloned()
+            .expect("a symbol");
+        expected.insert(
+            (symbol, (bar.hd.ts_event / 1_000_000_000) as i64),
+            (bar.open, bar.high, bar.low, bar.close, bar.volume as i64, 0),
+        );
+    }
+    assert!(!expected.is_empty());
+    let db = fresh_db("official_sample", "");
+    replay(&db, &file, false);
+    assert_eq!(bars_of(&db, "ohlcv-1m"), expected);
+}
