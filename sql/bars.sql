@@ -245,7 +245,9 @@ BEGIN
                (array_agg(m.close ORDER BY m."timestamp" DESC))[1] AS close,
                sum(m.volume)::bigint AS volume,
                sum(m.trade_count)::bigint AS trade_count,
-               trim_scale(round(sum(m.notional) / nullif(sum(m.volume) FILTER (WHERE m.notional IS NOT NULL), 0), 9)) AS vwap,
+               -- only where every bar knows its notional: a VWAP of part of the volume is none
+               CASE WHEN bool_and(m.notional IS NOT NULL)
+                    THEN trim_scale(round(sum(m.notional) / nullif(sum(m.volume), 0), 9)) END AS vwap,
                CASE WHEN count(DISTINCT m.data_source) <= 1 THEN min(m.data_source) ELSE 'mixed' END AS data_source,
                bool_or(m.legacy) AS legacy
         FROM minute_bars m

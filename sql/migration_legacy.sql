@@ -13,7 +13,7 @@ AS $fn$
             WHERE attrelid = to_regclass('price_bars') AND attnum > 0 AND NOT attisdropped
               AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
                               'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
-                              'changed_in')) = 11
+                              'changed_in', 'trade_count')) = 12
        AND EXISTS (
             SELECT 1 FROM pg_index i
             WHERE i.indrelid = to_regclass('price_bars') AND i.indisunique AND i.indpred IS NULL
@@ -96,7 +96,7 @@ BEGIN
         WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
           AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
                           'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
-                          'changed_in')) < 11 THEN
+                          'changed_in', 'trade_count')) < 12 THEN
     ALTER TABLE price_bars
         ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS data_source text,
@@ -108,7 +108,8 @@ BEGIN
         ADD COLUMN IF NOT EXISTS open_seq    bigint,
         ADD COLUMN IF NOT EXISTS close_ts_ns bigint,
         ADD COLUMN IF NOT EXISTS close_seq   bigint,
-        ADD COLUMN IF NOT EXISTS changed_in  bigint;
+        ADD COLUMN IF NOT EXISTS changed_in  bigint,
+        ADD COLUMN IF NOT EXISTS trade_count bigint NOT NULL DEFAULT 0;
     END IF;
     UPDATE price_bars SET is_legacy = false WHERE is_legacy IS NULL;
 

@@ -40,6 +40,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM require_price_bars_ready('official_bars_merge');
+    IF bar_clock() <> 'ts_recv' THEN
+        RAISE EXCEPTION 'official_bars_merge: this database builds its bars on the % clock; Databento''s bars are built on ts_recv and would not agree with its trades bars', bar_clock()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'the README says how a database moves to the ts_recv clock (roll back the trades bars, set_bar_clock, load again)';
+    END IF;
     -- One load at a time; the staged rows are this transaction's own.
     LOCK TABLE official_bars_staging IN ACCESS EXCLUSIVE MODE;
     SELECT s.symbol, s.ts_event INTO twice

@@ -13,7 +13,8 @@ RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups big
     SET search_path = @extschema@, pg_temp
 AS $fn$
     SELECT (SELECT count(*) FROM trades_staging),
-           (SELECT to_timestamp(min(ts_recv) / 1e9) FROM trades_staging),
+           -- a trade without ts_recv (staged as -1) is waiting too, but says nothing of since when
+           (SELECT to_timestamp(min(ts_recv) / 1e9) FROM trades_staging WHERE ts_recv >= 0),
            s.rollups, s.trades, s.bars_written, s.rejected, s.last_rollup_at
     FROM rollup_stats s
 $fn$;

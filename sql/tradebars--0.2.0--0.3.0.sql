@@ -51,7 +51,7 @@ AS $fn$
             WHERE attrelid = to_regclass('price_bars') AND attnum > 0 AND NOT attisdropped
               AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
                               'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
-                              'changed_in')) = 11
+                              'changed_in', 'trade_count')) = 12
        AND EXISTS (
             SELECT 1 FROM pg_index i
             WHERE i.indrelid = to_regclass('price_bars') AND i.indisunique AND i.indpred IS NULL
@@ -590,7 +590,7 @@ BEGIN
         WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
           AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
                           'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
-                          'changed_in')) < 11 THEN
+                          'changed_in', 'trade_count')) < 12 THEN
     ALTER TABLE price_bars
         ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS data_source text,
@@ -602,7 +602,8 @@ BEGIN
         ADD COLUMN IF NOT EXISTS open_seq    bigint,
         ADD COLUMN IF NOT EXISTS close_ts_ns bigint,
         ADD COLUMN IF NOT EXISTS close_seq   bigint,
-        ADD COLUMN IF NOT EXISTS changed_in  bigint;
+        ADD COLUMN IF NOT EXISTS changed_in  bigint,
+        ADD COLUMN IF NOT EXISTS trade_count bigint NOT NULL DEFAULT 0;
     END IF;
     UPDATE price_bars SET is_legacy = false WHERE is_legacy IS NULL;
 
@@ -945,7 +946,9 @@ BEGIN
                (array_agg(m.close ORDER BY m."timestamp" DESC))[1] AS close,
                sum(m.volume)::bigint AS volume,
                sum(m.trade_count)::bigint AS trade_count,
-               trim_scale(round(sum(m.notional) / nullif(sum(m.volume) FILTER (WHERE m.notional IS NOT NULL), 0), 9)) AS vwap,
+               -- only where every bar knows its notional: a VWAP of part of the volume is none
+               CASE WHEN bool_and(m.notional IS NOT NULL)
+                    THEN trim_scale(round(sum(m.notional) / nullif(sum(m.volume), 0), 9)) END AS vwap,
                CASE WHEN count(DISTINCT m.data_source) <= 1 THEN min(m.data_source) ELSE 'mixed' END AS data_source,
                bool_or(m.legacy) AS legacy
         FROM minute_bars m
@@ -1052,8 +1055,21 @@ BEGIN
 END
 $fn$;
 
--- The feeder and reader roles may see how far the rollup got without reading staging.
-ALTER FUNCTION rollup_status() SECURITY DEFINER;
+-- The feeder and reader roles may see how far the rollup got without reading staging
+-- (SECURITY DEFINER); a trade staged without ts_recv does not date the oldest one.
+CREATE OR REPLACE FUNCTION rollup_status()
+RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups bigint,
+               trades_rolled_up bigint, bars_written bigint, trades_rejected bigint,
+               last_rollup_at timestamptz)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+    SELECT (SELECT count(*) FROM trades_staging),
+           -- a trade without ts_recv (staged as -1) is waiting too, but says nothing of since when
+           (SELECT to_timestamp(min(ts_recv) / 1e9) FROM trades_staging WHERE ts_recv >= 0),
+           s.rollups, s.trades, s.bars_written, s.rejected, s.last_rollup_at
+    FROM rollup_stats s
+$fn$;
 
 -- Raised from the rollup's merge when a bar it would merge into says 'trades' but tradebars
 -- did not build it: the old scanner's (no order of its open and close trades) or one made
@@ -1173,6 +1189,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM require_price_bars_ready('official_bars_merge');
+    IF bar_clock() <> 'ts_recv' THEN
+        RAISE EXCEPTION 'official_bars_merge: this database builds its bars on the % clock; Databento''s bars are built on ts_recv and would not agree with its trades bars', bar_clock()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'the README says how a database moves to the ts_recv clock (roll back the trades bars, set_bar_clock, load again)';
+    END IF;
     -- One load at a time; the staged rows are this transaction's own.
     LOCK TABLE official_bars_staging IN ACCESS EXCLUSIVE MODE;
     SELECT s.symbol, s.ts_event INTO twice

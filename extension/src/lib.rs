@@ -19,7 +19,12 @@ pgrx::extension_sql_file!("../../sql/schema.sql", name = "tradebars_schema", boo
 pgrx::extension_sql_file!(
     "../../sql/official.sql",
     name = "official_bars",
-    requires = ["tradebars_schema", "staging_functions", "migration_legacy"]
+    requires = [
+        "tradebars_schema",
+        "staging_functions",
+        "migration_legacy",
+        "tradebars_identity"
+    ]
 );
 pgrx::extension_sql_file!(
     "../../sql/identity.sql",

@@ -24,12 +24,16 @@ pub async fn run(args: WatchArgs, application: &str) -> Result<(), FeederError> 
     let symbols = (!args.symbols.is_empty()).then_some(args.symbols);
     let mut stop = std::pin::pin!(crate::service::shutdown_signal());
     let (mut client, mut notes) = listen(&args.db.database_url, application).await?;
-    let mut since = match args.since {
-        Some(id) => id,
-        None => latest_rollup(&client).await?,
-    };
-    println!("rollup symbol minute open high low close volume trades vwap");
-    since = print_changes(&client, since, symbols.as_deref()).await?;
+    let latest = latest_rollup(&client).await?;
+    let mut since = args.since.unwrap_or(latest);
+    if since > latest {
+        return Err(FeederError::Usage(format!(
+            "--since {since} is after the latest rollup, {latest}: nothing would be printed until rollup {}",
+            since + 1
+        )));
+    }
+    // The header once the database has answered: a refusal leaves standard output empty.
+    since = print_changes(&client, since, symbols.as_deref(), true).await?;
     let mut wait = RECONNECT_MIN;
     loop {
         tokio::select! {
@@ -55,7 +59,7 @@ pub async fn run(args: WatchArgs, application: &str) -> Result<(), FeederError> 
             }
             _ = tokio::time::sleep(POLL) => {}
         }
-        match print_changes(&client, since, symbols.as_deref()).await {
+        match print_changes(&client, since, symbols.as_deref(), false).await {
             Ok(next) => since = next,
             // A connection lost mid-query: the closed channel above opens another.
             Err(e) if client.is_closed() => tracing::warn!("watch: {e}"),
@@ -96,12 +100,13 @@ async fn latest_rollup(client: &Client) -> Result<i64, FeederError> {
     Ok(row.get(0))
 }
 
-/// Prints the bars changed after rollup `since`; returns the latest rollup printed (or
-/// `since`, when none changed).
+/// Prints the bars changed after rollup `since` (after the header, with `header`); returns
+/// the latest rollup printed (or `since`, when none changed).
 async fn print_changes(
     client: &Client,
     since: i64,
     symbols: Option<&[String]>,
+    header: bool,
 ) -> Result<i64, FeederError> {
     let symbols: Option<Vec<String>> = symbols.map(<[String]>::to_vec);
     let rows = client
@@ -116,6 +121,9 @@ async fn print_changes(
         .map_err(|e| FeederError::db("reading bars_changed_since()", e))?;
     let mut latest = since;
     let mut out = String::new();
+    if header {
+        out.push_str("rollup symbol minute open high low close volume trades vwap\n");
+    }
     for r in &rows {
         let id: i64 = r.get(0);
         latest = latest.max(id);

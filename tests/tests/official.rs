@@ -253,6 +253,26 @@ fn bad_official_bars_are_rejected_and_other_intervals_refused() {
         count(&db, "SELECT count(*) FROM price_bars"),
         (n - odd) as i64
     );
+
+    // a database on the exchange clock: Databento's bars would not agree with its own
+    let event = fresh_db("official_event_clock", "");
+    connect(&event)
+        .batch_execute("SELECT set_bar_clock('ts_event')")
+        .expect("the exchange clock");
+    let (good, _) = official_file(
+        &trades,
+        "official-good.ohlcv-1m.dbn.zst",
+        Schema::Ohlcv1M,
+        |_| {},
+    );
+    let out = feeder(&["replay", &good.display().to_string()], Some(&event));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("on the ts_event clock"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(count(&event, "SELECT count(*) FROM price_bars"), 0);
 }
 
 #[test]

@@ -253,4 +253,16 @@ fn watch_prints_the_bars_of_its_symbols_as_they_change() {
     sigterm(&mut child);
     let (code, out) = exit_within(child, Duration::from_secs(10));
     assert_eq!(code, Some(0), "{out}");
+
+    // a rollup that has not happened yet is refused, and nothing is printed
+    let latest = count(&db, "SELECT rollups FROM rollup_status()");
+    let later = (latest + 5).to_string();
+    let out = feeder(&["watch", "--since", &later], Some(&db));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out).contains(&format!("after the latest rollup, {latest}")),
+        "{}",
+        text(&out)
+    );
 }

@@ -64,6 +64,13 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// "DBN", a version byte, and the metadata's length as u32 little-endian.
 const DBN_PREFIX_LEN: u64 = 8;
 
+/// A file being decoded: the decoder, the bytes it has taken, and the metadata's length.
+struct Reading {
+    decoder: DynDecoder<'static, io::BufReader<CountingReader<Box<dyn Read + Send>>>>,
+    delivered: Arc<AtomicU64>,
+    metadata_len: u64,
+}
+
 #[derive(Clone)]
 pub struct DbnFile {
     pub path: PathBuf,
@@ -203,18 +210,8 @@ impl DbnFile {
         identity: Identity,
         tx: &mpsc::Sender<Result<Bytes, FeederError>>,
     ) -> Result<(Summary, Changes), FeederError> {
-        let metadata_len = self.metadata_len()?;
-        let delivered = Arc::new(AtomicU64::new(0));
-        let reader = CountingReader {
-            inner: self.dbn_stream(self.bytes_read.clone())?,
-            read: delivered.clone(),
-        };
-        let mut decoder = DynDecoder::with_buffer(
-            io::BufReader::new(reader),
-            dbn::Compression::None,
-            VersionUpgradePolicy::UpgradeToV3,
-        )
-        .map_err(|e| self.dbn_err(e))?;
+        let mut reading = self.read_records()?;
+        let decoder = &mut reading.decoder;
         let mut record_bytes = 0u64;
         let metadata = decoder.metadata().clone();
         self.check_schema(&metadata, false)?;
@@ -234,13 +231,7 @@ impl DbnFile {
                 }
             }
         }
-        let read = delivered.load(Ordering::Relaxed);
-        if read != metadata_len + record_bytes {
-            return Err(self.decode_err(format!(
-                "the file is truncated: it ends inside a record ({} bytes after the last whole record)",
-                read.saturating_sub(metadata_len + record_bytes)
-            )));
-        }
+        self.check_whole(&reading, record_bytes)?;
         let (rest, summary, changes) = rows.finish(&symbols).map_err(|e| self.identity_err(e))?;
         if let Some(chunk) = rest {
             let _ = tx.blocking_send(Ok(chunk));
@@ -268,18 +259,8 @@ impl DbnFile {
         &self,
         tx: &mpsc::Sender<Result<Bytes, FeederError>>,
     ) -> Result<OfficialSummary, FeederError> {
-        let metadata_len = self.metadata_len()?;
-        let delivered = Arc::new(AtomicU64::new(0));
-        let reader = CountingReader {
-            inner: self.dbn_stream(self.bytes_read.clone())?,
-            read: delivered.clone(),
-        };
-        let mut decoder = DynDecoder::with_buffer(
-            io::BufReader::new(reader),
-            dbn::Compression::None,
-            VersionUpgradePolicy::UpgradeToV3,
-        )
-        .map_err(|e| self.dbn_err(e))?;
+        let mut reading = self.read_records()?;
+        let decoder = &mut reading.decoder;
         let metadata = decoder.metadata().clone();
         self.check_schema(&metadata, true)?;
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
@@ -309,17 +290,46 @@ impl DbnFile {
                 return Ok(summary); // the writer stopped; it reports why
             }
         }
-        let read = delivered.load(Ordering::Relaxed);
-        if read != metadata_len + record_bytes {
-            return Err(self.decode_err(format!(
-                "the file is truncated: it ends inside a record ({} bytes after the last whole record)",
-                read.saturating_sub(metadata_len + record_bytes)
-            )));
-        }
+        self.check_whole(&reading, record_bytes)?;
         if !rows.is_empty() {
             let _ = tx.blocking_send(Ok(rows.freeze()));
         }
         Ok(summary)
+    }
+
+    /// A decoder over the file's records, counting the bytes it takes.
+    fn read_records(&self) -> Result<Reading, FeederError> {
+        let metadata_len = self.metadata_len()?;
+        let delivered = Arc::new(AtomicU64::new(0));
+        let reader = CountingReader {
+            inner: self.dbn_stream(self.bytes_read.clone())?,
+            read: delivered.clone(),
+        };
+        let decoder = DynDecoder::with_buffer(
+            io::BufReader::new(reader),
+            dbn::Compression::None,
+            VersionUpgradePolicy::UpgradeToV3,
+        )
+        .map_err(|e| self.dbn_err(e))?;
+        Ok(Reading {
+            decoder,
+            delivered,
+            metadata_len,
+        })
+    }
+
+    /// The decoder's bytes must end exactly after the metadata and whole records, or the
+    /// file stops inside a record.
+    fn check_whole(&self, reading: &Reading, record_bytes: u64) -> Result<(), FeederError> {
+        let read = reading.delivered.load(Ordering::Relaxed);
+        let whole = reading.metadata_len + record_bytes;
+        if read != whole {
+            return Err(self.decode_err(format!(
+                "the file is truncated: it ends inside a record ({} bytes after the last whole record)",
+                read.saturating_sub(whole)
+            )));
+        }
+        Ok(())
     }
 
     fn identity_err(&self, e: crate::identity::IdentityError) -> FeederError {

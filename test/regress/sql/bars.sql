@@ -4,14 +4,6 @@ CREATE EXTENSION tradebars;
 SET TimeZone = 'UTC';
 \pset null '(null)'
 
--- A helper: the SQLSTATE and message of a statement that fails.
-CREATE FUNCTION pg_temp.error_of(statement text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 -- Minute bars as bars_rollup() writes them (trades bars), for R: every 20 minutes over
 -- 2025-11-01 to 2025-11-04 UTC, price rising by a cent each, volume 10.
@@ -50,12 +42,27 @@ FROM bars('R', '2025-11-01 00:05+00', '2025-11-01 00:30+00', bucket => '5 minute
 SELECT count(*) FROM bars('R', '2025-10-31 23:00+00', '2025-11-01 00:00+00', fill => 'previous');
 
 -- bad arguments: one clear error each
-SELECT pg_temp.error_of($$SELECT * FROM bars('R', '2025-11-02', '2025-11-01')$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), bucket => '90 seconds')$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), bucket => '2 days')$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), tz => 'Nowhere/City')$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), session => '16:00-09:30')$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), fill => 'linear')$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars('R', now(), now(), origin => '25 hours')$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars(NULL, now(), now())$$);
+SELECT error_of($$SELECT * FROM bars('R', '2025-11-02', '2025-11-01')$$);
+SELECT error_of($$SELECT * FROM bars('R', now(), now(), bucket => '90 seconds')$$);
+SELECT error_of($$SELECT * FROM bars('R', now(), now(), bucket => '2 days')$$);
+SELECT error_of($$SELECT * FROM bars('R', now(), now(), tz => 'Nowhere/City')$$);
+SELECT error_of($$SELECT * FROM bars('R', now(), now(), session => '16:00-09:30')$$);
+SELECT error_of($$SELECT * FROM bars('R', now(), now(), fill => 'linear')$$);
+SELECT error_of($$SELECT * FROM bars('R', now(), now(), origin => '25 hours')$$);
+SELECT error_of($$SELECT * FROM bars(NULL, now(), now())$$);
+
+-- Databento's official bars (ohlcv-1m: volume, no notional) next to a trades bar in one
+-- 5-minute bucket: the minutes add up, the VWAP of only part of the volume is none
+INSERT INTO price_bars (symbol, "timestamp", open, high, low, close, volume, trade_count,
+                        is_legacy, data_source)
+VALUES ('O', '2025-11-05 15:00+00', 10, 11, 9, 10.5, 100, 0, false, 'ohlcv-1m'),
+       ('O', '2025-11-05 15:01+00', 10.5, 12, 10, 11, 50, 0, false, 'ohlcv-1m');
+INSERT INTO price_bars (symbol, "timestamp", open, high, low, close, volume, trade_count,
+                        vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
+                        is_legacy, data_source)
+VALUES ('O', '2025-11-05 15:02+00', 11, 11, 11, 11, 5, 1, 11, 55, 0, 0, 0, 0, false, 'trades');
+SELECT "timestamp", open, high, low, close, volume, trade_count, vwap, data_source, is_legacy
+FROM bars('O', '2025-11-05 15:00+00', '2025-11-05 15:05+00');
+SELECT "timestamp", open, high, low, close, volume, trade_count, vwap, data_source, is_legacy
+FROM bars('O', '2025-11-05 15:00+00', '2025-11-05 15:05+00', bucket => '5 minutes');
 DROP EXTENSION tradebars;

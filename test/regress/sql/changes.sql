@@ -2,13 +2,6 @@
 -- on tradebars_bars asks for them (the end-to-end test push.rs listens for real).
 CREATE EXTENSION tradebars;
 SET TimeZone = 'UTC';
-CREATE FUNCTION pg_temp.error_of(statement text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 -- one trade into the slot the feeder would write: symbol, ts_recv, price (1e-9), size
 CREATE FUNCTION pg_temp.stage(sym text, at timestamptz, px bigint, sz bigint) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -38,6 +31,16 @@ SELECT * FROM bars_changed_since(1, ARRAY['BBB']);
 SELECT count(*) FROM bars_changed_since(3);
 
 -- bad arguments
-SELECT pg_temp.error_of($$SELECT * FROM bars_changed_since(-1)$$);
-SELECT pg_temp.error_of($$SELECT * FROM bars_changed_since(NULL)$$);
+SELECT error_of($$SELECT * FROM bars_changed_since(-1)$$);
+SELECT error_of($$SELECT * FROM bars_changed_since(NULL)$$);
+
+-- a trade staged without ts_recv (-1) waits too, but does not date the oldest one
+SELECT pg_temp.stage('AAA', '2025-11-03 14:40:00+00', 100000000000, 1);
+DO $$ BEGIN
+    EXECUTE format('INSERT INTO %s (symbol, instrument_id, publisher_id, ts_event, ts_recv,
+                                    sequence, price, size, side, flags)
+                    VALUES (%L, 1, 1, 0, -1, 0, 1, 1, %L, 0)', staging_slot(), 'AAA', 'B');
+END $$;
+SELECT staged_trades, oldest_staged_recv FROM rollup_status();
+SELECT * FROM bars_rollup();
 DROP EXTENSION tradebars;

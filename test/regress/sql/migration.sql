@@ -1,13 +1,6 @@
 -- The DBA's runbook on the old app's table: phase 1 (mark_legacy), what is where, the
 -- deletes that need a real copy, the archive and the way back, and the rollback.
 SET TimeZone = 'UTC';
-CREATE FUNCTION pg_temp.error_of(statement text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 -- the old app's table and its quote-built bars (volume 0), before the extension
 CREATE TABLE price_bars (
@@ -27,7 +20,7 @@ FROM generate_series(0, 4) AS m;
 CREATE EXTENSION tradebars;
 
 -- before phase 1, the rollup refuses to write into a table it cannot use
-SELECT pg_temp.error_of('SELECT bars_rollup()');
+SELECT error_of('SELECT bars_rollup()');
 
 -- phase 1, twice: the second changes nothing
 SELECT mark_legacy();
@@ -40,15 +33,15 @@ FROM price_bars ORDER BY "timestamp";
 SELECT location, data_source, is_legacy, soft_deleted, bars, total_volume FROM migration_status();
 
 -- phase 7 without a copy is refused, with a real copy it goes
-SELECT pg_temp.error_of('SELECT hard_delete_legacy()');
-SELECT pg_temp.error_of($$SELECT hard_delete_legacy('price_bars')$$);
+SELECT error_of('SELECT hard_delete_legacy()');
+SELECT error_of($$SELECT hard_delete_legacy('price_bars')$$);
 CREATE VIEW bars_view AS SELECT * FROM price_bars;
-SELECT pg_temp.error_of($$SELECT hard_delete_legacy('bars_view')$$);
+SELECT error_of($$SELECT hard_delete_legacy('bars_view')$$);
 CREATE TABLE keys_only AS SELECT symbol, "timestamp", data_source FROM price_bars;
-SELECT pg_temp.error_of($$SELECT hard_delete_legacy('keys_only')$$);
+SELECT error_of($$SELECT hard_delete_legacy('keys_only')$$);
 CREATE TABLE changed_copy AS SELECT * FROM price_bars;
 UPDATE changed_copy SET close = close + 0.01 WHERE "timestamp" = '2025-10-24 14:31';
-SELECT pg_temp.error_of($$SELECT hard_delete_legacy('changed_copy')$$);
+SELECT error_of($$SELECT hard_delete_legacy('changed_copy')$$);
 
 -- option B and the way back
 SELECT archive_legacy();
@@ -58,8 +51,8 @@ SELECT count(*) AS back_in_price_bars FROM price_bars WHERE is_legacy;
 
 -- option A: soft delete, a purge that needs a copy, undo
 SELECT soft_delete_legacy();
-SELECT pg_temp.error_of($$SELECT purge_deleted('0 seconds')$$);
-SELECT pg_temp.error_of($$SELECT purge_deleted(NULL)$$);
+SELECT error_of($$SELECT purge_deleted('0 seconds')$$);
+SELECT error_of($$SELECT purge_deleted(NULL)$$);
 SELECT restore_legacy();
 
 -- option C with a real copy
