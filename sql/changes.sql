@@ -16,7 +16,7 @@ AS $fn$
 #variable_conflict use_column
 BEGIN
     IF since IS NULL THEN
-        RAISE EXCEPTION 'bars_changed_since: since must not be NULL (0 returns every bar a rollup wrote)'
+        RAISE EXCEPTION 'bars_changed_since: since must not be NULL (0 returns every bar a rollup of 0.3.0 or later wrote)'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF since < 0 THEN

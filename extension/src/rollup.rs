@@ -69,10 +69,18 @@ impl Clock {
 /// What a trade that cannot be counted looks like, given the minute bounds $1 and $2. A
 /// trade without a `ts_recv` (staged as -1) has no identity, so whatever the clock it is set
 /// aside: counted, it would count again with every load that delivers it.
-fn unusable(clock: Clock) -> String {
+/// `recv_bounded`: under the event clock too, a trade whose `ts_recv` is implausible is set
+/// aside, as the feeder keeps it out of trade identity (rollup_bars' path; a database whose
+/// objects predate it rolls up as before).
+fn unusable(clock: Clock, recv_bounded: bool) -> String {
     let t = clock.time();
+    let recv = if recv_bounded && clock != Clock::Recv {
+        " OR ts_recv / 60000000000 < $1 OR ts_recv / 60000000000 >= $2"
+    } else {
+        ""
+    };
     format!(
-        "symbol = '' OR ts_recv < 0 OR {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 \
+        "symbol = '' OR ts_recv < 0{recv} OR {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 \
          OR price = 9223372036854775807 OR size <= 0 OR size > 4294967295"
     )
 }
@@ -82,7 +90,7 @@ fn unusable(clock: Clock) -> String {
 fn census_sql(slot: &str, clock: Clock) -> String {
     format!(
         "SELECT count(*), count(*) FILTER (WHERE {}) FROM {slot}",
-        unusable(clock)
+        unusable(clock, false)
     )
 }
 
@@ -92,7 +100,10 @@ fn census_sql(slot: &str, clock: Clock) -> String {
 fn minute_of(clock: Clock) -> &'static str {
     match clock {
         Clock::Recv => "ts_recv / 60000000000",
-        Clock::Event => "CASE WHEN ts_recv < 0 THEN -1 ELSE ts_event / 60000000000 END",
+        Clock::Event => {
+            "CASE WHEN ts_recv < 0 OR ts_recv / 60000000000 < $1 OR ts_recv / 60000000000 >= $2 \
+                  THEN -1 ELSE ts_event / 60000000000 END"
+        }
     }
 }
 
@@ -219,9 +230,15 @@ ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
 }
 
 /// `with_ord`: the tables have 0.3.0's `ord` column.
-fn reject_sql(slot: &str, clock: Clock, with_ord: bool) -> String {
+/// `recv_bounded`: as for `unusable`.
+fn reject_sql(slot: &str, clock: Clock, with_ord: bool, recv_bounded: bool) -> String {
     let t = clock.time();
     let ord = if with_ord { "ord, " } else { "" };
+    let recv = if recv_bounded {
+        "WHEN ts_recv / 60000000000 < $1 OR ts_recv / 60000000000 >= $2 THEN 'ts_recv out of range'\n            "
+    } else {
+        ""
+    };
     format!(
         r#"
 INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
@@ -229,14 +246,14 @@ INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_r
 SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags, {ord}
        CASE WHEN symbol = '' THEN 'no symbol mapping'
             WHEN ts_recv < 0 THEN 'undefined ts_recv'
-            WHEN {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 THEN '{t} out of range'
+            {recv}WHEN {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 THEN '{t} out of range'
             WHEN price = 9223372036854775807 THEN 'undefined price'
             WHEN size <= 0 THEN 'size not positive'
             ELSE 'size out of range' END
 FROM {slot}
 WHERE {}
 "#,
-        unusable(clock)
+        unusable(clock, recv_bounded)
     )
 }
 
@@ -398,7 +415,7 @@ fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2
     if unusable > 0 {
         rejected = run(
             client,
-            &reject_sql(slot, clock, true),
+            &reject_sql(slot, clock, true, true),
             &bounds,
             "keeping rejected trades",
         ) as i64;
@@ -449,7 +466,7 @@ fn roll_inline(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]
     if unusable > 0 {
         result.rejected = run(
             client,
-            &reject_sql(slot, clock, with_ord),
+            &reject_sql(slot, clock, with_ord, false),
             &bounds,
             "keeping rejected trades",
         ) as i64;
@@ -468,12 +485,21 @@ fn run_rollup() -> RollupResult {
         check_preconditions(client);
         let [quiet, other] = claim_slots(client);
         let clock = pinned_clock(client);
+        let grouped =
+            value::<bool>(client, "SELECT to_regclass('rollup_bars') IS NOT NULL").unwrap_or(false);
+        // Past every id a bar carries: rollup_stats is not dumped, price_bars is, so ids go on
+        // rising after a dump and restore (bars_changed_since() depends on it).
+        let next_id = if grouped {
+            "SELECT greatest(s.rollups, coalesce((SELECT max(changed_in) FROM price_bars), 0)) + 1 \
+             FROM rollup_stats s"
+        } else {
+            "SELECT rollups + 1 FROM rollup_stats"
+        };
         let plan = Plan {
-            id: value(client, "SELECT rollups + 1 FROM rollup_stats").unwrap_or(1),
+            id: value(client, next_id).unwrap_or(1),
             clock: clock.unwrap_or(Clock::Event),
             v030: clock.is_some(),
-            grouped: value::<bool>(client, "SELECT to_regclass('rollup_bars') IS NOT NULL")
-                .unwrap_or(false),
+            grouped,
         };
         // A day of trades makes a few hundred thousand bars: with the default 4MB the hash
         // aggregate spills to disk. Raised for this rollup only, put back before returning.
@@ -495,14 +521,26 @@ fn run_rollup() -> RollupResult {
             result.trades += more.trades;
             result.bars += more.bars;
             result.rejected += more.rejected;
+            if plan.grouped && result.bars > 0 {
+                // A bar both slots merged into is one bar written.
+                result.bars = value(
+                    client,
+                    &format!(
+                        "SELECT count(*) FROM price_bars WHERE changed_in = {}",
+                        plan.id
+                    ),
+                )
+                .unwrap_or(result.bars);
+            }
         }
         let stats = format!(
-            "UPDATE rollup_stats SET rollups = rollups + 1, trades = trades + {t}, \
+            "UPDATE rollup_stats SET rollups = greatest(rollups + 1, {id}), trades = trades + {t}, \
              bars_written = bars_written + {b}, rejected = rejected + {r}, \
              last_rollup_at = clock_timestamp(), last_trades = {t}",
             t = result.trades,
             b = result.bars,
-            r = result.rejected
+            r = result.rejected,
+            id = plan.id
         );
         run(client, &stats, &[], "recording totals");
         if plan.grouped && result.bars > 0 {
@@ -761,6 +799,53 @@ mod tests {
     }
 
     #[pg_test]
+    fn under_the_event_clock_an_implausible_receipt_is_set_aside() {
+        // the feeder keeps such a trade out of trade identity: counted, it would count again
+        // with every load that delivers it
+        Spi::run("SELECT set_bar_clock('ts_event')").unwrap();
+        let year_2099 = 4_070_908_800 * 1_000_000_000;
+        stage_timed("ESH4", T0 + 5, year_2099, 0, 4_807_000_000_000, 2);
+        stage_timed("ESH4", T0 + 6, T0 + 7, 0, 4_808_000_000_000, 1);
+        assert_eq!(rollup(), (1, 1, 1));
+        assert_eq!(minutes_of("ESH4"), "22:14 4808 4808 1");
+        let reason =
+            Spi::get_one::<String>("SELECT string_agg(reason, ',') FROM trades_rejected").unwrap();
+        assert_eq!(reason.as_deref(), Some("ts_recv out of range"));
+    }
+
+    #[pg_test]
+    fn rollup_ids_pass_every_id_a_bar_carries() {
+        // as after a dump and restore, where rollup_stats starts again and price_bars does not
+        stage(&sample()[..1]);
+        rollup();
+        Spi::run("UPDATE rollup_stats SET rollups = 0").unwrap();
+        stage(&sample()[3..4]);
+        rollup();
+        let ids = Spi::get_one::<String>(
+            "SELECT string_agg(changed_in::text, ',' ORDER BY \"timestamp\") FROM price_bars",
+        )
+        .unwrap();
+        assert_eq!(ids.as_deref(), Some("1,2"));
+    }
+
+    #[pg_test]
+    fn a_bar_both_slots_merge_into_is_written_once() {
+        stage(&sample()[..1]);
+        // the same minute in the other slot too (a straggler), nobody writing there
+        let other = Spi::get_one::<i64>("SELECT 1 - last_value % 2 FROM staging_epoch")
+            .unwrap()
+            .unwrap();
+        Spi::run(&format!(
+            "INSERT INTO trades_staging_{other} VALUES ('ESH4', 1, 1, {}, {}, 20, 4783500000000, 1, 'B', 0)",
+            T0 + 8,
+            T0 + 8
+        ))
+        .unwrap();
+        assert_eq!(rollup(), (2, 1, 0));
+        assert_eq!(minutes_of("ESH4"), "22:14 4783.25 4783.5 3");
+    }
+
+    #[pg_test]
     fn trades_sharing_a_receipt_keep_the_order_they_were_delivered_in() {
         // a sweep: one ts_recv, one sequence, the higher price first (as ESH4 at 23:03)
         stage_timed("ESH4", T0 + 7, T0 + 10, 1, 4_806_750_000_000, 1);
@@ -783,7 +868,7 @@ mod tests {
         for slot in SLOTS {
             let sql = group_sql(slot, Clock::Recv)
                 + &merge_sql(Bars::Inline(slot, Clock::Event), false)
-                + &reject_sql(slot, Clock::Event, true);
+                + &reject_sql(slot, Clock::Event, true, true);
             let other = SLOTS
                 .iter()
                 .find(|s| **s != slot)

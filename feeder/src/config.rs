@@ -265,7 +265,7 @@ pub struct WatchArgs {
     /// Only these symbols, comma-separated; every symbol when absent.
     #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
     pub symbols: Vec<String>,
-    /// First print the bars changed after this rollup (0: every bar a rollup wrote); without
+    /// First print the bars changed after this rollup (0: every bar a 0.3.0 rollup wrote); without
     /// it, only bars changed from now on.
     #[arg(long, value_name = "ROLLUP_ID", value_parser = clap::value_parser!(i64).range(0..))]
     pub since: Option<i64>,

@@ -231,9 +231,10 @@ fn functions_have_a_fixed_search_path_and_definer_rights_only_where_needed() {
         .get(0);
     // the rollup writes price_bars for the feeder; identity_refusal reads price_bars and
     // prune_trade_identity moves the horizon for it, neither of which the feeder may touch;
-    // rollup_status counts staging, which neither the feeder nor a reader may read
+    // rollup_status counts staging, which neither the feeder nor a reader may read;
+    // official_bars_merge writes Databento's bars into price_bars for the feeder
     assert_eq!(
         definers,
-        "bars_rollup, identity_refusal, prune_trade_identity, rollup_status"
+        "bars_rollup, identity_refusal, official_bars_merge, prune_trade_identity, rollup_status"
     );
 }
