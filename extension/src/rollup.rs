@@ -362,7 +362,8 @@ fn idle_with_stragglers(client: &mut Client<'_>, slot: &str) -> bool {
 /// This rollup: its id, and what the database's objects allow it to do.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
-    /// `rollup_stats.rollups` once it commits: what `price_bars.changed_in` and the NOTIFY say.
+    /// What `price_bars.changed_in` and the NOTIFY say, and `rollup_stats.rollups` once it
+    /// commits: past every id a bar carries (see `run_rollup`).
     id: i64,
     clock: Clock,
     /// 0.3.0's objects: staging has `ord`, and `foreign_trades_bar` guards the merge.

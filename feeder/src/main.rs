@@ -80,25 +80,19 @@ async fn replay_official(client: &mut Client, file: DbnFile) -> Result<(u64, u64
     let (tx, rx) = mpsc::channel(8);
     let reader = file.clone();
     let decoder = tokio::task::spawn_blocking(move || reader.decode_official_into(tx));
-    let (summary_tx, summary_rx) = tokio::sync::oneshot::channel();
     let path = file.path.clone();
     let end = async move {
-        let summary = decoder.await.ok().flatten();
-        let ok = summary.is_some();
-        let _ = summary_tx.send(summary);
-        if ok {
-            Ok(())
-        } else {
-            Err(FeederError::Decode {
+        decoder
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| FeederError::Decode {
                 file: path,
                 msg: "decoding stopped".into(),
             })
-        }
     };
     let schema = source::file::OFFICIAL_SCHEMA.to_string();
-    let loaded = sink::load_official(client, &schema, rx, end).await;
-    let summary = summary_rx.await.ok().flatten().unwrap_or_default();
-    let loaded = loaded?;
+    let (loaded, summary) = sink::load_official(client, &schema, rx, end).await?;
     println!(
         "{}: {} records read, {} official {schema} bars written to price_bars ({} without a symbol mapping, {} rejected in all)",
         file.path.display(),
@@ -116,10 +110,11 @@ async fn replay_file(
     force: bool,
 ) -> Result<(u64, u64), FeederError> {
     let file = DbnFile::open(path)?;
-    let (from, to) = file.check()?;
-    if file.is_official()? {
+    let checked = file.check()?;
+    if checked.official {
         return replay_official(client, file).await;
     }
+    let (from, to) = (checked.from, checked.to);
     let bar = progress_bar(file.size, "bytes");
     bar.set_message(path.display().to_string());
     let bytes_read = file.bytes_read.clone();

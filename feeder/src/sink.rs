@@ -209,14 +209,15 @@ pub struct OfficialLoaded {
 /// Loads Databento's official minute bars: COPY into `official_bars_staging` and
 /// `official_bars_merge()`, in one transaction, so a file is loaded whole or not at all. A
 /// bar already stored is replaced by the same bar: loading a file again changes nothing.
-pub async fn load_official<F>(
+/// `end` completes once the source is read and says what it read; the load returns that too.
+pub async fn load_official<F, T>(
     client: &mut Client,
     schema: &str,
     chunks: mpsc::Receiver<Result<Bytes, FeederError>>,
     end: F,
-) -> Result<OfficialLoaded, FeederError>
+) -> Result<(OfficialLoaded, T), FeederError>
 where
-    F: std::future::Future<Output = Result<(), FeederError>>,
+    F: std::future::Future<Output = Result<T, FeederError>>,
 {
     let tx = client
         .transaction()
@@ -230,7 +231,7 @@ where
         copy::OFFICIAL_COLUMNS
     );
     copy_into(&tx, &statement, rows).await?;
-    end.await?;
+    let read = end.await?;
     let row = tx
         .query_one("SELECT * FROM official_bars_merge($1)", &[&schema])
         .await
@@ -238,10 +239,11 @@ where
     tx.commit()
         .await
         .map_err(|e| FeederError::db("committing the load", e))?;
-    Ok(OfficialLoaded {
+    let loaded = OfficialLoaded {
         written: row.get(0),
         rejected: row.get(1),
-    })
+    };
+    Ok((loaded, read))
 }
 
 /// Where a live subscription stands: the latest `ts_recv` staged for any of `symbols` of

@@ -34,7 +34,6 @@ pub async fn run(args: WatchArgs, application: &str) -> Result<(), FeederError> 
     }
     // The header once the database has answered: a refusal leaves standard output empty.
     since = print_changes(&client, since, symbols.as_deref(), true).await?;
-    let mut wait = RECONNECT_MIN;
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -42,19 +41,11 @@ pub async fn run(args: WatchArgs, application: &str) -> Result<(), FeederError> 
                 if note.is_none() {
                     // The connection is gone: open another, then catch up from `since`.
                     tracing::warn!("watch: the connection to PostgreSQL closed; opening another");
-                    loop {
-                        tokio::select! {
-                            _ = &mut stop => return Ok(()),
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                        match listen(&args.db.database_url, application).await {
-                            Ok(pair) => { (client, notes) = pair; wait = RECONNECT_MIN; break; }
-                            Err(e) => {
-                                tracing::warn!("watch: {e}; trying again in {:?}", wait * 2);
-                                wait = (wait * 2).min(RECONNECT_MAX);
-                            }
-                        }
-                    }
+                    let Some(pair) = reconnect(&args.db.database_url, application, &mut stop).await
+                    else {
+                        return Ok(());
+                    };
+                    (client, notes) = pair;
                 }
             }
             _ = tokio::time::sleep(POLL) => {}
@@ -68,16 +59,32 @@ pub async fn run(args: WatchArgs, application: &str) -> Result<(), FeederError> 
     }
 }
 
-async fn listen(
+type Notes = tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>;
+
+/// Opens another listening connection, waiting from RECONNECT_MIN, doubled after each
+/// failure up to RECONNECT_MAX; `None` when asked to stop meanwhile.
+async fn reconnect(
     url: &str,
     application: &str,
-) -> Result<
-    (
-        Client,
-        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-    ),
-    FeederError,
-> {
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<(Client, Notes)> {
+    let mut wait = RECONNECT_MIN;
+    loop {
+        tokio::select! {
+            _ = &mut *stop => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match listen(url, application).await {
+            Ok(pair) => return Some(pair),
+            Err(e) => {
+                wait = (wait * 2).min(RECONNECT_MAX);
+                tracing::warn!("watch: {e}; trying again in {wait:?}");
+            }
+        }
+    }
+}
+
+async fn listen(url: &str, application: &str) -> Result<(Client, Notes), FeederError> {
     let (client, notes) = db::connect_listening(url, application).await?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))

@@ -22,6 +22,16 @@ const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, 
 /// the same trades twice next to minute bars).
 pub const OFFICIAL_SCHEMA: Schema = Schema::Ohlcv1M;
 
+/// What a file's metadata says, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    /// The time range its records were requested for, `[from, to)` in ns (`to` None: open).
+    pub from: i64,
+    pub to: Option<i64>,
+    /// Databento's official minute bars, not trades.
+    pub official: bool,
+}
+
 /// What reading an official bars file found.
 #[derive(Debug, Default, Clone)]
 pub struct OfficialSummary {
@@ -177,11 +187,6 @@ impl DbnFile {
         }
     }
 
-    /// Whether the file holds Databento's official minute bars rather than trades.
-    pub fn is_official(&self) -> Result<bool, FeederError> {
-        Ok(self.metadata()?.schema == Some(OFFICIAL_SCHEMA))
-    }
-
     fn metadata(&self) -> Result<dbn::Metadata, FeederError> {
         let decoder = DynDecoder::with_buffer(
             io::BufReader::new(self.dbn_stream(Arc::new(AtomicU64::new(0)))?),
@@ -192,17 +197,21 @@ impl DbnFile {
         Ok(decoder.metadata().clone())
     }
 
-    /// Reads only the metadata: is this a DBN file whose schema can carry trades? Returns the
-    /// time range its records were requested for, `[start, end)` in ns (end `None`: open).
-    pub fn check(&self) -> Result<(i64, Option<i64>), FeederError> {
+    /// Reads only the metadata: is this a DBN file of trades, or of official minute bars?
+    pub fn check(&self) -> Result<Checked, FeederError> {
         let metadata = self.metadata()?;
-        self.check_schema(&metadata, metadata.schema == Some(OFFICIAL_SCHEMA))?;
+        let official = metadata.schema == Some(OFFICIAL_SCHEMA);
+        self.check_schema(&metadata, official)?;
         let start = i64::try_from(metadata.start).unwrap_or(0);
         let end = metadata
             .end
             .and_then(|e| i64::try_from(e.get()).ok())
             .filter(|e| *e > start);
-        Ok((start, end))
+        Ok(Checked {
+            from: start,
+            to: end,
+            official,
+        })
     }
 
     fn decode(
