@@ -4,11 +4,13 @@
 # it to bench-results/bench.csv.
 #   scripts/bench.sh                       10M trades, 500 symbols; scale at 1M, 10M, 50M
 #   BENCH_TRADES=1000000 BENCH_SCALE="1000000" RUNS=1 scripts/bench.sh   a quick run
+#   BENCH_LONG_SYMBOLS=500 RUNS_LONG=9      the long-range bars() rows: symbols, runs per query
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TRADES=${BENCH_TRADES:-10000000}
 SYMBOLS=${BENCH_SYMBOLS:-500}
+RUNS_LONG=${RUNS_LONG:-9}
 SCALE=${BENCH_SCALE:-"1000000 10000000 50000000"}
 RUNS=${RUNS:-3}
 INSERT_ROWS=${BENCH_INSERT_ROWS:-200000}
@@ -135,6 +137,24 @@ fresh_file="$DIR/files/fresh-$FRESH_TRADES.dbn.zst"
 fresh_db
 IFS=, read -r fresh_p50 fresh_p99 fresh_rss fresh_n fresh_rate < <("$FRESHNESS" "$FEEDER" "$URL" "$fresh_file" "$FRESH_RATE")
 
+# Long ranges: bars() over a year of minute bars of LONG_SYMBOLS symbols (regular hours), read
+# through hour bars and minute by minute in the same run. The database is kept between runs
+# (about 10 minutes to build for 500 symbols) and built again when the extension's SQL or the
+# setup changes.
+LONG_SYMBOLS=${BENCH_LONG_SYMBOLS:-500}
+long_db=bench_long
+long_print=$(cat scripts/bench/long-ranges-setup.sql sql/*.sql | md5sum | cut -c1-16)-$LONG_SYMBOLS
+if [ "$(psql_ -d "$long_db" -c "SELECT print FROM bench_long_ready" 2>/dev/null)" != "$long_print" ]; then
+  echo "bench: building a year of minute bars for $LONG_SYMBOLS symbols"
+  psql_ -d postgres -c "DROP DATABASE IF EXISTS $long_db" -c "CREATE DATABASE $long_db"
+  long_insert=$(timed psql_ -d "$long_db" -v symbols="$LONG_SYMBOLS" -f scripts/bench/long-ranges-setup.sql)
+  long_refresh=$(timed psql_ -d "$long_db" -c "SELECT refresh_hour_bars()")
+  psql_ -d "$long_db" -c "VACUUM ANALYZE hour_bars" -c "CREATE TABLE bench_long_ready AS SELECT '$long_print'::text AS print, $long_insert::numeric AS insert_s, $long_refresh::numeric AS refresh_s"
+fi
+read -r long_minute_bars long_hour_bars long_refresh < <(psql_ -d "$long_db" -F' ' -c \
+  "SELECT (SELECT count(*) FROM price_bars), (SELECT count(*) FROM hour_bars), refresh_s FROM bench_long_ready")
+long_rows=$(psql_ -d "$long_db" -F, -v runs="$RUNS_LONG" -f scripts/bench/long-ranges.sql)
+
 {
   echo "measure,value,unit"
   echo "ingest_feeder_replay,$ingest_rate,trades/s"
@@ -156,6 +176,15 @@ IFS=, read -r fresh_p50 fresh_p99 fresh_rss fresh_n fresh_rate < <("$FRESHNESS" 
   echo "freshness_p50,$fresh_p50,ms"
   echo "freshness_p99,$fresh_p99,ms"
   echo "feeder_peak_rss,$fresh_rss,MB"
+  echo "long_range_minute_bars,$long_minute_bars,bars"
+  echo "long_range_hour_bars,$long_hour_bars,bars"
+  echo "long_range_refresh_hour_bars,$long_refresh,s"
+  while IFS=, read -r query hours minutes rows equal; do
+    echo "bars_${query}_hour_bars,$hours,ms"
+    echo "bars_${query}_minute_by_minute,$minutes,ms"
+    echo "bars_${query}_speedup,$(ratio "$minutes" "$hours"),x"
+    echo "bars_${query}_rows_equal,$rows $equal,rows same"
+  done <<< "$long_rows"
   for n in $SCALE; do
     if [ "$n" -eq "$TRADES" ]; then f=$feeder; r=$rollup; else read -r f _ _ r _ _ _ < <(measure "$n" 1); fi
     echo "scale_${n}_ingest_ns_per_trade,$(echo "$f * 1000000000 / $n" | bc),ns"

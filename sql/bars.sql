@@ -4,7 +4,8 @@
 -- Per minute one bar: the trades bar where there is one (trades win), then the old scanner's,
 -- then a legacy bar if asked for; soft-deleted bars only if asked for. Buckets of whole
 -- minutes up to a day are built from those minute bars: open of the first, close of the last,
--- exact volume-weighted VWAP from the stored notional.
+-- exact volume-weighted VWAP from the stored notional. Buckets of an hour or more take
+-- the hours that lie whole inside them from hour_bars (sql/hours.sql), summed the same way.
 --
 -- Buckets are UTC by default, as before 0.3.0 (date_bin from 2000-01-01). With `tz`, and
 -- `origin` (an offset from local midnight, e.g. '18:00' for a futures day or '09:30'), a
@@ -104,6 +105,75 @@ BEGIN
 END
 $fn$;
 
+-- How bars() reads [from_ts, to_ts): the UTC hours it takes whole from hour_bars, and the
+-- stretches it reads minute by minute. An hour is taken whole (if `use_hours`) where all its
+-- minutes fall in one bucket, in the range and in the session: the clock's offset is the same
+-- at its first and last minute (no change inside it), both are in one bucket (buckets only
+-- grow with time) and, with a session, both are in it on one local day. An hour wholly
+-- outside the session is not read at all; the rest (edges of the range, of the session and of
+-- buckets, and hours the clock changes in) is read minute by minute, as before hour bars.
+CREATE FUNCTION bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, step interval, plain boolean,
+                          day_starts timestamptz[], tz text, opens time, closes time,
+                          use_hours boolean,
+                          OUT whole timestamptz[], OUT part_from timestamptz[],
+                          OUT part_to timestamptz[])
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    first_at timestamptz;
+    last_at timestamptz;
+BEGIN
+    IF NOT use_hours OR to_ts <= from_ts THEN
+        whole := '{}';
+        part_from := ARRAY[from_ts];
+        part_to := ARRAY[to_ts];
+        RETURN;
+    END IF;
+    -- only the hours the symbol has bars in: a range of all history costs what its bars do
+    SELECT min(p."timestamp"), max(p."timestamp") INTO first_at, last_at
+    FROM price_bars p
+    WHERE p.symbol = bar_hours.symbol AND p."timestamp" >= from_ts AND p."timestamp" < to_ts;
+    IF first_at IS NULL THEN
+        whole := '{}';
+        part_from := '{}';
+        part_to := '{}';
+        RETURN;
+    END IF;
+    from_ts := greatest(from_ts, date_bin(interval '1 hour', first_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'));
+    to_ts := least(to_ts, date_bin(interval '1 hour', last_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 hour');
+    WITH hour AS (
+        SELECT h, h + interval '59 minutes' AS last,
+               h AT TIME ZONE tz AS l0, (h + interval '59 minutes') AT TIME ZONE tz AS l1
+        FROM generate_series(date_bin(interval '1 hour', from_ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                             to_ts - interval '1 microsecond', interval '1 hour') AS g(h)
+    ),
+    graded AS (
+        SELECT h, CASE
+            WHEN l1 - l0 = interval '59 minutes' AND opens IS NOT NULL AND l0::date = l1::date
+                 AND (l1::time < opens OR l0::time >= closes) THEN 'outside'
+            WHEN use_hours AND h >= from_ts AND h + interval '1 hour' <= to_ts
+                 AND l1 - l0 = interval '59 minutes'
+                 AND (opens IS NULL OR (l0::date = l1::date AND l0::time >= opens AND l1::time < closes))
+                 AND CASE WHEN plain THEN date_bin(step, h, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                                          = date_bin(step, last, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                          ELSE bar_bucket(h, step, day_starts) = bar_bucket(last, step, day_starts) END
+                 THEN 'whole'
+            ELSE 'part' END AS grade
+        FROM hour
+    ),
+    -- consecutive hours read by minute make one stretch (gaps and islands)
+    runs AS (
+        SELECT h, grade, h - (row_number() OVER (PARTITION BY grade ORDER BY h)) * interval '1 hour' AS run
+        FROM graded
+    )
+    SELECT ARRAY(SELECT h FROM runs WHERE grade = 'whole' ORDER BY h),
+           ARRAY(SELECT greatest(min(h), from_ts) FROM runs WHERE grade = 'part' GROUP BY run ORDER BY run),
+           ARRAY(SELECT least(max(h) + interval '1 hour', to_ts) FROM runs WHERE grade = 'part' GROUP BY run ORDER BY run)
+    INTO whole, part_from, part_to;
+END
+$fn$;
+
 CREATE FUNCTION bars(
     symbol text,
     start timestamptz,
@@ -130,6 +200,10 @@ DECLARE
     first_minute timestamptz;
     -- with fill, how far apart the minutes are that find every bucket
     spacing interval;
+    -- the hours read whole from hour_bars, and the stretches read minute by minute
+    whole_hours timestamptz[];
+    part_from timestamptz[];
+    part_to timestamptz[];
 BEGIN
     SELECT * INTO hours FROM bar_session(bars.session);
     IF bars.symbol IS NULL OR bars.start IS NULL OR bars."end" IS NULL OR bars.tz IS NULL
@@ -180,6 +254,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM require_price_bars_ready('bars');
+    SELECT h.whole, h.part_from, h.part_to INTO whole_hours, part_from, part_to
+    FROM bar_hours(bars.symbol, bars.start, bars."end", step, plain, day_starts, bars.tz, hours.opens, hours.closes,
+                   step >= interval '1 hour' AND NOT coalesce(bars.include_legacy, false)
+                   AND NOT coalesce(bars.include_deleted, false)) h;
     -- the first whole minute in the range: minute bars start on the minute
     first_minute := date_bin(interval '1 minute', bars.start - interval '1 microsecond',
                              TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 minute';
@@ -215,6 +293,15 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH minute_bars AS (
+        -- whole hours, summed by the rollup as the minutes below would be (sql/hours.sql)
+        SELECT hb.hour AS "timestamp", hb.open, hb.high, hb.low, hb.close, hb.volume,
+               hb.trade_count, hb.notional, hb.data_source, false AS legacy
+        FROM unnest(whole_hours) AS w(hour)
+        JOIN hour_bars hb ON hb.symbol = bars.symbol AND hb.hour = w.hour
+        UNION ALL
+        -- the rest of the range, minute by minute
+        SELECT m.* FROM unnest(part_from, part_to) AS g(lo, hi)
+        CROSS JOIN LATERAL (
         SELECT DISTINCT ON (p."timestamp")
                p."timestamp", p.open, p.high, p.low, p.close, p.volume::bigint AS volume,
                p.trade_count::bigint AS trade_count, p.notional, p.data_source,
@@ -222,7 +309,7 @@ BEGIN
                 OR p.data_source IS NULL) AS legacy
         FROM price_bars p
         WHERE p.symbol = bars.symbol
-          AND p."timestamp" >= bars.start AND p."timestamp" < bars."end"
+          AND p."timestamp" >= g.lo AND p."timestamp" < g.hi
           AND (coalesce(bars.include_legacy, false)
                OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
@@ -235,6 +322,7 @@ BEGIN
                       WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
                       WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
+        ) m
     ),
     buckets AS (
         SELECT CASE WHEN plain THEN date_bin(step, m."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00')

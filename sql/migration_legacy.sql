@@ -91,12 +91,14 @@ DECLARE
     changes text[] := '{}';
     col record;
     old_key record;
+    adopted boolean := false;  -- the table gets its columns now: its bars are new to hour_bars
 BEGIN
     IF (SELECT count(*) FROM pg_attribute
         WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
           AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
                           'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
                           'changed_in', 'trade_count')) < 12 THEN
+    adopted := true;
     ALTER TABLE price_bars
         ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS data_source text,
@@ -166,6 +168,10 @@ BEGIN
         CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
     END IF;
     PERFORM guard_trades_bars();
+    IF adopted THEN
+        -- bars it already held that bars() counts (a scanner's 'trades' bars) get their hours
+        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');
+    END IF;
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
     COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
 END
@@ -206,6 +212,7 @@ BEGIN
      WHERE data_source = 'trades' AND open_ts_ns IS NULL;
     GET DIAGNOSTICS scanned = ROW_COUNT;
     IF scanned > 0 THEN
+        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');  -- no longer trades bars
         RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
     END IF;
     UPDATE price_bars

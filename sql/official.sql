@@ -72,6 +72,7 @@ BEGIN
         open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
         volume = EXCLUDED.volume;
     GET DIAGNOSTICS written = ROW_COUNT;
+    PERFORM hour_bars_refresh('official');
     TRUNCATE official_bars_staging;
     RETURN QUERY SELECT written, staged - written;
 END

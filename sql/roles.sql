@@ -26,7 +26,7 @@ GRANT SELECT ON staging_epoch TO tradebars_feeder;
 GRANT SELECT, INSERT, UPDATE ON ingest_ledger, feeder_status TO tradebars_feeder;
 GRANT EXECUTE ON FUNCTION bars_rollup(), staging_slot() TO tradebars_feeder;
 GRANT SELECT ON rollup_stats TO tradebars_feeder, tradebars_reader;
-GRANT SELECT ON price_bars TO tradebars_reader;
+GRANT SELECT ON price_bars, hour_bars TO tradebars_reader;
 -- Trade identity (0.3.0): the feeder reads and extends what is already counted.
 GRANT SELECT, INSERT, DELETE ON trade_coverage TO tradebars_feeder;
 GRANT SELECT, INSERT, UPDATE ON live_positions TO tradebars_feeder;
@@ -44,4 +44,5 @@ REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_delete
     archive_legacy(), restore_legacy(boolean), hard_delete_legacy(regclass, boolean),
     rollback_trades(boolean), prepare_price_bars(),
     delete_legacy_bars(text, timestamptz, regclass, boolean),
-    set_bar_clock(text), set_identity_retention(interval) FROM PUBLIC;
+    set_bar_clock(text), set_identity_retention(interval),
+    hour_bars_refresh(text, timestamptz, timestamptz), refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;

@@ -312,6 +312,7 @@ BEGIN
     -- Only bars tradebars wrote: those carry the order of their open and close trades.
     DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM hour_bars_refresh('range', '-infinity', 'infinity');  -- official bars may remain
     -- What was loaded is forgotten with the bars, so the same files, chunks and live
     -- periods can be fed again and count once (0.3.0).
     DELETE FROM ingest_ledger;
@@ -585,12 +586,14 @@ DECLARE
     changes text[] := '{}';
     col record;
     old_key record;
+    adopted boolean := false;  -- the table gets its columns now: its bars are new to hour_bars
 BEGIN
     IF (SELECT count(*) FROM pg_attribute
         WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
           AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
                           'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
                           'changed_in', 'trade_count')) < 12 THEN
+    adopted := true;
     ALTER TABLE price_bars
         ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS data_source text,
@@ -660,6 +663,10 @@ BEGIN
         CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
     END IF;
     PERFORM guard_trades_bars();
+    IF adopted THEN
+        -- bars it already held that bars() counts (a scanner's 'trades' bars) get their hours
+        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');
+    END IF;
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
     COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
 END
@@ -700,6 +707,7 @@ BEGIN
      WHERE data_source = 'trades' AND open_ts_ns IS NULL;
     GET DIAGNOSTICS scanned = ROW_COUNT;
     IF scanned > 0 THEN
+        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');  -- no longer trades bars
         RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
     END IF;
     UPDATE price_bars
@@ -805,6 +813,75 @@ BEGIN
 END
 $fn$;
 
+-- How bars() reads [from_ts, to_ts): the UTC hours it takes whole from hour_bars, and the
+-- stretches it reads minute by minute. An hour is taken whole (if `use_hours`) where all its
+-- minutes fall in one bucket, in the range and in the session: the clock's offset is the same
+-- at its first and last minute (no change inside it), both are in one bucket (buckets only
+-- grow with time) and, with a session, both are in it on one local day. An hour wholly
+-- outside the session is not read at all; the rest (edges of the range, of the session and of
+-- buckets, and hours the clock changes in) is read minute by minute, as before hour bars.
+CREATE FUNCTION bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, step interval, plain boolean,
+                          day_starts timestamptz[], tz text, opens time, closes time,
+                          use_hours boolean,
+                          OUT whole timestamptz[], OUT part_from timestamptz[],
+                          OUT part_to timestamptz[])
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    first_at timestamptz;
+    last_at timestamptz;
+BEGIN
+    IF NOT use_hours OR to_ts <= from_ts THEN
+        whole := '{}';
+        part_from := ARRAY[from_ts];
+        part_to := ARRAY[to_ts];
+        RETURN;
+    END IF;
+    -- only the hours the symbol has bars in: a range of all history costs what its bars do
+    SELECT min(p."timestamp"), max(p."timestamp") INTO first_at, last_at
+    FROM price_bars p
+    WHERE p.symbol = bar_hours.symbol AND p."timestamp" >= from_ts AND p."timestamp" < to_ts;
+    IF first_at IS NULL THEN
+        whole := '{}';
+        part_from := '{}';
+        part_to := '{}';
+        RETURN;
+    END IF;
+    from_ts := greatest(from_ts, date_bin(interval '1 hour', first_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'));
+    to_ts := least(to_ts, date_bin(interval '1 hour', last_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 hour');
+    WITH hour AS (
+        SELECT h, h + interval '59 minutes' AS last,
+               h AT TIME ZONE tz AS l0, (h + interval '59 minutes') AT TIME ZONE tz AS l1
+        FROM generate_series(date_bin(interval '1 hour', from_ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                             to_ts - interval '1 microsecond', interval '1 hour') AS g(h)
+    ),
+    graded AS (
+        SELECT h, CASE
+            WHEN l1 - l0 = interval '59 minutes' AND opens IS NOT NULL AND l0::date = l1::date
+                 AND (l1::time < opens OR l0::time >= closes) THEN 'outside'
+            WHEN use_hours AND h >= from_ts AND h + interval '1 hour' <= to_ts
+                 AND l1 - l0 = interval '59 minutes'
+                 AND (opens IS NULL OR (l0::date = l1::date AND l0::time >= opens AND l1::time < closes))
+                 AND CASE WHEN plain THEN date_bin(step, h, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                                          = date_bin(step, last, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                          ELSE bar_bucket(h, step, day_starts) = bar_bucket(last, step, day_starts) END
+                 THEN 'whole'
+            ELSE 'part' END AS grade
+        FROM hour
+    ),
+    -- consecutive hours read by minute make one stretch (gaps and islands)
+    runs AS (
+        SELECT h, grade, h - (row_number() OVER (PARTITION BY grade ORDER BY h)) * interval '1 hour' AS run
+        FROM graded
+    )
+    SELECT ARRAY(SELECT h FROM runs WHERE grade = 'whole' ORDER BY h),
+           ARRAY(SELECT greatest(min(h), from_ts) FROM runs WHERE grade = 'part' GROUP BY run ORDER BY run),
+           ARRAY(SELECT least(max(h) + interval '1 hour', to_ts) FROM runs WHERE grade = 'part' GROUP BY run ORDER BY run)
+    INTO whole, part_from, part_to;
+END
+$fn$;
+
 CREATE FUNCTION bars(
     symbol text,
     start timestamptz,
@@ -831,6 +908,10 @@ DECLARE
     first_minute timestamptz;
     -- with fill, how far apart the minutes are that find every bucket
     spacing interval;
+    -- the hours read whole from hour_bars, and the stretches read minute by minute
+    whole_hours timestamptz[];
+    part_from timestamptz[];
+    part_to timestamptz[];
 BEGIN
     SELECT * INTO hours FROM bar_session(bars.session);
     IF bars.symbol IS NULL OR bars.start IS NULL OR bars."end" IS NULL OR bars.tz IS NULL
@@ -881,6 +962,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM require_price_bars_ready('bars');
+    SELECT h.whole, h.part_from, h.part_to INTO whole_hours, part_from, part_to
+    FROM bar_hours(bars.symbol, bars.start, bars."end", step, plain, day_starts, bars.tz, hours.opens, hours.closes,
+                   step >= interval '1 hour' AND NOT coalesce(bars.include_legacy, false)
+                   AND NOT coalesce(bars.include_deleted, false)) h;
     -- the first whole minute in the range: minute bars start on the minute
     first_minute := date_bin(interval '1 minute', bars.start - interval '1 microsecond',
                              TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 minute';
@@ -916,6 +1001,15 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH minute_bars AS (
+        -- whole hours, summed by the rollup as the minutes below would be (sql/hours.sql)
+        SELECT hb.hour AS "timestamp", hb.open, hb.high, hb.low, hb.close, hb.volume,
+               hb.trade_count, hb.notional, hb.data_source, false AS legacy
+        FROM unnest(whole_hours) AS w(hour)
+        JOIN hour_bars hb ON hb.symbol = bars.symbol AND hb.hour = w.hour
+        UNION ALL
+        -- the rest of the range, minute by minute
+        SELECT m.* FROM unnest(part_from, part_to) AS g(lo, hi)
+        CROSS JOIN LATERAL (
         SELECT DISTINCT ON (p."timestamp")
                p."timestamp", p.open, p.high, p.low, p.close, p.volume::bigint AS volume,
                p.trade_count::bigint AS trade_count, p.notional, p.data_source,
@@ -923,7 +1017,7 @@ BEGIN
                 OR p.data_source IS NULL) AS legacy
         FROM price_bars p
         WHERE p.symbol = bars.symbol
-          AND p."timestamp" >= bars.start AND p."timestamp" < bars."end"
+          AND p."timestamp" >= g.lo AND p."timestamp" < g.hi
           AND (coalesce(bars.include_legacy, false)
                OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
           AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
@@ -936,6 +1030,7 @@ BEGIN
                       WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
                       WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
+        ) m
     ),
     buckets AS (
         SELECT CASE WHEN plain THEN date_bin(step, m."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00')
@@ -1221,6 +1316,7 @@ BEGIN
         open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
         volume = EXCLUDED.volume;
     GET DIAGNOSTICS written = ROW_COUNT;
+    PERFORM hour_bars_refresh('official');
     TRUNCATE official_bars_staging;
     RETURN QUERY SELECT written, staged - written;
 END
@@ -1240,3 +1336,137 @@ GRANT SELECT ON bar_settings TO tradebars_feeder, tradebars_reader;
 REVOKE EXECUTE ON FUNCTION prune_trade_identity(), identity_refusal(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION prune_trade_identity(), identity_refusal(bigint) TO tradebars_feeder;
 REVOKE EXECUTE ON FUNCTION set_bar_clock(text), set_identity_retention(interval) FROM PUBLIC;
+
+---- sql/hours.sql, as released in 0.3.0 ----
+-- Hour bars (0.3.0): each UTC hour of each symbol's bars, summed once, so that bars() over a
+-- year at '1 day' reads a few thousand rows rather than a hundred thousand minutes.
+--
+-- An hour bar is exactly what bars() makes of that hour's minute bars by default: per minute
+-- the trades bar, else the official (ohlcv-1m) bar; no legacy and no soft-deleted bar. It is
+-- kept exact by every function of the extension that changes such bars, in the transaction
+-- that changes them: bars_rollup() (late trades included) and official_bars_merge() refresh
+-- the hours they touched; rollback_trades(), mark_legacy() and prepare_price_bars() refresh
+-- all. A bar written into price_bars by hand is not seen until refresh_hour_bars() covers it.
+--
+-- bars() takes an hour bar only where the whole hour lies in one of its buckets, inside the
+-- range and inside the session, and legacy and deleted bars are not asked for; every other
+-- minute still comes from price_bars (see sql/bars.sql). On Citus, distribute hour_bars by
+-- symbol with price_bars: each refresh is an INSERT ... SELECT ... GROUP BY symbol, hour
+-- over colocated tables.
+CREATE TABLE hour_bars (
+    symbol      text        NOT NULL,
+    hour        timestamptz NOT NULL,  -- the start of the UTC hour
+    open        numeric     NOT NULL,
+    high        numeric     NOT NULL,
+    low         numeric     NOT NULL,
+    close       numeric     NOT NULL,
+    volume      bigint      NOT NULL,
+    trade_count bigint,
+    notional    numeric,               -- NULL where a minute of it has none (official bars)
+    data_source text        NOT NULL,  -- 'trades', 'ohlcv-1m', or 'mixed' for both
+    PRIMARY KEY (symbol, hour)
+);
+COMMENT ON TABLE hour_bars IS
+    'tradebars: the default minute bars of each UTC hour, summed (kept by the extension; read by bars())';
+
+-- Recomputes the hour bars of the hours that `touched` names, a fixed query chosen by name
+-- (never text from a caller): 'rollup' the hours of the rollup's good bars (rollup_bars),
+-- 'official' those of the staged official bars, 'range' every hour that meets
+-- [from_ts, to_ts). Hours left with no bar lose their hour bar. Waits for another refresh
+-- and keeps it waiting until commit: each one reads the bars the other committed.
+CREATE FUNCTION hour_bars_refresh(touched text, from_ts timestamptz DEFAULT NULL,
+                                  to_ts timestamptz DEFAULT NULL)
+RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+DECLARE
+    hours text := CASE touched
+        WHEN 'rollup' THEN
+            'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(minute * 60), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
+             FROM rollup_bars WHERE good'
+        WHEN 'official' THEN
+            'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(ts_event / 1000000000), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
+             FROM official_bars_staging WHERE symbol <> '''' AND ts_event >= 0'
+        WHEN 'range' THEN
+            'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', "timestamp", TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
+             FROM price_bars WHERE "timestamp" >= $1 AND "timestamp" < $2
+             UNION
+             SELECT symbol, hour FROM hour_bars
+             WHERE hour > $1 - interval ''1 hour'' AND hour < $2' END;
+    n bigint;
+BEGIN
+    IF hours IS NULL THEN
+        RAISE EXCEPTION 'hour_bars_refresh: touched must be ''rollup'', ''official'' or ''range'', not %',
+            coalesce(quote_literal(touched), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOCK TABLE hour_bars IN EXCLUSIVE MODE;
+    EXECUTE format('DELETE FROM hour_bars h USING (%s) t WHERE h.symbol = t.symbol AND h.hour = t.hour', hours)
+        USING from_ts, to_ts;
+    EXECUTE format($q$
+        INSERT INTO hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
+                               notional, data_source)
+        SELECT t.symbol, t.hour,
+               (array_agg(m.open ORDER BY m."timestamp"))[1], max(m.high), min(m.low),
+               (array_agg(m.close ORDER BY m."timestamp" DESC))[1],
+               sum(m.volume), sum(m.trade_count),
+               CASE WHEN bool_and(m.notional IS NOT NULL) THEN sum(m.notional) END,
+               CASE WHEN count(DISTINCT m.data_source) = 1 THEN min(m.data_source) ELSE 'mixed' END
+        FROM (%s) t
+        CROSS JOIN LATERAL (
+            -- bars()'s choice per minute, by default: the trades bar, else the official one
+            SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
+                   p.volume, p.trade_count, p.notional, p.data_source
+            FROM price_bars p
+            WHERE p.symbol = t.symbol
+              AND p."timestamp" >= t.hour AND p."timestamp" < t.hour + interval '1 hour'
+              AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
+              AND p.deleted_at IS NULL
+            ORDER BY p."timestamp", p.data_source <> 'trades'
+        ) m
+        GROUP BY t.symbol, t.hour
+    $q$, hours) USING from_ts, to_ts;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+COMMENT ON FUNCTION hour_bars_refresh(text, timestamptz, timestamptz) IS
+    'tradebars (internal): recomputes the hour bars of the hours a rollup, an official load or a range touched';
+
+-- For the DBA who wrote price_bars by hand: makes the hour bars of [start, end) exact again
+-- (every hour, of every symbol, that meets the range). Returns the hour bars written.
+CREATE FUNCTION refresh_hour_bars(start timestamptz DEFAULT '-infinity',
+                                  "end" timestamptz DEFAULT 'infinity')
+RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+AS $fn$
+BEGIN
+    IF start IS NULL OR "end" IS NULL THEN
+        RAISE EXCEPTION 'refresh_hour_bars: start and end must not be NULL (leave them out for all hours)'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF "end" < start THEN
+        RAISE EXCEPTION 'refresh_hour_bars: end (%) is before start (%)', "end", start
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM require_price_bars_ready('refresh_hour_bars');
+    RETURN hour_bars_refresh('range', start, "end");
+END
+$fn$;
+COMMENT ON FUNCTION refresh_hour_bars(timestamptz, timestamptz) IS
+    'tradebars: recomputes the hour bars bars() reads for [start, end), after price_bars was written by hand';
+
+GRANT SELECT ON hour_bars TO tradebars_reader;
+REVOKE EXECUTE ON FUNCTION hour_bars_refresh(text, timestamptz, timestamptz),
+    refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;
+
+-- The hours of the bars this database already has.
+DO $do$
+BEGIN
+    IF price_bars_is_ready() THEN
+        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');
+    END IF;
+END
+$do$;

@@ -26,6 +26,12 @@ pgrx::extension_sql_file!(
         "tradebars_identity"
     ]
 );
+// The hours of the bars, summed for bars() over long ranges; kept by the rollup.
+pgrx::extension_sql_file!(
+    "../../sql/hours.sql",
+    name = "hour_bars",
+    requires = ["tradebars_schema", "migration_legacy"]
+);
 pgrx::extension_sql_file!(
     "../../sql/identity.sql",
     name = "tradebars_identity",

@@ -12,6 +12,7 @@ pgrx::extension_sql_file!(
         "staging_functions",
         "tradebars_identity",
         "official_bars",
+        "hour_bars",
         bars_rollup
     ],
 );

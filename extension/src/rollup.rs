@@ -428,6 +428,16 @@ fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2
             "bars_rollup: {unusable} staged trades cannot be counted but {rejected} were set aside; nothing was rolled up"
         );
     }
+    if bars > 0 {
+        // The hours these bars are in, summed again with them (sql/hours.sql): bars() reads
+        // long ranges from them.
+        run(
+            client,
+            "SELECT hour_bars_refresh('rollup')",
+            &[],
+            "summing hours",
+        );
+    }
     run(
         client,
         &format!("TRUNCATE {slot}, rollup_bars"),

@@ -56,7 +56,9 @@ pub enum Command {
     /// The range is fetched in chunks; each chunk is staged whole, in one transaction with its
     /// ledger entry, so a second run skips the chunks already staged. With --schema mbp-1 the
     /// trades are re-derived from the quote feed's trade events, for a period that only has
-    /// legacy bars.
+    /// legacy bars. With --schema ohlcv-1m, Databento's own minute bars go straight into
+    /// price_bars as data_source 'ohlcv-1m' (history where no trades were loaded); each chunk
+    /// is merged whole, and fetching it again changes nothing.
     Backfill(BackfillArgs),
     /// Write a synthetic TRADES file (real DBN with symbology) for demos and benchmarks.
     Generate(GenerateArgs),
@@ -128,8 +130,9 @@ pub struct DatabentoArgs {
     /// Every symbol of the dataset.
     #[arg(long)]
     pub all_symbols: bool,
-    /// Schema: trades, tbbo, mbp-1 or mbo (only trade events count).
-    #[arg(long, default_value = "trades", value_parser = parse_trade_schema)]
+    /// Schema: trades, tbbo, mbp-1 or mbo (only trade events count); for backfill also
+    /// ohlcv-1m, Databento's own minute bars, loaded into price_bars as data_source 'ohlcv-1m'.
+    #[arg(long, default_value = "trades", value_parser = parse_source_schema)]
     pub schema: dbn::Schema,
     /// File holding the API key (instead of DATABENTO_API_KEY).
     #[arg(long, value_name = "PATH")]
@@ -188,16 +191,22 @@ pub struct LiveArgs {
     pub standby: bool,
 }
 
-fn parse_trade_schema(s: &str) -> Result<dbn::Schema, String> {
+/// A schema of trades, or Databento's official minute bars (backfill only; live refuses it).
+fn parse_source_schema(s: &str) -> Result<dbn::Schema, String> {
     let schema: dbn::Schema = s
         .parse()
         .map_err(|_| format!("{s:?} is not a Databento schema"))?;
     match schema {
-        dbn::Schema::Trades | dbn::Schema::Tbbo | dbn::Schema::Mbp1 | dbn::Schema::Mbo => {
-            Ok(schema)
-        }
+        dbn::Schema::Trades
+        | dbn::Schema::Tbbo
+        | dbn::Schema::Mbp1
+        | dbn::Schema::Mbo
+        | dbn::Schema::Ohlcv1M => Ok(schema),
+        dbn::Schema::Ohlcv1S | dbn::Schema::Ohlcv1H | dbn::Schema::Ohlcv1D => Err(format!(
+            "schema {schema}: price_bars holds minute bars; load Databento's bars as ohlcv-1m"
+        )),
         other => Err(format!(
-            "schema {other} carries no trade events (use trades, tbbo, mbp-1 or mbo)"
+            "schema {other} carries no trade events (use trades, tbbo, mbp-1 or mbo, or ohlcv-1m for official bars)"
         )),
     }
 }
@@ -295,10 +304,14 @@ mod tests {
     }
 
     #[test]
-    fn only_schemas_with_trades_are_accepted() {
-        assert_eq!(parse_trade_schema("mbp-1"), Ok(dbn::Schema::Mbp1));
-        assert!(parse_trade_schema("ohlcv-1m").is_err());
-        assert!(parse_trade_schema("nonsense").is_err());
+    fn only_schemas_with_trades_or_minute_bars_are_accepted() {
+        assert_eq!(parse_source_schema("mbp-1"), Ok(dbn::Schema::Mbp1));
+        assert_eq!(parse_source_schema("ohlcv-1m"), Ok(dbn::Schema::Ohlcv1M));
+        assert!(parse_source_schema("ohlcv-1h")
+            .unwrap_err()
+            .contains("minute bars"));
+        assert!(parse_source_schema("definition").is_err());
+        assert!(parse_source_schema("nonsense").is_err());
     }
 
     #[test]

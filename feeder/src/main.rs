@@ -91,7 +91,7 @@ async fn replay_official(client: &mut Client, file: DbnFile) -> Result<(u64, u64
                 msg: "decoding stopped".into(),
             })
     };
-    let schema = source::file::OFFICIAL_SCHEMA.to_string();
+    let schema = source::official::OFFICIAL_SCHEMA.to_string();
     let (loaded, summary) = sink::load_official(client, &schema, rx, end).await?;
     println!(
         "{}: {} records read, {} official {schema} bars written to price_bars ({} without a symbol mapping, {} rejected in all)",
@@ -293,6 +293,11 @@ fn fmt_ns(ns: u64) -> String {
 }
 
 async fn live(args: LiveArgs) -> Result<(), FeederError> {
+    if args.source.schema == source::official::OFFICIAL_SCHEMA {
+        return Err(FeederError::Usage(
+            "live streams trades; Databento's ohlcv-1m bars are history: load them with backfill --schema ohlcv-1m or replay".into(),
+        ));
+    }
     let spec = source::live::LiveSpec {
         key: args.source.api_key()?,
         symbols: args.source.symbol_list(),
@@ -329,6 +334,16 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
     };
     let mut client = db::connect(&args.load.db.database_url, APP).await?;
     lock::acquire(&client, "backfill", args.load.standby).await?;
+    if spec.schema == source::official::OFFICIAL_SCHEMA {
+        let mut result = backfill_official(&mut client, &spec).await;
+        if let Err(e) = &result {
+            lock::report_error(&client, &e.to_string()).await;
+        } else if args.load.rollup {
+            result = rollup(&client).await;
+        }
+        lock::release(&client).await;
+        return result;
+    }
     let chunks = spec.chunks();
     let bar = progress_bar(chunks.len() as u64, "pos");
     bar.set_message("backfill");
@@ -402,6 +417,62 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
     }
     lock::release(&client).await;
     result
+}
+
+/// A backfill of Databento's official minute bars: each chunk merged into price_bars whole,
+/// in one transaction (official_bars_merge()); a chunk fetched again replaces its bars with
+/// the same bars, so a rerun after an interruption needs no ledger.
+async fn backfill_official(
+    client: &mut Client,
+    spec: &source::historical::BackfillSpec,
+) -> Result<(), FeederError> {
+    let chunks = spec.chunks();
+    let bar = progress_bar(chunks.len() as u64, "pos");
+    bar.set_message("backfill ohlcv-1m");
+    let schema = source::official::OFFICIAL_SCHEMA.to_string();
+    let (mut read, mut written, mut rejected, mut unmapped) = (0u64, 0i64, 0i64, 0u64);
+    for (n, chunk) in chunks.iter().enumerate() {
+        let (tx, rx) = mpsc::channel(8);
+        let (fetch_spec, chunk) = (spec.clone(), *chunk);
+        let fetch = tokio::spawn(async move {
+            let mut hist = fetch_spec.client()?;
+            source::historical::fetch_official_chunk(&mut hist, &fetch_spec, chunk, tx).await
+        });
+        let end = async move {
+            fetch
+                .await
+                .map_err(|e| FeederError::Gateway(format!("fetch task: {e}")))?
+        };
+        let (loaded, summary) = match sink::load_official(client, &schema, rx, end).await {
+            Ok(done) => done,
+            Err(e) => {
+                bar.finish_and_clear();
+                println!(
+                    "backfill {} ohlcv-1m: chunk {} of {} ({} to {}) not loaded; the {n} before it are",
+                    spec.dataset,
+                    n + 1,
+                    chunks.len(),
+                    chunk.0,
+                    chunk.1
+                );
+                return Err(e);
+            }
+        };
+        read += summary.bars;
+        unmapped += summary.unmapped;
+        written += loaded.written;
+        rejected += loaded.rejected;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "backfill {} ohlcv-1m {} to {}: {} chunks, {read} bars read, {written} official bars written to price_bars ({unmapped} without a symbol mapping, {rejected} rejected in all)",
+        spec.dataset,
+        spec.start,
+        spec.end,
+        chunks.len()
+    );
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<(), FeederError> {

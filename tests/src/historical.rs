@@ -1,18 +1,23 @@
 //! A loopback stand-in for Databento's historical API: `POST /v0/timeseries.get_range` with
 //! HTTP basic auth and a form (`start`, `end` in nanoseconds), answered with zstd-compressed
-//! DBN holding the trades of a DBN file that fall in the range, with the file's symbology.
+//! DBN holding the trades of a DBN file that fall in the range, with the file's symbology
+//! (as MBP-1 trade events for schema=mbp-1); for schema=ohlcv-1m, the file's minute bars that
+//! start in the range.
 //! Chosen requests can fail: cut off in the middle of the body.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
-use dbn::{BidAskPair, Mbp1Msg, Metadata, RecordHeader, Schema, TradeMsg, VersionUpgradePolicy};
+use dbn::{
+    BidAskPair, Mbp1Msg, Metadata, OhlcvMsg, RecordHeader, Schema, TradeMsg, VersionUpgradePolicy,
+};
 
 pub struct FakeHistorical {
     pub url: String,
@@ -47,13 +52,19 @@ impl FakeHistorical {
             .expect("decoding the feed");
         let mut metadata = decoder.metadata().clone();
         metadata.version = 3;
-        let mut trades = Vec::new();
+        let (mut trades, mut bars) = (Vec::new(), Vec::new());
         while let Some(rec) = decoder.decode_record_ref().expect("record") {
             if let Some(t) = rec.get::<TradeMsg>() {
                 trades.push(t.clone());
+            } else if let Some(b) = rec.get::<OhlcvMsg>() {
+                bars.push(b.clone());
             }
         }
-        let feed = Arc::new((metadata, trades));
+        let feed = Arc::new(Feed {
+            metadata,
+            trades,
+            bars,
+        });
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake historical API");
         let url = format!("http://{}/", listener.local_addr().expect("address"));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -65,7 +76,7 @@ impl FakeHistorical {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 let (feed, auth, cut) = (feed.clone(), auth.clone(), cut.contains(&n));
                 std::thread::spawn(move || {
-                    let _ = answer(stream, &feed.0, &feed.1, &auth, cut);
+                    let _ = answer(stream, &feed, &auth, cut);
                 });
             }
         });
@@ -73,13 +84,43 @@ impl FakeHistorical {
     }
 }
 
-fn answer(
-    stream: TcpStream,
-    metadata: &Metadata,
-    trades: &[TradeMsg],
-    auth: &str,
-    cut: bool,
-) -> std::io::Result<()> {
+/// What the fake serves: one file's records.
+struct Feed {
+    metadata: Metadata,
+    trades: Vec<TradeMsg>,
+    bars: Vec<OhlcvMsg>,
+}
+
+impl FakeHistorical {
+    /// Runs `tradebars-feeder backfill --rollup` of 2025-10-24 14:00 to 21:00 UTC, every
+    /// symbol of XNAS.ITCH, against this API into `db`, with `key`, `schema` and `extra` args.
+    pub fn backfill(&self, db: &str, key: &str, schema: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "backfill",
+            "--dataset",
+            "XNAS.ITCH",
+            "--all-symbols",
+            "--start",
+            "2025-10-24T14:00:00Z",
+            "--end",
+            "2025-10-24T21:00:00Z",
+            "--historical-url",
+            &self.url,
+            "--rollup",
+            "--schema",
+            schema,
+        ];
+        args.extend_from_slice(extra);
+        Command::new(crate::feeder_bin())
+            .args(&args)
+            .env("DATABASE_URL", crate::url(db))
+            .env("DATABENTO_API_KEY", key)
+            .output()
+            .expect("running the backfill")
+    }
+}
+
+fn answer(stream: TcpStream, feed: &Feed, auth: &str, cut: bool) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     let (mut length, mut authorized, mut request) = (0usize, false, String::new());
@@ -121,7 +162,8 @@ fn answer(
     };
     let (start, end) = (field("start"), field("end"));
     let as_mbp1 = form.split('&').any(|kv| kv == "schema=mbp-1");
-    let mut meta = metadata.clone();
+    let as_bars = form.split('&').any(|kv| kv == "schema=ohlcv-1m");
+    let mut meta = feed.metadata.clone();
     meta.start = start;
     if as_mbp1 {
         meta.schema = Some(Schema::Mbp1);
@@ -130,9 +172,17 @@ fn answer(
     let mut dbn = Vec::new();
     {
         let mut encoder = Encoder::with_zstd(&mut dbn, &meta).map_err(err)?;
-        for t in trades
+        let bars = feed
+            .bars
             .iter()
-            .filter(|t| t.ts_recv >= start && t.ts_recv < end)
+            .filter(|b| as_bars && b.hd.ts_event >= start && b.hd.ts_event < end);
+        for b in bars {
+            encoder.encode_record(b).map_err(err)?;
+        }
+        for t in feed
+            .trades
+            .iter()
+            .filter(|t| !as_bars && t.ts_recv >= start && t.ts_recv < end)
         // Databento cuts ranges on ts_recv
         {
             if as_mbp1 {

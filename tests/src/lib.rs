@@ -13,7 +13,9 @@ pub mod historical;
 
 use dbn::decode::{DbnMetadata, DecodeRecord, DecodeRecordRef, DynDecoder};
 use dbn::encode::EncodeRecord;
-use dbn::{MboMsg, Mbp1Msg, TradeMsg, TsSymbolMap, VersionUpgradePolicy};
+use dbn::{
+    MboMsg, Mbp1Msg, OhlcvMsg, RecordHeader, Schema, TradeMsg, TsSymbolMap, VersionUpgradePolicy,
+};
 
 /// The test cluster's port: TRADEBARS_TEST_PORT, or 55439.
 pub fn port() -> u16 {
@@ -423,4 +425,49 @@ pub fn stored_bars(db: &str) -> BTreeMap<BarKey, BarVal> {
 
 pub fn count(db: &str, sql: &str) -> i64 {
     connect(db).query_one(sql, &[]).expect(sql).get(0)
+}
+
+/// Writes the oracle's bars of `trades` as an ohlcv-1m file with the trades file's
+/// symbology; `tamper` may change each record before it is written.
+pub fn official_file(
+    trades: &Path,
+    name: &str,
+    schema: Schema,
+    tamper: impl Fn(&mut OhlcvMsg),
+) -> (PathBuf, usize) {
+    let decoder =
+        DynDecoder::from_file(trades, VersionUpgradePolicy::UpgradeToV3).expect("decoding");
+    let mut metadata = decoder.metadata().clone();
+    metadata.schema = Some(schema);
+    let of = trades_of(trades);
+    let instrument: BTreeMap<String, (u32, u16)> = of
+        .iter()
+        .map(|(s, t)| (s.clone(), (t.instrument_id, t.publisher_id)))
+        .collect();
+    let mut bars: Vec<((i64, u32), OhlcvMsg)> = oracle(trades)
+        .into_iter()
+        .map(|((symbol, minute), (open, high, low, close, volume, _))| {
+            let (id, publisher) = instrument[&symbol];
+            let ts = minute as u64 * 1_000_000_000;
+            let mut bar = OhlcvMsg {
+                hd: RecordHeader::new::<OhlcvMsg>(dbn::rtype::OHLCV_1M, publisher, id, ts),
+                open,
+                high,
+                low,
+                close,
+                volume: volume as u64,
+            };
+            tamper(&mut bar);
+            ((minute, id), bar)
+        })
+        .collect();
+    bars.sort_by_key(|(k, _)| *k);
+    let path = scratch(name);
+    let file = std::fs::File::create(&path).expect("creating");
+    let mut encoder = dbn::encode::dbn::Encoder::with_zstd(file, &metadata).expect("encoder");
+    for (_, bar) in &bars {
+        encoder.encode_record(bar).expect("encoding");
+    }
+    encoder.flush().expect("flushing");
+    (path, bars.len())
 }

@@ -1,7 +1,5 @@
 //! Backfill through a loopback historical API: chunked, resumable, exactly once.
 
-use std::process::Command;
-
 use tradebars_tests::historical::FakeHistorical;
 use tradebars_tests::*;
 
@@ -17,26 +15,7 @@ fn backfill_schema(
     key: &str,
     schema: &str,
 ) -> std::process::Output {
-    Command::new(feeder_bin())
-        .args([
-            "backfill",
-            "--dataset",
-            "XNAS.ITCH",
-            "--all-symbols",
-            "--start",
-            "2025-10-24T14:00:00Z",
-            "--end",
-            "2025-10-24T21:00:00Z",
-            "--historical-url",
-            &api.url,
-            "--rollup",
-            "--schema",
-            schema,
-        ])
-        .env("DATABASE_URL", url(db))
-        .env("DATABENTO_API_KEY", key)
-        .output()
-        .expect("running the backfill")
+    api.backfill(db, key, schema, &[])
 }
 
 #[test]

@@ -31,7 +31,7 @@ type Row = (
     bool,
 );
 
-/// Writes `minutes` of `symbol` as trades bars (trade_count 1 each).
+/// Writes `minutes` of `symbol` as trades bars (trade_count 1 each), and their hour bars.
 fn write(db: &str, symbol: &str, minutes: &[Minute]) {
     let mut c = connect(db);
     for m in minutes {
@@ -46,6 +46,9 @@ fn write(db: &str, symbol: &str, minutes: &[Minute]) {
         )
         .expect("writing a minute bar");
     }
+    // written by hand, not by the rollup: their hours are summed as the rollup would
+    c.execute("SELECT refresh_hour_bars()", &[])
+        .expect("summing the hours");
 }
 
 fn query(db: &str, sql: &str) -> Vec<Row> {

@@ -5,57 +5,11 @@
 //! the test from the generated trades (the oracle), independently of the extension.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
-use dbn::encode::EncodeRecord;
-use dbn::{OhlcvMsg, RecordHeader, Schema, VersionUpgradePolicy};
+use dbn::{OhlcvMsg, Schema, VersionUpgradePolicy};
 use tradebars_tests::*;
-
-/// Writes the oracle's bars of `trades` as an ohlcv-1m file with the trades file's
-/// symbology; `tamper` may change each record before it is written.
-fn official_file(
-    trades: &Path,
-    name: &str,
-    schema: Schema,
-    tamper: impl Fn(&mut OhlcvMsg),
-) -> (PathBuf, usize) {
-    let decoder =
-        DynDecoder::from_file(trades, VersionUpgradePolicy::UpgradeToV3).expect("decoding");
-    let mut metadata = decoder.metadata().clone();
-    metadata.schema = Some(schema);
-    let of = trades_of(trades);
-    let instrument: BTreeMap<String, (u32, u16)> = of
-        .iter()
-        .map(|(s, t)| (s.clone(), (t.instrument_id, t.publisher_id)))
-        .collect();
-    let mut bars: Vec<((i64, u32), OhlcvMsg)> = oracle(trades)
-        .into_iter()
-        .map(|((symbol, minute), (open, high, low, close, volume, _))| {
-            let (id, publisher) = instrument[&symbol];
-            let ts = minute as u64 * 1_000_000_000;
-            let mut bar = OhlcvMsg {
-                hd: RecordHeader::new::<OhlcvMsg>(dbn::rtype::OHLCV_1M, publisher, id, ts),
-                open,
-                high,
-                low,
-                close,
-                volume: volume as u64,
-            };
-            tamper(&mut bar);
-            ((minute, id), bar)
-        })
-        .collect();
-    bars.sort_by_key(|(k, _)| *k);
-    let path = scratch(name);
-    let file = std::fs::File::create(&path).expect("creating");
-    let mut encoder = dbn::encode::dbn::Encoder::with_zstd(file, &metadata).expect("encoder");
-    for (_, bar) in &bars {
-        encoder.encode_record(bar).expect("encoding");
-    }
-    encoder.flush().expect("flushing");
-    (path, bars.len())
-}
 
 fn replay(db: &str, file: &Path, rollup: bool) -> String {
     let f = file.display().to_string();
@@ -300,4 +254,69 @@ fn the_real_ohlcv_1m_sample_loads_as_it_is() {
     let db = fresh_db("official_sample", "");
     replay(&db, &file, false);
     assert_eq!(bars_of(&db, "ohlcv-1m"), expected);
+}
+
+#[test]
+fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
+    use tradebars_tests::historical::FakeHistorical;
+    const KEY: &str = "db-tradebarsTestKey0123456789abc";
+    let trades = generate("official-backfill.dbn.zst", 5, 8000, 73);
+    let (official, n) = official_file(
+        &trades,
+        "official-backfill.ohlcv-1m.dbn.zst",
+        Schema::Ohlcv1M,
+        |_| {},
+    );
+    let expected = ohlcv(&oracle(&trades));
+    assert_eq!(expected.len(), n);
+    let api = FakeHistorical::start(&official, KEY, vec![]);
+    let db = fresh_db("official_backfill", "");
+    let out = api.backfill(&db, KEY, "ohlcv-1m", &["--chunk-minutes", "45"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "10 chunks, {n} bars read, {n} official bars written to price_bars (0 without a symbol mapping, 0 rejected in all)"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(ohlcv(&bars_of(&db, "ohlcv-1m")), expected);
+    // again, cut otherwise: the same bars, each once
+    let out = api.backfill(&db, KEY, "ohlcv-1m", &["--chunk-minutes", "7"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(ohlcv(&bars_of(&db, "ohlcv-1m")), expected);
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+
+    // other intervals are refused before anything is asked of the API, and live refuses bars
+    let asked = api.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let out = api.backfill(&db, KEY, "ohlcv-1h", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("price_bars holds minute bars"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        api.requests.load(std::sync::atomic::Ordering::SeqCst),
+        asked
+    );
+    let out = feeder(
+        &[
+            "live",
+            "--dataset",
+            "XNAS.ITCH",
+            "--symbols",
+            "WGRX",
+            "--schema",
+            "ohlcv-1m",
+        ],
+        Some(&db),
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("backfill --schema ohlcv-1m"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(ohlcv(&bars_of(&db, "ohlcv-1m")), expected);
 }

@@ -13,15 +13,12 @@ use tokio::sync::mpsc;
 
 use crate::error::FeederError;
 use crate::identity::{Changes, Identity};
+use crate::source::official::{OfficialEncoder, OfficialSummary, OFFICIAL_SCHEMA};
 use crate::source::{RowEncoder, Summary};
 use crate::trade::RecordKind;
 
 /// Schemas whose records can carry trade events.
 const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, Schema::Mbo];
-/// Databento's own bars that fit price_bars: minute bars (hourly or daily ones would count
-/// the same trades twice next to minute bars).
-pub const OFFICIAL_SCHEMA: Schema = Schema::Ohlcv1M;
-
 /// What a file's metadata says, checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Checked {
@@ -30,14 +27,6 @@ pub struct Checked {
     pub to: Option<i64>,
     /// Databento's official minute bars, not trades.
     pub official: bool,
-}
-
-/// What reading an official bars file found.
-#[derive(Debug, Default, Clone)]
-pub struct OfficialSummary {
-    pub records: u64,
-    pub bars: u64,
-    pub unmapped: u64,
 }
 
 /// Counts the bytes read, for progress.
@@ -273,35 +262,21 @@ impl DbnFile {
         let metadata = decoder.metadata().clone();
         self.check_schema(&metadata, true)?;
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
-        let (mut summary, mut record_bytes) = (OfficialSummary::default(), 0u64);
-        let mut rows = bytes::BytesMut::new();
+        let (mut bars, mut record_bytes) = (OfficialEncoder::default(), 0u64);
         while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
             record_bytes += rec.record_size() as u64;
-            summary.records += 1;
-            if let Some(bar) = rec.get::<dbn::OhlcvMsg>() {
-                if bar.hd.rtype != dbn::rtype::OHLCV_1M {
-                    return Err(self.decode_err(format!(
-                        "record {} is an OHLCV bar of another interval (rtype {:#04x}) in an ohlcv-1m file",
-                        summary.records, bar.hd.rtype
-                    )));
+            bars.push(&rec, &mut symbols)
+                .map_err(|msg| self.decode_err(msg))?;
+            if let Some(chunk) = bars.full_chunk() {
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return Ok(bars.summary); // the writer stopped; it reports why
                 }
-                // A bar's symbol is the mapping in force at its start (its index time).
-                let symbol = symbols.get_for_ts(bar.hd.ts_event, bar.hd.instrument_id);
-                summary.bars += 1;
-                summary.unmapped += u64::from(symbol.is_none());
-                crate::copy::encode_official_bar(&mut rows, symbol.map_or("", |s| s), bar);
-            } else if rec.get::<dbn::SymbolMappingMsg>().is_some() {
-                symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
-            }
-            if rows.len() >= crate::source::CHUNK_BYTES
-                && tx.blocking_send(Ok(rows.split().freeze())).is_err()
-            {
-                return Ok(summary); // the writer stopped; it reports why
             }
         }
         self.check_whole(&reading, record_bytes)?;
-        if !rows.is_empty() {
-            let _ = tx.blocking_send(Ok(rows.freeze()));
+        let (rest, summary) = bars.finish();
+        if let Some(chunk) = rest {
+            let _ = tx.blocking_send(Ok(chunk));
         }
         Ok(summary)
     }

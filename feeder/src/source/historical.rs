@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::error::FeederError;
 use crate::identity::{Changes, Identity};
+use crate::source::official::{OfficialEncoder, OfficialSummary};
 use crate::source::{RowEncoder, Summary};
 
 #[derive(Debug, Clone)]
@@ -93,17 +94,7 @@ pub async fn fetch_chunk(
     identity: Identity,
     tx: mpsc::Sender<Result<Bytes, FeederError>>,
 ) -> Result<(Summary, Changes), FeederError> {
-    let symbols: databento::Symbols = match &spec.symbols {
-        Some(list) => list.clone().into(),
-        None => databento::Symbols::All,
-    };
-    let params = GetRangeParams::builder()
-        .dataset(&spec.dataset)
-        .schema(spec.schema)
-        .symbols(symbols)
-        .stype_in(SType::RawSymbol)
-        .date_time_range((from, to))
-        .build();
+    let params = range_params(spec, (from, to));
     let identity_err = |e: crate::identity::IdentityError| {
         FeederError::identity(format!("backfill {} {from} to {to}", spec.dataset), e)
     };
@@ -142,6 +133,68 @@ pub async fn fetch_chunk(
             Err(FeederError::Gateway(text))
         }
     }
+}
+
+/// Fetches one chunk of Databento's official minute bars (schema ohlcv-1m) and sends them as
+/// `official_bars_staging` COPY rows; returns what it read. An error is sent too, so the
+/// writer aborts its COPY.
+pub async fn fetch_official_chunk(
+    client: &mut HistoricalClient,
+    spec: &BackfillSpec,
+    (from, to): (OffsetDateTime, OffsetDateTime),
+    tx: mpsc::Sender<Result<Bytes, FeederError>>,
+) -> Result<OfficialSummary, FeederError> {
+    let result: Result<OfficialSummary, FeederError> = async {
+        let mut decoder = client
+            .timeseries()
+            .get_range(&range_params(spec, (from, to)))
+            .await
+            .map_err(api_error)?;
+        let mut symbols = TsSymbolMap::from_metadata(decoder.metadata())
+            .map_err(|e| FeederError::Gateway(format!("symbology of the response: {e}")))?;
+        let mut bars = OfficialEncoder::default();
+        while let Some(rec) = decoder.decode_record_ref().await.map_err(|e| {
+            FeederError::Gateway(format!("historical API: reading the response: {e}"))
+        })? {
+            bars.push(&rec, &mut symbols).map_err(|msg| {
+                FeederError::Gateway(format!("historical API, {from} to {to}: {msg}"))
+            })?;
+            if let Some(chunk) = bars.full_chunk() {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return Ok(bars.summary);
+                }
+            }
+        }
+        let (rest, summary) = bars.finish();
+        if let Some(chunk) = rest {
+            let _ = tx.send(Ok(chunk)).await;
+        }
+        Ok(summary)
+    }
+    .await;
+    if let Err(e) = &result {
+        // The writer reports it (and aborts its COPY).
+        let _ = tx.send(Err(FeederError::Gateway(e.to_string()))).await;
+    }
+    result
+}
+
+/// The request for one chunk of the backfill.
+fn range_params(
+    spec: &BackfillSpec,
+    (from, to): (OffsetDateTime, OffsetDateTime),
+) -> GetRangeParams {
+    let symbols: databento::Symbols = match &spec.symbols {
+        Some(list) => list.clone().into(),
+        None => databento::Symbols::All,
+    };
+    GetRangeParams::builder()
+        .dataset(&spec.dataset)
+        .schema(spec.schema)
+        .symbols(symbols)
+        .stype_in(SType::RawSymbol)
+        .date_time_range((from, to))
+        .build()
 }
 
 #[cfg(test)]

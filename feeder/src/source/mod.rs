@@ -5,6 +5,7 @@ pub mod file;
 pub mod generate;
 pub mod historical;
 pub mod live;
+pub mod official;
 
 use std::collections::BTreeMap;
 

@@ -14,6 +14,9 @@ SELECT 'R', t, 100 + i * 0.01, 100.05 + i * 0.01, 99.95 + i * 0.01, 100.02 + i *
        100.01 + i * 0.01, (100.01 + i * 0.01) * 10, 0, 0, 0, 0, false, 'trades'
 FROM generate_series(0, 3 * 72 - 1) AS i,
      LATERAL (SELECT timestamptz '2025-11-01 00:00+00' + i * interval '20 minutes' AS t) s;
+-- written by hand, not by the rollup: their hours (which bars() reads buckets of an hour or
+-- more from) are summed by refresh_hour_bars()
+SELECT refresh_hour_bars();
 
 -- minutes, as stored
 SELECT "timestamp", open, close, volume, data_source, clock, filled
@@ -61,8 +64,22 @@ INSERT INTO price_bars (symbol, "timestamp", open, high, low, close, volume, tra
                         vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
                         is_legacy, data_source)
 VALUES ('O', '2025-11-05 15:02+00', 11, 11, 11, 11, 5, 1, 11, 55, 0, 0, 0, 0, false, 'trades');
+SELECT refresh_hour_bars('2025-11-05 15:00+00', '2025-11-05 16:00+00');
 SELECT "timestamp", open, high, low, close, volume, trade_count, vwap, data_source, is_legacy
 FROM bars('O', '2025-11-05 15:00+00', '2025-11-05 15:05+00');
 SELECT "timestamp", open, high, low, close, volume, trade_count, vwap, data_source, is_legacy
 FROM bars('O', '2025-11-05 15:00+00', '2025-11-05 15:05+00', bucket => '5 minutes');
+-- the hour of O: one hour bar, both sources ('mixed'), no VWAP
+SELECT symbol, hour, open, high, low, close, volume, trade_count, notional, data_source FROM hour_bars WHERE symbol = 'O';
+SELECT "timestamp", open, high, low, close, volume, trade_count, vwap, data_source
+FROM bars('O', '2025-11-05 15:00+00', '2025-11-05 16:00+00', bucket => '1 hour');
+
+-- through hour bars or minute by minute (include_legacy: there are no legacy bars), the same
+SELECT bucket, tz, session,
+       ARRAY(SELECT b::text FROM bars('R', '2025-11-01', '2025-11-04', bucket => bucket, tz => tz, session => session) b)
+     = ARRAY(SELECT b::text FROM bars('R', '2025-11-01', '2025-11-04', include_legacy => true, bucket => bucket, tz => tz, session => session) b) AS same
+FROM (VALUES ('1 day'::interval, 'America/New_York', NULL::text), ('1 day', 'UTC', NULL),
+             ('4 hours', 'Asia/Kolkata', NULL), ('1 day', 'America/New_York', '09:30-16:00')) AS v(bucket, tz, session);
+SELECT error_of($$SELECT refresh_hour_bars(NULL)$$);
+SELECT error_of($$SELECT refresh_hour_bars('2025-01-02', '2025-01-01')$$);
 DROP EXTENSION tradebars;
