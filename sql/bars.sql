@@ -106,12 +106,15 @@ END
 $fn$;
 
 -- How bars() reads [from_ts, to_ts): the UTC hours it takes whole from hour_bars, and the
--- stretches it reads minute by minute. An hour is taken whole (if `use_hours`) where all its
--- minutes fall in one bucket, in the range and in the session: the clock's offset is the same
--- at its first and last minute (no change inside it), both are in one bucket (buckets only
--- grow with time) and, with a session, both are in it on one local day. An hour wholly
--- outside the session is not read at all; the rest (edges of the range, of the session and of
--- buckets, and hours the clock changes in) is read minute by minute, as before hour bars.
+-- stretches it reads minute by minute. With `use_hours`, only the symbol's hours that have an
+-- hour bar are looked at (hour_bars has one for every hour with a bar bars() counts by
+-- default). Such an hour is taken whole where all its minutes fall in one bucket, in the
+-- range and in the session: the clock's offset is the same at its first and last minute (no
+-- change inside it), both are in one bucket (buckets only grow with time) and, with a
+-- session, both are in it on one local day. An hour wholly outside the session is not read
+-- at all; the rest (edges of the range, of the session and of buckets, and hours the clock
+-- changes in) is read minute by minute, as before hour bars. Without `use_hours`, the whole
+-- range is one stretch.
 CREATE FUNCTION bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, step interval, plain boolean,
                           day_starts timestamptz[], tz text, opens time, closes time,
                           use_hours boolean,
@@ -120,9 +123,6 @@ CREATE FUNCTION bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, s
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = @extschema@, pg_temp
 AS $fn$
-DECLARE
-    first_at timestamptz;
-    last_at timestamptz;
 BEGIN
     IF NOT use_hours OR to_ts <= from_ts THEN
         whole := '{}';
@@ -130,29 +130,17 @@ BEGIN
         part_to := ARRAY[to_ts];
         RETURN;
     END IF;
-    -- only the hours the symbol has bars in: a range of all history costs what its bars do
-    SELECT min(p."timestamp"), max(p."timestamp") INTO first_at, last_at
-    FROM price_bars p
-    WHERE p.symbol = bar_hours.symbol AND p."timestamp" >= from_ts AND p."timestamp" < to_ts;
-    IF first_at IS NULL THEN
-        whole := '{}';
-        part_from := '{}';
-        part_to := '{}';
-        RETURN;
-    END IF;
-    from_ts := greatest(from_ts, date_bin(interval '1 hour', first_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'));
-    to_ts := least(to_ts, date_bin(interval '1 hour', last_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 hour');
     WITH hour AS (
-        SELECT h, h + interval '59 minutes' AS last,
-               h AT TIME ZONE tz AS l0, (h + interval '59 minutes') AT TIME ZONE tz AS l1
-        FROM generate_series(date_bin(interval '1 hour', from_ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                             to_ts - interval '1 microsecond', interval '1 hour') AS g(h)
+        SELECT hb.hour AS h, hb.hour + interval '59 minutes' AS last,
+               hb.hour AT TIME ZONE tz AS l0, (hb.hour + interval '59 minutes') AT TIME ZONE tz AS l1
+        FROM hour_bars hb
+        WHERE hb.symbol = bar_hours.symbol AND hb.hour > from_ts - interval '1 hour' AND hb.hour < to_ts
     ),
     graded AS (
         SELECT h, CASE
             WHEN l1 - l0 = interval '59 minutes' AND opens IS NOT NULL AND l0::date = l1::date
                  AND (l1::time < opens OR l0::time >= closes) THEN 'outside'
-            WHEN use_hours AND h >= from_ts AND h + interval '1 hour' <= to_ts
+            WHEN h >= from_ts AND h + interval '1 hour' <= to_ts
                  AND l1 - l0 = interval '59 minutes'
                  AND (opens IS NULL OR (l0::date = l1::date AND l0::time >= opens AND l1::time < closes))
                  AND CASE WHEN plain THEN date_bin(step, h, TIMESTAMPTZ '2000-01-01 00:00:00+00')

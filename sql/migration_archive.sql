@@ -296,7 +296,7 @@ BEGIN
     -- Only bars tradebars wrote: those carry the order of their open and close trades.
     DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM hour_bars_refresh('range', '-infinity', 'infinity');  -- official bars may remain
+    PERFORM hour_bars_rebuild('-infinity', 'infinity');  -- official bars may remain
     -- What was loaded is forgotten with the bars, so the same files, chunks and live
     -- periods can be fed again and count once (0.3.0).
     DELETE FROM ingest_ledger;

@@ -170,7 +170,7 @@ BEGIN
     PERFORM guard_trades_bars();
     IF adopted THEN
         -- bars it already held that bars() counts (a scanner's 'trades' bars) get their hours
-        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');
+        PERFORM hour_bars_rebuild('-infinity', 'infinity');
     END IF;
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
     COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
@@ -212,7 +212,7 @@ BEGIN
      WHERE data_source = 'trades' AND open_ts_ns IS NULL;
     GET DIAGNOSTICS scanned = ROW_COUNT;
     IF scanned > 0 THEN
-        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');  -- no longer trades bars
+        PERFORM hour_bars_rebuild('-infinity', 'infinity');  -- no longer trades bars
         RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
     END IF;
     UPDATE price_bars

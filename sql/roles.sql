@@ -45,4 +45,5 @@ REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_delete
     rollback_trades(boolean), prepare_price_bars(),
     delete_legacy_bars(text, timestamptz, regclass, boolean),
     set_bar_clock(text), set_identity_retention(interval),
-    hour_bars_refresh(text, timestamptz, timestamptz), refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;
+    hour_bars_refresh(text), hour_bars_rebuild(timestamptz, timestamptz), hour_bars_insert(text),
+    refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;

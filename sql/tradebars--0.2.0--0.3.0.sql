@@ -312,7 +312,7 @@ BEGIN
     -- Only bars tradebars wrote: those carry the order of their open and close trades.
     DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM hour_bars_refresh('range', '-infinity', 'infinity');  -- official bars may remain
+    PERFORM hour_bars_rebuild('-infinity', 'infinity');  -- official bars may remain
     -- What was loaded is forgotten with the bars, so the same files, chunks and live
     -- periods can be fed again and count once (0.3.0).
     DELETE FROM ingest_ledger;
@@ -665,7 +665,7 @@ BEGIN
     PERFORM guard_trades_bars();
     IF adopted THEN
         -- bars it already held that bars() counts (a scanner's 'trades' bars) get their hours
-        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');
+        PERFORM hour_bars_rebuild('-infinity', 'infinity');
     END IF;
     COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
     COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
@@ -707,7 +707,7 @@ BEGIN
      WHERE data_source = 'trades' AND open_ts_ns IS NULL;
     GET DIAGNOSTICS scanned = ROW_COUNT;
     IF scanned > 0 THEN
-        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');  -- no longer trades bars
+        PERFORM hour_bars_rebuild('-infinity', 'infinity');  -- no longer trades bars
         RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
     END IF;
     UPDATE price_bars
@@ -814,12 +814,15 @@ END
 $fn$;
 
 -- How bars() reads [from_ts, to_ts): the UTC hours it takes whole from hour_bars, and the
--- stretches it reads minute by minute. An hour is taken whole (if `use_hours`) where all its
--- minutes fall in one bucket, in the range and in the session: the clock's offset is the same
--- at its first and last minute (no change inside it), both are in one bucket (buckets only
--- grow with time) and, with a session, both are in it on one local day. An hour wholly
--- outside the session is not read at all; the rest (edges of the range, of the session and of
--- buckets, and hours the clock changes in) is read minute by minute, as before hour bars.
+-- stretches it reads minute by minute. With `use_hours`, only the symbol's hours that have an
+-- hour bar are looked at (hour_bars has one for every hour with a bar bars() counts by
+-- default). Such an hour is taken whole where all its minutes fall in one bucket, in the
+-- range and in the session: the clock's offset is the same at its first and last minute (no
+-- change inside it), both are in one bucket (buckets only grow with time) and, with a
+-- session, both are in it on one local day. An hour wholly outside the session is not read
+-- at all; the rest (edges of the range, of the session and of buckets, and hours the clock
+-- changes in) is read minute by minute, as before hour bars. Without `use_hours`, the whole
+-- range is one stretch.
 CREATE FUNCTION bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, step interval, plain boolean,
                           day_starts timestamptz[], tz text, opens time, closes time,
                           use_hours boolean,
@@ -828,9 +831,6 @@ CREATE FUNCTION bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, s
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = @extschema@, pg_temp
 AS $fn$
-DECLARE
-    first_at timestamptz;
-    last_at timestamptz;
 BEGIN
     IF NOT use_hours OR to_ts <= from_ts THEN
         whole := '{}';
@@ -838,29 +838,17 @@ BEGIN
         part_to := ARRAY[to_ts];
         RETURN;
     END IF;
-    -- only the hours the symbol has bars in: a range of all history costs what its bars do
-    SELECT min(p."timestamp"), max(p."timestamp") INTO first_at, last_at
-    FROM price_bars p
-    WHERE p.symbol = bar_hours.symbol AND p."timestamp" >= from_ts AND p."timestamp" < to_ts;
-    IF first_at IS NULL THEN
-        whole := '{}';
-        part_from := '{}';
-        part_to := '{}';
-        RETURN;
-    END IF;
-    from_ts := greatest(from_ts, date_bin(interval '1 hour', first_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'));
-    to_ts := least(to_ts, date_bin(interval '1 hour', last_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 hour');
     WITH hour AS (
-        SELECT h, h + interval '59 minutes' AS last,
-               h AT TIME ZONE tz AS l0, (h + interval '59 minutes') AT TIME ZONE tz AS l1
-        FROM generate_series(date_bin(interval '1 hour', from_ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                             to_ts - interval '1 microsecond', interval '1 hour') AS g(h)
+        SELECT hb.hour AS h, hb.hour + interval '59 minutes' AS last,
+               hb.hour AT TIME ZONE tz AS l0, (hb.hour + interval '59 minutes') AT TIME ZONE tz AS l1
+        FROM hour_bars hb
+        WHERE hb.symbol = bar_hours.symbol AND hb.hour > from_ts - interval '1 hour' AND hb.hour < to_ts
     ),
     graded AS (
         SELECT h, CASE
             WHEN l1 - l0 = interval '59 minutes' AND opens IS NOT NULL AND l0::date = l1::date
                  AND (l1::time < opens OR l0::time >= closes) THEN 'outside'
-            WHEN use_hours AND h >= from_ts AND h + interval '1 hour' <= to_ts
+            WHEN h >= from_ts AND h + interval '1 hour' <= to_ts
                  AND l1 - l0 = interval '59 minutes'
                  AND (opens IS NULL OR (l0::date = l1::date AND l0::time >= opens AND l1::time < closes))
                  AND CASE WHEN plain THEN date_bin(step, h, TIMESTAMPTZ '2000-01-01 00:00:00+00')
@@ -1345,7 +1333,7 @@ REVOKE EXECUTE ON FUNCTION set_bar_clock(text), set_identity_retention(interval)
 -- the trades bar, else the official (ohlcv-1m) bar; no legacy and no soft-deleted bar. It is
 -- kept exact by every function of the extension that changes such bars, in the transaction
 -- that changes them: bars_rollup() (late trades included) and official_bars_merge() refresh
--- the hours they touched; rollback_trades(), mark_legacy() and prepare_price_bars() refresh
+-- the hours they touched; rollback_trades(), mark_legacy() and prepare_price_bars() rebuild
 -- all. A bar written into price_bars by hand is not seen until refresh_hour_bars() covers it.
 --
 -- bars() takes an hour bar only where the whole hour lies in one of its buckets, inside the
@@ -1369,14 +1357,34 @@ CREATE TABLE hour_bars (
 COMMENT ON TABLE hour_bars IS
     'tradebars: the default minute bars of each UTC hour, summed (kept by the extension; read by bars())';
 
--- Recomputes the hour bars of the hours that `touched` names, a fixed query chosen by name
--- (never text from a caller): 'rollup' the hours of the rollup's good bars (rollup_bars),
--- 'official' those of the staged official bars, 'range' every hour that meets
--- [from_ts, to_ts). Hours left with no bar lose their hour bar. Waits for another refresh
--- and keeps it waiting until commit: each one reads the bars the other committed.
-CREATE FUNCTION hour_bars_refresh(touched text, from_ts timestamptz DEFAULT NULL,
-                                  to_ts timestamptz DEFAULT NULL)
-RETURNS bigint
+-- The statement that writes the hour bar of each hour `minutes` gives minute bars for: the
+-- minute bars (symbol, hour, "timestamp", open, high, low, close, volume, trade_count,
+-- notional, data_source) summed as bars() sums minutes. One text for both callers below.
+CREATE FUNCTION hour_bars_insert(minutes text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path = @extschema@, pg_temp
+RETURN format($q$
+    INSERT INTO hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
+                           notional, data_source)
+    -- open and close: of the least and greatest (epoch, price); no sort in any group
+    SELECT m.symbol, m.hour,
+           (min(ARRAY[extract(epoch FROM m."timestamp"), m.open]))[2], max(m.high), min(m.low),
+           (max(ARRAY[extract(epoch FROM m."timestamp"), m.close]))[2],
+           sum(m.volume), sum(m.trade_count),
+           CASE WHEN bool_and(m.notional IS NOT NULL) THEN sum(m.notional) END,
+           CASE WHEN bool_and(m.data_source = 'trades') THEN 'trades'
+                WHEN bool_and(m.data_source = 'ohlcv-1m') THEN 'ohlcv-1m' ELSE 'mixed' END
+    FROM (%s) m
+    GROUP BY m.symbol, m.hour
+$q$, minutes);
+
+-- Recomputes the hour bars of the hours a rollup (`touched` = 'rollup': the hours of the good
+-- bars in rollup_bars) or an official load ('official': those of official_bars_staging)
+-- touched, each hour read by an index scan of its own; per minute bars()'s default choice,
+-- the trades bar, else the official one. The queries are fixed, chosen by name, never text
+-- from a caller. Waits for another refresh and keeps it waiting until commit, so each one
+-- reads the bars the other committed.
+CREATE FUNCTION hour_bars_refresh(touched text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = @extschema@, pg_temp
 AS $fn$
@@ -1387,35 +1395,20 @@ DECLARE
              FROM rollup_bars WHERE good'
         WHEN 'official' THEN
             'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(ts_event / 1000000000), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
-             FROM official_bars_staging WHERE symbol <> '''' AND ts_event >= 0'
-        WHEN 'range' THEN
-            'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', "timestamp", TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
-             FROM price_bars WHERE "timestamp" >= $1 AND "timestamp" < $2
-             UNION
-             SELECT symbol, hour FROM hour_bars
-             WHERE hour > $1 - interval ''1 hour'' AND hour < $2' END;
+             FROM official_bars_staging WHERE symbol <> '''' AND ts_event >= 0' END;
     n bigint;
 BEGIN
     IF hours IS NULL THEN
-        RAISE EXCEPTION 'hour_bars_refresh: touched must be ''rollup'', ''official'' or ''range'', not %',
+        RAISE EXCEPTION 'hour_bars_refresh: touched must be ''rollup'' or ''official'', not %',
             coalesce(quote_literal(touched), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOCK TABLE hour_bars IN EXCLUSIVE MODE;
-    EXECUTE format('DELETE FROM hour_bars h USING (%s) t WHERE h.symbol = t.symbol AND h.hour = t.hour', hours)
-        USING from_ts, to_ts;
-    EXECUTE format($q$
-        INSERT INTO hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
-                               notional, data_source)
-        SELECT t.symbol, t.hour,
-               (array_agg(m.open ORDER BY m."timestamp"))[1], max(m.high), min(m.low),
-               (array_agg(m.close ORDER BY m."timestamp" DESC))[1],
-               sum(m.volume), sum(m.trade_count),
-               CASE WHEN bool_and(m.notional IS NOT NULL) THEN sum(m.notional) END,
-               CASE WHEN count(DISTINCT m.data_source) = 1 THEN min(m.data_source) ELSE 'mixed' END
+    EXECUTE format('DELETE FROM hour_bars h USING (%s) t WHERE h.symbol = t.symbol AND h.hour = t.hour', hours);
+    EXECUTE hour_bars_insert(format($q$
+        SELECT t.symbol, t.hour, m.*
         FROM (%s) t
         CROSS JOIN LATERAL (
-            -- bars()'s choice per minute, by default: the trades bar, else the official one
             SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
                    p.volume, p.trade_count, p.notional, p.data_source
             FROM price_bars p
@@ -1425,14 +1418,57 @@ BEGIN
               AND p.deleted_at IS NULL
             ORDER BY p."timestamp", p.data_source <> 'trades'
         ) m
-        GROUP BY t.symbol, t.hour
-    $q$, hours) USING from_ts, to_ts;
+    $q$, hours));
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
 $fn$;
-COMMENT ON FUNCTION hour_bars_refresh(text, timestamptz, timestamptz) IS
-    'tradebars (internal): recomputes the hour bars of the hours a rollup, an official load or a range touched';
+COMMENT ON FUNCTION hour_bars_refresh(text) IS
+    'tradebars (internal): recomputes the hour bars of the hours a rollup or an official load touched';
+
+-- Recomputes every hour bar of the hours that meet [from_ts, to_ts), of all symbols, in one
+-- pass over their minute bars (no lookup per hour: a year of 500 symbols is 900,000 hours). Hours left with no bar lose their hour bar. Locks as hour_bars_refresh().
+CREATE FUNCTION hour_bars_rebuild(from_ts timestamptz, to_ts timestamptz) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = @extschema@, pg_temp
+    SET work_mem = '256MB'
+AS $fn$
+DECLARE
+    lo timestamptz := CASE WHEN isfinite(from_ts)
+                           THEN date_bin(interval '1 hour', from_ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                           ELSE from_ts END;
+    hi timestamptz := CASE WHEN isfinite(to_ts)
+                           THEN date_bin(interval '1 hour', to_ts - interval '1 microsecond',
+                                         TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 hour'
+                           ELSE to_ts END;
+    n bigint;
+BEGIN
+    IF to_ts <= from_ts THEN
+        RETURN 0;  -- an empty range meets no hour
+    END IF;
+    LOCK TABLE hour_bars IN EXCLUSIVE MODE;
+    DELETE FROM hour_bars WHERE hour >= lo AND hour < hi;
+    -- an official bar only where its minute has no trades bar (no sort of every bar)
+    EXECUTE hour_bars_insert($q$
+        SELECT p.symbol,
+               date_bin(interval '1 hour', p."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
+               p."timestamp", p.open, p.high, p.low, p.close, p.volume, p.trade_count,
+               p.notional, p.data_source
+        FROM price_bars p
+        WHERE p."timestamp" >= $1 AND p."timestamp" < $2
+          AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
+          AND p.deleted_at IS NULL
+          AND (p.data_source = 'trades' OR NOT EXISTS (
+                SELECT 1 FROM price_bars q
+                WHERE q.symbol = p.symbol AND q."timestamp" = p."timestamp"
+                  AND q.data_source = 'trades' AND NOT q.is_legacy AND q.deleted_at IS NULL))
+    $q$) USING lo, hi;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+COMMENT ON FUNCTION hour_bars_rebuild(timestamptz, timestamptz) IS
+    'tradebars (internal): recomputes every hour bar of the hours that meet a range, in one pass';
 
 -- For the DBA who wrote price_bars by hand: makes the hour bars of [start, end) exact again
 -- (every hour, of every symbol, that meets the range). Returns the hour bars written.
@@ -1452,21 +1488,21 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM require_price_bars_ready('refresh_hour_bars');
-    RETURN hour_bars_refresh('range', start, "end");
+    RETURN hour_bars_rebuild(start, "end");
 END
 $fn$;
 COMMENT ON FUNCTION refresh_hour_bars(timestamptz, timestamptz) IS
     'tradebars: recomputes the hour bars bars() reads for [start, end), after price_bars was written by hand';
 
 GRANT SELECT ON hour_bars TO tradebars_reader;
-REVOKE EXECUTE ON FUNCTION hour_bars_refresh(text, timestamptz, timestamptz),
-    refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hour_bars_refresh(text), hour_bars_rebuild(timestamptz, timestamptz),
+    hour_bars_insert(text), refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;
 
 -- The hours of the bars this database already has.
 DO $do$
 BEGIN
     IF price_bars_is_ready() THEN
-        PERFORM hour_bars_refresh('range', '-infinity', 'infinity');
+        PERFORM hour_bars_rebuild('-infinity', 'infinity');
     END IF;
 END
 $do$;
