@@ -214,14 +214,16 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM now() AT TIME ZONE bars.tz;  -- an unknown time zone: 22023 here, not mid-query
-    plain := bars.tz = 'UTC' AND bars.origin = interval '0';
+    -- UTC by any of its names
+    plain := upper(bars.tz) IN ('UTC', 'ETC/UTC', 'UCT', 'ETC/UCT', 'Z', 'ZULU', 'ETC/ZULU', 'UNIVERSAL', 'ETC/UNIVERSAL')
+             AND bars.origin = interval '0';
     IF NOT plain AND (86400 % extract(epoch FROM step)::bigint) <> 0 THEN
         RAISE EXCEPTION 'bars: with tz or origin, bucket must divide a day (1, 5, 15 or 30 minutes, 1, 2 or 4 hours, 1 day ...), not %', step
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF (NOT plain OR bars.fill <> 'none')
        AND (NOT isfinite(bars.start) OR NOT isfinite(bars."end")
-            OR bars."end" - bars.start > interval '100 years') THEN
+            OR bars."end" > bars.start + interval '100 years') THEN
         RAISE EXCEPTION 'bars: with tz, origin or fill, start and end must be finite and at most 100 years apart'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -278,6 +280,18 @@ BEGIN
                       WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
         LIMIT 1;
+        IF seed IS NULL THEN
+            -- No close to carry into the range: no empty bucket comes before its first bar
+            -- (of any source: never after the first one returned), so candidates start there.
+            SELECT min(p."timestamp") INTO seed_at
+            FROM price_bars p
+            WHERE p.symbol = bars.symbol AND p."timestamp" >= bars.start AND p."timestamp" < bars."end";
+            IF seed_at IS NULL THEN
+                RETURN;  -- no bar in the range either: nothing to return, nothing to fill
+            END IF;
+            first_minute := greatest(first_minute, date_bin(interval '1 minute', seed_at,
+                                                            TIMESTAMPTZ '2000-01-01 00:00:00+00'));
+        END IF;
     END IF;
     RETURN QUERY
     WITH minute_bars AS (

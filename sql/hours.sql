@@ -28,6 +28,8 @@ CREATE TABLE hour_bars (
 );
 COMMENT ON TABLE hour_bars IS
     'tradebars: the default minute bars of each UTC hour, summed (kept by the extension; read by bars())';
+-- Dumped with the bars it sums (pg_dump takes both in one snapshot).
+SELECT pg_extension_config_dump('hour_bars', '');
 
 -- The statement that writes the hour bar of each hour `minutes` gives minute bars for: the
 -- minute bars (symbol, hour, "timestamp", open, high, low, close, volume, trade_count,
@@ -165,3 +167,13 @@ END
 $fn$;
 COMMENT ON FUNCTION refresh_hour_bars(timestamptz, timestamptz) IS
     'tradebars: recomputes the hour bars bars() reads for [start, end), after price_bars was written by hand';
+
+-- A price_bars the extension did not create (an adopted one) outlives DROP EXTENSION: when
+-- the extension is created again, its bars get their hours now.
+DO $do$
+BEGIN
+    IF price_bars_is_ready() THEN
+        PERFORM hour_bars_rebuild('-infinity', 'infinity');
+    END IF;
+END
+$do$;

@@ -49,15 +49,18 @@ CREATE FUNCTION protect_trades_bars() RETURNS trigger
     SET search_path = @extschema@, pg_temp
 AS $fn$
 BEGIN
-    RAISE EXCEPTION 'price_bars: the bar of % at % was built by tradebars from trades; it cannot become legacy or another source',
-        OLD.symbol, OLD."timestamp"
+    RAISE EXCEPTION 'price_bars: the bar of % at % is %; it cannot become legacy or another source',
+        OLD.symbol, OLD."timestamp",
+        CASE WHEN OLD.data_source = 'trades' THEN 'built by tradebars from trades'
+             ELSE 'one of Databento''s official bars (' || OLD.data_source || '), loaded by tradebars' END
         USING ERRCODE = 'object_not_in_prerequisite_state',
               HINT = 'this looks like the migration plan''s phase 1 SQL run again after mark_legacy(); nothing was changed. SELECT mark_legacy(); is the idempotent way';
 END
 $fn$;
 
--- The trigger of protect_trades_bars() on price_bars, where missing. Only updates of
--- is_legacy or data_source can fire it: a rollup's merge never does.
+-- The trigger of protect_trades_bars() on price_bars, where missing: tradebars' trades bars
+-- and the official bars it loaded keep their source. Only updates of is_legacy or
+-- data_source can fire it: a rollup's merge and an official merge never do.
 CREATE FUNCTION guard_trades_bars() RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = @extschema@, pg_temp
@@ -68,8 +71,10 @@ BEGIN
         CREATE TRIGGER price_bars_protect_trades_bars
             BEFORE UPDATE OF is_legacy, data_source ON price_bars
             FOR EACH ROW
-            WHEN (OLD.data_source = 'trades' AND NOT OLD.is_legacy AND OLD.open_ts_ns IS NOT NULL
-                  AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'trades'))
+            WHEN ((OLD.data_source = 'trades' AND NOT OLD.is_legacy AND OLD.open_ts_ns IS NOT NULL
+                   AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'trades'))
+                  OR (OLD.data_source = 'ohlcv-1m' AND NOT OLD.is_legacy
+                      AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'ohlcv-1m')))
             EXECUTE FUNCTION protect_trades_bars();
     END IF;
 END

@@ -26,6 +26,8 @@ GRANT SELECT ON staging_epoch TO tradebars_feeder;
 GRANT SELECT, INSERT, UPDATE ON ingest_ledger, feeder_status TO tradebars_feeder;
 GRANT EXECUTE ON FUNCTION bars_rollup(), staging_slot() TO tradebars_feeder;
 GRANT SELECT ON rollup_stats TO tradebars_feeder, tradebars_reader;
+REVOKE EXECUTE ON FUNCTION rollup_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rollup_status() TO tradebars_feeder, tradebars_reader;
 GRANT SELECT ON price_bars, hour_bars TO tradebars_reader;
 -- Trade identity (0.3.0): the feeder reads and extends what is already counted.
 GRANT SELECT, INSERT, DELETE ON trade_coverage TO tradebars_feeder;

@@ -552,8 +552,10 @@ CREATE FUNCTION protect_trades_bars() RETURNS trigger
     SET search_path = @extschema@, pg_temp
 AS $fn$
 BEGIN
-    RAISE EXCEPTION 'price_bars: the bar of % at % was built by tradebars from trades; it cannot become legacy or another source',
-        OLD.symbol, OLD."timestamp"
+    RAISE EXCEPTION 'price_bars: the bar of % at % is %; it cannot become legacy or another source',
+        OLD.symbol, OLD."timestamp",
+        CASE WHEN OLD.data_source = 'trades' THEN 'built by tradebars from trades'
+             ELSE 'one of Databento''s official bars (' || OLD.data_source || '), loaded by tradebars' END
         USING ERRCODE = 'object_not_in_prerequisite_state',
               HINT = 'this looks like the migration plan''s phase 1 SQL run again after mark_legacy(); nothing was changed. SELECT mark_legacy(); is the idempotent way';
 END
@@ -569,8 +571,10 @@ BEGIN
         CREATE TRIGGER price_bars_protect_trades_bars
             BEFORE UPDATE OF is_legacy, data_source ON price_bars
             FOR EACH ROW
-            WHEN (OLD.data_source = 'trades' AND NOT OLD.is_legacy AND OLD.open_ts_ns IS NOT NULL
-                  AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'trades'))
+            WHEN ((OLD.data_source = 'trades' AND NOT OLD.is_legacy AND OLD.open_ts_ns IS NOT NULL
+                   AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'trades'))
+                  OR (OLD.data_source = 'ohlcv-1m' AND NOT OLD.is_legacy
+                      AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'ohlcv-1m')))
             EXECUTE FUNCTION protect_trades_bars();
     END IF;
 END
@@ -922,14 +926,16 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM now() AT TIME ZONE bars.tz;  -- an unknown time zone: 22023 here, not mid-query
-    plain := bars.tz = 'UTC' AND bars.origin = interval '0';
+    -- UTC by any of its names
+    plain := upper(bars.tz) IN ('UTC', 'ETC/UTC', 'UCT', 'ETC/UCT', 'Z', 'ZULU', 'ETC/ZULU', 'UNIVERSAL', 'ETC/UNIVERSAL')
+             AND bars.origin = interval '0';
     IF NOT plain AND (86400 % extract(epoch FROM step)::bigint) <> 0 THEN
         RAISE EXCEPTION 'bars: with tz or origin, bucket must divide a day (1, 5, 15 or 30 minutes, 1, 2 or 4 hours, 1 day ...), not %', step
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF (NOT plain OR bars.fill <> 'none')
        AND (NOT isfinite(bars.start) OR NOT isfinite(bars."end")
-            OR bars."end" - bars.start > interval '100 years') THEN
+            OR bars."end" > bars.start + interval '100 years') THEN
         RAISE EXCEPTION 'bars: with tz, origin or fill, start and end must be finite and at most 100 years apart'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -986,6 +992,18 @@ BEGIN
                       WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
                  p.data_source
         LIMIT 1;
+        IF seed IS NULL THEN
+            -- No close to carry into the range: no empty bucket comes before its first bar
+            -- (of any source: never after the first one returned), so candidates start there.
+            SELECT min(p."timestamp") INTO seed_at
+            FROM price_bars p
+            WHERE p.symbol = bars.symbol AND p."timestamp" >= bars.start AND p."timestamp" < bars."end";
+            IF seed_at IS NULL THEN
+                RETURN;  -- no bar in the range either: nothing to return, nothing to fill
+            END IF;
+            first_minute := greatest(first_minute, date_bin(interval '1 minute', seed_at,
+                                                            TIMESTAMPTZ '2000-01-01 00:00:00+00'));
+        END IF;
     END IF;
     RETURN QUERY
     WITH minute_bars AS (
@@ -1356,6 +1374,8 @@ CREATE TABLE hour_bars (
 );
 COMMENT ON TABLE hour_bars IS
     'tradebars: the default minute bars of each UTC hour, summed (kept by the extension; read by bars())';
+-- Dumped with the bars it sums (pg_dump takes both in one snapshot).
+SELECT pg_extension_config_dump('hour_bars', '');
 
 -- The statement that writes the hour bar of each hour `minutes` gives minute bars for: the
 -- minute bars (symbol, hour, "timestamp", open, high, low, close, volume, trade_count,
@@ -1494,11 +1514,8 @@ $fn$;
 COMMENT ON FUNCTION refresh_hour_bars(timestamptz, timestamptz) IS
     'tradebars: recomputes the hour bars bars() reads for [start, end), after price_bars was written by hand';
 
-GRANT SELECT ON hour_bars TO tradebars_reader;
-REVOKE EXECUTE ON FUNCTION hour_bars_refresh(text), hour_bars_rebuild(timestamptz, timestamptz),
-    hour_bars_insert(text), refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;
-
--- The hours of the bars this database already has.
+-- A price_bars the extension did not create (an adopted one) outlives DROP EXTENSION: when
+-- the extension is created again, its bars get their hours now.
 DO $do$
 BEGIN
     IF price_bars_is_ready() THEN
@@ -1506,3 +1523,10 @@ BEGIN
     END IF;
 END
 $do$;
+
+GRANT SELECT ON hour_bars TO tradebars_reader;
+REVOKE EXECUTE ON FUNCTION hour_bars_refresh(text), hour_bars_rebuild(timestamptz, timestamptz),
+    hour_bars_insert(text), refresh_hour_bars(timestamptz, timestamptz) FROM PUBLIC;
+-- rollup_status() runs as the owner: only the feeder and reader roles call it (0.3.0).
+REVOKE EXECUTE ON FUNCTION rollup_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rollup_status() TO tradebars_feeder, tradebars_reader;

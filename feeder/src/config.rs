@@ -123,6 +123,7 @@ pub struct DatabentoArgs {
     #[arg(
         long,
         value_delimiter = ',',
+        value_parser = parse_symbol,
         required_unless_present = "all_symbols",
         conflicts_with = "all_symbols"
     )]
@@ -146,18 +147,33 @@ impl DatabentoArgs {
     }
 
     /// The API key: from --key-file, else DATABENTO_API_KEY. Never printed.
+    /// A key that cannot be one (Databento's are 32 characters) is a usage error: nothing is
+    /// sent, so Databento has refused nothing.
     pub fn api_key(&self) -> Result<String, crate::error::FeederError> {
         use crate::error::FeederError;
-        match &self.key_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|k| k.trim().to_string())
-                .map_err(|e| FeederError::io(path, e)),
-            None => std::env::var("DATABENTO_API_KEY").map_err(|_| {
-                FeederError::Usage(
-                    "no Databento API key: set DATABENTO_API_KEY or pass --key-file".into(),
-                )
-            }),
+        let (key, from) = match &self.key_file {
+            Some(path) => (
+                std::fs::read_to_string(path)
+                    .map(|k| k.trim().to_string())
+                    .map_err(|e| FeederError::io(path, e))?,
+                path.display().to_string(),
+            ),
+            None => (
+                std::env::var("DATABENTO_API_KEY").map_err(|_| {
+                    FeederError::Usage(
+                        "no Databento API key: set DATABENTO_API_KEY or pass --key-file".into(),
+                    )
+                })?,
+                "DATABENTO_API_KEY".to_string(),
+            ),
+        };
+        if key.chars().count() != 32 {
+            return Err(FeederError::Usage(format!(
+                "the Databento API key in {from} is not one: {} characters where Databento's have 32; nothing was sent",
+                key.chars().count()
+            )));
         }
+        Ok(key)
     }
 }
 
@@ -222,7 +238,7 @@ pub struct BackfillArgs {
     #[arg(long, value_parser = parse_instant)]
     pub end: time::OffsetDateTime,
     /// Length of one chunk, in minutes.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_minutes: u32,
     /// A historical API other than Databento's own (a proxy, a test server).
     #[arg(long, value_name = "URL")]

@@ -34,7 +34,9 @@ const APP: &str = "tradebars-feeder";
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The databento client's own log names a client by the last characters of its key;
+        // the feeder reports every failure itself, so by default that log is silent.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,databento=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -322,6 +324,12 @@ async fn backfill(args: BackfillArgs) -> Result<(), FeederError> {
     if args.start >= args.end {
         return Err(FeederError::Usage("--start must be before --end".into()));
     }
+    if args.end > time::OffsetDateTime::now_utc() + time::Duration::days(1) {
+        return Err(FeederError::Usage(format!(
+            "--end {} is in the future: the historical API has nothing there yet",
+            args.end
+        )));
+    }
     let spec = BackfillSpec {
         key: args.source.api_key()?,
         symbols: args.source.symbol_list(),
@@ -426,10 +434,13 @@ async fn backfill_official(
     client: &mut Client,
     spec: &source::historical::BackfillSpec,
 ) -> Result<(), FeederError> {
+    // What official_bars_merge() would refuse (the database's clock, price_bars not ready)
+    // is refused before anything is fetched: a request costs money.
+    let schema = source::official::OFFICIAL_SCHEMA.to_string();
+    sink::check_official(client, &schema).await?;
     let chunks = spec.chunks();
     let bar = progress_bar(chunks.len() as u64, "pos");
     bar.set_message("backfill ohlcv-1m");
-    let schema = source::official::OFFICIAL_SCHEMA.to_string();
     let (mut read, mut written, mut rejected, mut unmapped) = (0u64, 0i64, 0i64, 0u64);
     for (n, chunk) in chunks.iter().enumerate() {
         let (tx, rx) = mpsc::channel(8);

@@ -246,6 +246,22 @@ where
     Ok((loaded, read))
 }
 
+/// Asks official_bars_merge() to merge nothing, and rolls back: the database refuses
+/// official bars of `schema` now (its clock, an unprepared price_bars) the way it would after
+/// a load.
+pub async fn check_official(client: &mut Client, schema: &str) -> Result<(), FeederError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| FeederError::db("starting the check", e))?;
+    tx.query_one("SELECT * FROM official_bars_merge($1)", &[&schema])
+        .await
+        .map_err(|e| FeederError::db("official_bars_merge()", e))?;
+    tx.rollback()
+        .await
+        .map_err(|e| FeederError::db("ending the check", e))
+}
+
 /// Where a live subscription stands: the latest `ts_recv` staged for any of `symbols` of
 /// `dataset` ('*' is a subscription to every symbol). A restarted stream replays from there.
 pub async fn live_position(

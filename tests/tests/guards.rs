@@ -335,6 +335,21 @@ fn the_feeder_and_reader_roles_see_the_rollup_status() {
         };
         assert_eq!(staged, 1, "{role}");
     }
+    // it runs as the owner: a role without tradebars' grants may not call it
+    c.batch_execute(
+        "DROP ROLE IF EXISTS guard_status_nobody; CREATE ROLE guard_status_nobody NOLOGIN",
+    )
+    .expect("a role");
+    let mut tx = c.transaction().expect("tx");
+    tx.batch_execute("SET LOCAL ROLE guard_status_nobody")
+        .expect("role");
+    let refused = tx
+        .query_one("SELECT staged_trades FROM rollup_status()", &[])
+        .expect_err("PUBLIC may not call rollup_status()");
+    assert_eq!(sqlstate(&refused), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    tx.rollback().expect("rollback");
+    c.batch_execute("DROP ROLE guard_status_nobody")
+        .expect("dropping the role");
 }
 
 #[test]

@@ -258,3 +258,62 @@ fn ohlcv_of(bars: &BTreeMap<BarKey, BarVal>) -> BTreeMap<BarKey, BarVal> {
         .map(|(k, v)| (k.clone(), (v.0, v.1, v.2, v.3, v.4, 0)))
         .collect()
 }
+
+#[test]
+fn an_adopted_price_bars_gets_its_hours_back_when_the_extension_is_created_again() {
+    // the old app's table, adopted by mark_legacy(), then trades bars and official bars in it
+    let db = fresh_db(
+        "hours_adopted",
+        "CREATE TABLE price_bars (symbol varchar(10), \"timestamp\" timestamp, open float8,
+                                  high float8, low float8, close float8, volume bigint,
+                                  PRIMARY KEY (symbol, \"timestamp\"));
+         INSERT INTO price_bars VALUES ('WGRX', '2025-10-23 15:00', 1, 2, 0.5, 1.5, 0);",
+    );
+    let mut c = connect(&db);
+    c.batch_execute("SELECT mark_legacy()")
+        .expect("mark_legacy");
+    let file = generate("hours-adopted.dbn.zst", 3, 3000, 83);
+    replay(&db, &file);
+    let other = generate_on("hours-adopted-other.dbn.zst", 3, 2000, 84, "2025-10-27");
+    let (official, _) = official_file(
+        &other,
+        "hours-adopted.ohlcv-1m.dbn.zst",
+        Schema::Ohlcv1M,
+        |_| {},
+    );
+    let out = feeder(&["replay", &official.display().to_string()], Some(&db));
+    assert!(out.status.success(), "{}", text(&out));
+    let daily = "SELECT string_agg(b::text, ';' ORDER BY b.\"timestamp\")
+                 FROM bars('WGRX', '2025-10-20', '2025-10-30', bucket => '1 day', tz => 'America/New_York') b";
+    let before: String = c.query_one(daily, &[]).expect("bars").get(0);
+    let hours = count(&db, "SELECT count(*) FROM hour_bars");
+    assert!(hours > 0);
+
+    // the table outlives the extension; created again, the extension sums its hours again
+    c.batch_execute("DROP EXTENSION tradebars CASCADE; CREATE EXTENSION tradebars")
+        .expect("dropping and creating the extension");
+    assert_eq!(count(&db, "SELECT count(*) FROM hour_bars"), hours);
+    let after: String = c.query_one(daily, &[]).expect("bars").get(0);
+    assert_eq!(after, before);
+
+    // the plan's phase 1 SQL run again cannot relabel Databento's bars (nor tradebars' own)
+    let relabel = c
+        .batch_execute(
+            "UPDATE price_bars SET is_legacy = true, data_source = 'mbp-1', migrated_at = NOW()
+             WHERE data_source = 'ohlcv-1m' AND (is_legacy IS NULL OR is_legacy = false)",
+        )
+        .expect_err("official bars keep their source");
+    assert_eq!(
+        relabel.code(),
+        Some(&postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+        "{relabel}"
+    );
+    let message = relabel
+        .as_db_error()
+        .map(|e| e.message())
+        .unwrap_or_default();
+    assert!(message.contains("official bars (ohlcv-1m)"), "{message}");
+    let after: String = c.query_one(daily, &[]).expect("bars").get(0);
+    assert_eq!(after, before);
+    hours_equal_minutes(&db);
+}

@@ -227,6 +227,16 @@ fn dump_and_restore_keep_bars_staging_and_the_ledger() {
     assert!(out.status.success(), "{}", text(&out));
 
     assert_eq!(stored_bars(&restored), stored_bars(&db));
+    // and the hour bars bars() reads long buckets from
+    let daily = "SELECT string_agg(b::text, ';' ORDER BY b.symbol, b.\"timestamp\")
+                 FROM (SELECT DISTINCT symbol FROM price_bars) s,
+                      bars(s.symbol, '2025-10-24', '2025-10-28', bucket => '1 hour') b";
+    let one_text = |db: &str| -> String { connect(db).query_one(daily, &[]).expect("bars").get(0) };
+    assert_eq!(one_text(&restored), one_text(&db));
+    assert_eq!(
+        count(&restored, "SELECT count(*) FROM hour_bars"),
+        count(&db, "SELECT count(*) FROM hour_bars")
+    );
     assert_eq!(
         count(&restored, "SELECT count(*) FROM trades_staging"),
         5000

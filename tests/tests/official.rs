@@ -287,6 +287,72 @@ fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
     assert_eq!(ohlcv(&bars_of(&db, "ohlcv-1m")), expected);
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
 
+    // a refused key: its own exit code, nothing loaded
+    let out = api.backfill(&db, "db-wrongKeyWrongKeyWrongKey12345", "ohlcv-1m", &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    // a database on the exchange clock refuses official bars before anything is fetched
+    let event = fresh_db("official_backfill_event", "");
+    connect(&event)
+        .batch_execute("SELECT set_bar_clock('ts_event')")
+        .expect("the exchange clock");
+    let asked = api.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let out = api.backfill(&event, KEY, "ohlcv-1m", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("on the ts_event clock"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        api.requests.load(std::sync::atomic::Ordering::SeqCst),
+        asked
+    );
+
+    // arguments that cannot be right are usage errors, before anything is asked of the API
+    for (args, says) in [
+        (vec!["--chunk-minutes", "0"], "--chunk-minutes"),
+        (vec!["--symbols", ""], "must not be empty"),
+    ] {
+        let mut all = vec![
+            "backfill",
+            "--dataset",
+            "XNAS.ITCH",
+            "--start",
+            "2025-10-24",
+            "--end",
+            "2025-10-25",
+        ];
+        if !args.contains(&"--symbols") {
+            all.push("--all-symbols");
+        }
+        all.extend(args.iter().copied());
+        let out = feeder(&all, Some(&db));
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(says), "{}", text(&out));
+    }
+    let far = feeder(
+        &[
+            "backfill",
+            "--dataset",
+            "XNAS.ITCH",
+            "--all-symbols",
+            "--start",
+            "2025-10-24",
+            "--end",
+            "2999-01-01",
+        ],
+        Some(&db),
+    );
+    assert_eq!(far.status.code(), Some(2), "{}", text(&far));
+    assert!(text(&far).contains("in the future"), "{}", text(&far));
+    let out = api.backfill(&db, "db-short", "ohlcv-1m", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("nothing was sent"), "{}", text(&out));
+    assert_eq!(
+        api.requests.load(std::sync::atomic::Ordering::SeqCst),
+        asked
+    );
+
     // other intervals are refused before anything is asked of the API, and live refuses bars
     let asked = api.requests.load(std::sync::atomic::Ordering::SeqCst);
     let out = api.backfill(&db, KEY, "ohlcv-1h", &[]);

@@ -156,9 +156,8 @@ pub async fn fetch_official_chunk(
         while let Some(rec) = decoder.decode_record_ref().await.map_err(|e| {
             FeederError::Gateway(format!("historical API: reading the response: {e}"))
         })? {
-            bars.push(&rec, &mut symbols).map_err(|msg| {
-                FeederError::Gateway(format!("historical API, {from} to {to}: {msg}"))
-            })?;
+            bars.push(&rec, &mut symbols)
+                .map_err(|msg| FeederError::Gateway(format!("{from} to {to}: {msg}")))?;
             if let Some(chunk) = bars.full_chunk() {
                 if tx.send(Ok(chunk)).await.is_err() {
                     return Ok(bars.summary);
@@ -172,11 +171,16 @@ pub async fn fetch_official_chunk(
         Ok(summary)
     }
     .await;
-    if let Err(e) = &result {
-        // The writer reports it (and aborts its COPY).
-        let _ = tx.send(Err(FeederError::Gateway(e.to_string()))).await;
+    match result {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            // The writer reports it, as it is (and aborts its COPY); this copy is for a
+            // writer that left.
+            let text = e.to_string();
+            let _ = tx.send(Err(e)).await;
+            Err(FeederError::Gateway(text))
+        }
     }
-    result
 }
 
 /// The request for one chunk of the backfill.

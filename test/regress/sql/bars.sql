@@ -80,6 +80,9 @@ SELECT bucket, tz, session,
      = ARRAY(SELECT b::text FROM bars('R', '2025-11-01', '2025-11-04', include_legacy => true, bucket => bucket, tz => tz, session => session) b) AS same
 FROM (VALUES ('1 day'::interval, 'America/New_York', NULL::text), ('1 day', 'UTC', NULL),
              ('4 hours', 'Asia/Kolkata', NULL), ('1 day', 'America/New_York', '09:30-16:00')) AS v(bucket, tz, session);
+-- UTC by another of its names is UTC: all history at once, as with the default
+SELECT tz, count(*) FROM unnest(ARRAY['UTC', 'Etc/UTC', 'utc', 'Zulu']) AS tz,
+       LATERAL bars('R', '-infinity', 'infinity', bucket => '1 day', tz => tz) GROUP BY tz ORDER BY tz;
 SELECT error_of($$SELECT refresh_hour_bars(NULL)$$);
 SELECT error_of($$SELECT refresh_hour_bars('2025-01-02', '2025-01-01')$$);
 DROP EXTENSION tradebars;
