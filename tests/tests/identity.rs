@@ -127,26 +127,7 @@ fn a_file_and_a_part_of_it_in_another_schema_count_once_in_both_orders() {
 }
 
 fn backfill(api: &FakeHistorical, db: &str, chunk_minutes: &str) -> String {
-    let out = Command::new(feeder_bin())
-        .args([
-            "backfill",
-            "--dataset",
-            "XNAS.ITCH",
-            "--all-symbols",
-            "--start",
-            "2025-10-24T14:00:00Z",
-            "--end",
-            "2025-10-24T21:00:00Z",
-            "--historical-url",
-            &api.url,
-            "--chunk-minutes",
-            chunk_minutes,
-            "--rollup",
-        ])
-        .env("DATABASE_URL", url(db))
-        .env("DATABENTO_API_KEY", KEY)
-        .output()
-        .expect("running the backfill");
+    let out = api.backfill(db, KEY, "trades", &["--chunk-minutes", chunk_minutes]);
     assert!(out.status.success(), "{}", text(&out));
     text(&out)
 }

@@ -124,10 +124,18 @@ pub async fn fetch_chunk(
         Ok((summary, changes))
     }
     .await;
+    handed_to_writer(result, &tx).await
+}
+
+/// A fetch's failure goes to the writer as it is (it reports it, and aborts its COPY); the
+/// fetch itself returns a copy, for a writer that left.
+async fn handed_to_writer<T>(
+    result: Result<T, FeederError>,
+    tx: &mpsc::Sender<Result<Bytes, FeederError>>,
+) -> Result<T, FeederError> {
     match result {
         Ok(done) => Ok(done),
         Err(e) => {
-            // The writer reports it (and aborts its COPY); this copy is for a writer that left.
             let text = e.to_string();
             let _ = tx.send(Err(e)).await;
             Err(FeederError::Gateway(text))
@@ -171,16 +179,7 @@ pub async fn fetch_official_chunk(
         Ok(summary)
     }
     .await;
-    match result {
-        Ok(done) => Ok(done),
-        Err(e) => {
-            // The writer reports it, as it is (and aborts its COPY); this copy is for a
-            // writer that left.
-            let text = e.to_string();
-            let _ = tx.send(Err(e)).await;
-            Err(FeederError::Gateway(text))
-        }
-    }
+    handed_to_writer(result, &tx).await
 }
 
 /// The request for one chunk of the backfill.
