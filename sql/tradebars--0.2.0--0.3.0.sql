@@ -20,6 +20,9 @@
 --   tradebars_bars, and bars_changed_since() returns what changed since a rollup.
 -- * Databento's official OHLCV-1m bars load into price_bars as source 'ohlcv-1m'
 --   (sql/official.sql); bars() ranks them after trades bars and before legacy.
+-- * hour_bars (sql/hours.sql): the hours of the bars, summed, kept by the rollup and the
+--   official merge, read by bars() for buckets of an hour or more; built here for the bars
+--   the database already has.
 -- Must define exactly what a fresh 0.3.0 install defines; the end-to-end test
 -- `upgrading_from_0_2_0_gives_what_a_fresh_install_gives` compares them.
 
