@@ -185,6 +185,7 @@ DECLARE
     day_starts timestamptz[];
     seed numeric;
     seed_at timestamptz;
+    first_bar_at timestamptz;  -- with fill and nothing to carry: the range's first bar
     first_minute timestamptz;
     -- with fill, how far apart the minutes are that find every bucket
     spacing interval;
@@ -283,13 +284,13 @@ BEGIN
         IF seed IS NULL THEN
             -- No close to carry into the range: no empty bucket comes before its first bar
             -- (of any source: never after the first one returned), so candidates start there.
-            SELECT min(p."timestamp") INTO seed_at
+            SELECT min(p."timestamp") INTO first_bar_at
             FROM price_bars p
             WHERE p.symbol = bars.symbol AND p."timestamp" >= bars.start AND p."timestamp" < bars."end";
-            IF seed_at IS NULL THEN
+            IF first_bar_at IS NULL THEN
                 RETURN;  -- no bar in the range either: nothing to return, nothing to fill
             END IF;
-            first_minute := greatest(first_minute, date_bin(interval '1 minute', seed_at,
+            first_minute := greatest(first_minute, date_bin(interval '1 minute', first_bar_at,
                                                             TIMESTAMPTZ '2000-01-01 00:00:00+00'));
         END IF;
     END IF;

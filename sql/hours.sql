@@ -5,8 +5,8 @@
 -- the trades bar, else the official (ohlcv-1m) bar; no legacy and no soft-deleted bar. It is
 -- kept exact by every function of the extension that changes such bars, in the transaction
 -- that changes them: bars_rollup() (late trades included) and official_bars_merge() refresh
--- the hours they touched; rollback_trades(), mark_legacy() and prepare_price_bars() rebuild
--- all. A bar written into price_bars by hand is not seen until refresh_hour_bars() covers it.
+-- the hours they touched; rollback_trades(), mark_legacy(), prepare_price_bars() and CREATE
+-- EXTENSION over an adopted price_bars rebuild all. A bar written into price_bars by hand is not seen until refresh_hour_bars() covers it.
 --
 -- bars() takes an hour bar only where the whole hour lies in one of its buckets, inside the
 -- range and inside the session, and legacy and deleted bars are not asked for; every other

@@ -900,6 +900,7 @@ DECLARE
     day_starts timestamptz[];
     seed numeric;
     seed_at timestamptz;
+    first_bar_at timestamptz;  -- with fill and nothing to carry: the range's first bar
     first_minute timestamptz;
     -- with fill, how far apart the minutes are that find every bucket
     spacing interval;
@@ -998,13 +999,13 @@ BEGIN
         IF seed IS NULL THEN
             -- No close to carry into the range: no empty bucket comes before its first bar
             -- (of any source: never after the first one returned), so candidates start there.
-            SELECT min(p."timestamp") INTO seed_at
+            SELECT min(p."timestamp") INTO first_bar_at
             FROM price_bars p
             WHERE p.symbol = bars.symbol AND p."timestamp" >= bars.start AND p."timestamp" < bars."end";
-            IF seed_at IS NULL THEN
+            IF first_bar_at IS NULL THEN
                 RETURN;  -- no bar in the range either: nothing to return, nothing to fill
             END IF;
-            first_minute := greatest(first_minute, date_bin(interval '1 minute', seed_at,
+            first_minute := greatest(first_minute, date_bin(interval '1 minute', first_bar_at,
                                                             TIMESTAMPTZ '2000-01-01 00:00:00+00'));
         END IF;
     END IF;
@@ -1354,8 +1355,8 @@ REVOKE EXECUTE ON FUNCTION set_bar_clock(text), set_identity_retention(interval)
 -- the trades bar, else the official (ohlcv-1m) bar; no legacy and no soft-deleted bar. It is
 -- kept exact by every function of the extension that changes such bars, in the transaction
 -- that changes them: bars_rollup() (late trades included) and official_bars_merge() refresh
--- the hours they touched; rollback_trades(), mark_legacy() and prepare_price_bars() rebuild
--- all. A bar written into price_bars by hand is not seen until refresh_hour_bars() covers it.
+-- the hours they touched; rollback_trades(), mark_legacy(), prepare_price_bars() and CREATE
+-- EXTENSION over an adopted price_bars rebuild all. A bar written into price_bars by hand is not seen until refresh_hour_bars() covers it.
 --
 -- bars() takes an hour bar only where the whole hour lies in one of its buckets, inside the
 -- range and inside the session, and legacy and deleted bars are not asked for; every other

@@ -19,6 +19,7 @@ use crate::trade::RecordKind;
 
 /// Schemas whose records can carry trade events.
 const TRADE_SCHEMAS: [Schema; 4] = [Schema::Trades, Schema::Tbbo, Schema::Mbp1, Schema::Mbo];
+
 /// What a file's metadata says, checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Checked {
