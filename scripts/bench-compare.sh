@@ -2,7 +2,8 @@
 # Before and after in one run: scripts/bench.sh of this tree, then of an earlier revision
 # (default 0.2.0's last commit), on the same input files (made by this tree's generator), and
 # both tables side by side with the ratio after/before.
-#   scripts/bench-compare.sh [REV]        BENCH_* and RUNS as for scripts/bench.sh
+#   scripts/bench-compare.sh [REV]        BENCH_* and RUNS as for scripts/bench.sh (the
+#                                         long-range rows only with BENCH_LONG=1: REV has none)
 # The earlier revision is checked out in target/bench-base (a git worktree) and builds in
 # target/bench-base-target (kept, so later runs build only what changed).
 set -euo pipefail
@@ -27,7 +28,7 @@ gen "fresh-$FRESH_TRADES.dbn.zst" "$FRESH_TRADES" 9
 for f in "$ROOT"/after/files/*.dbn.zst; do ln -sf "$f" "$ROOT/before/files/$(basename "$f")"; done
 
 echo "bench-compare: after (this tree)"
-TRADEBARS_BENCH_DIR=$ROOT/after bash scripts/bench.sh
+BENCH_LONG=${BENCH_LONG:-0} TRADEBARS_BENCH_DIR=$ROOT/after bash scripts/bench.sh
 cp bench-results/bench.csv "$ROOT/after.csv"
 
 

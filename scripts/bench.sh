@@ -5,6 +5,7 @@
 #   scripts/bench.sh                       10M trades, 500 symbols; scale at 1M, 10M, 50M
 #   BENCH_TRADES=1000000 BENCH_SCALE="1000000" RUNS=1 scripts/bench.sh   a quick run
 #   BENCH_LONG_SYMBOLS=500 RUNS_LONG=9      the long-range bars() rows: symbols, runs per query
+#   BENCH_LONG=0                            without the long-range rows (scripts/bench-compare.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -142,6 +143,8 @@ IFS=, read -r fresh_p50 fresh_p99 fresh_rss fresh_n fresh_rate < <("$FRESHNESS" 
 # (about 10 minutes to build for 500 symbols) and built again when the extension's SQL or the
 # setup changes.
 LONG_SYMBOLS=${BENCH_LONG_SYMBOLS:-500}
+long_rows=
+if [ "${BENCH_LONG:-1}" != 0 ]; then
 long_db=bench_long
 long_print=$(cat scripts/bench/long-ranges-setup.sql sql/*.sql | md5sum | cut -c1-16)-$LONG_SYMBOLS
 if [ "$(psql_ -d "$long_db" -c "SELECT print FROM bench_long_ready" 2>/dev/null)" != "$long_print" ]; then
@@ -154,6 +157,7 @@ fi
 read -r long_minute_bars long_hour_bars long_refresh < <(psql_ -d "$long_db" -F' ' -c \
   "SELECT (SELECT count(*) FROM price_bars), (SELECT count(*) FROM hour_bars), refresh_s FROM bench_long_ready")
 long_rows=$(psql_ -d "$long_db" -F, -v runs="$RUNS_LONG" -f scripts/bench/long-ranges.sql)
+fi
 
 {
   echo "measure,value,unit"
@@ -176,10 +180,12 @@ long_rows=$(psql_ -d "$long_db" -F, -v runs="$RUNS_LONG" -f scripts/bench/long-r
   echo "freshness_p50,$fresh_p50,ms"
   echo "freshness_p99,$fresh_p99,ms"
   echo "feeder_peak_rss,$fresh_rss,MB"
+  if [ -n "$long_rows" ]; then
   echo "long_range_minute_bars,$long_minute_bars,bars"
   echo "long_range_hour_bars,$long_hour_bars,bars"
   echo "long_range_refresh_hour_bars,$long_refresh,s"
-  while IFS=, read -r query hours minutes rows equal; do
+  fi
+  [ -z "$long_rows" ] || while IFS=, read -r query hours minutes rows equal; do
     echo "bars_${query}_hour_bars,$hours,ms"
     echo "bars_${query}_minute_by_minute,$minutes,ms"
     echo "bars_${query}_speedup,$(ratio "$minutes" "$hours"),x"
