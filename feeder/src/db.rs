@@ -215,26 +215,26 @@ pub fn parse(
     Ok((config, tls))
 }
 
+/// A URL parameter's value, %-escapes decoded. A `%` not followed by two hex digits is
+/// refused, where the decoder alone would keep it as it is.
 fn percent_decode(s: &str) -> Result<String, String> {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
+    let well_formed = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .all(|(i, _)| {
+            bytes
                 .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    "the database URL has a bad %-escape in its parameters".to_string()
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        });
+    if !well_formed {
+        return Err("the database URL has a bad %-escape in its parameters".into());
     }
-    String::from_utf8(out).map_err(|_| "the database URL's parameters are not UTF-8".into())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| "the database URL's parameters are not UTF-8".into())
 }
 
 type Split = (String, Vec<(String, String)>);
@@ -502,14 +502,28 @@ fn plain_name(presented: &str) -> &str {
 
 /// One line on why the connection failed, in TLS terms where TLS is why.
 pub fn describe_connect_error(e: &tokio_postgres::Error, tls: &TlsOptions) -> String {
+    if let Some(r) = rustls_error(e) {
+        return describe_tls_error(r, tls);
+    }
+    let msg = describe_db_error(e);
+    if msg.contains("server does not support TLS") {
+        return format!(
+            "the server does not accept TLS connections, and {} requires TLS (is ssl off on the server?)",
+            tls.describe()
+        );
+    }
+    msg
+}
+
+/// Why the TLS handshake failed, in the terms of the settings that made it.
+fn describe_tls_error(r: &rustls::Error, tls: &TlsOptions) -> String {
     let how = tls.describe();
     let ca = tls
         .rootcert
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    if let Some(r) = rustls_error(e) {
-        return match r {
+    match r {
             rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
                 expected,
                 presented,
@@ -559,25 +573,23 @@ pub fn describe_connect_error(e: &tokio_postgres::Error, tls: &TlsOptions) -> St
                 format!("TLS: the server's certificate is refused: {c:?} ({how})")
             }
             other => format!("TLS: {other} ({how})"),
-        };
     }
-    let msg = describe_db_error(e);
-    if msg.contains("server does not support TLS") {
-        return format!(
-            "the server does not accept TLS connections, and {how} requires TLS (is ssl off on the server?)"
-        );
-    }
-    msg
 }
 
 /// The TLS settings `url` and the environment give, for messages (e.g. `tradebars-feeder ping`).
 pub fn tls_options(url: &str) -> Result<TlsOptions, FeederError> {
     parse(url, &|k| std::env::var(k).ok())
         .map(|(_, tls)| tls)
-        .map_err(|msg| FeederError::Connect {
-            target: "the given database URL".into(),
-            msg,
-        })
+        .map_err(unusable_url)
+}
+
+/// A database URL (or its TLS settings) that cannot be used: nothing was tried.
+fn unusable_url(msg: String) -> FeederError {
+    FeederError::Connect {
+        target: "the given database URL".into(),
+        msg,
+        source: None,
+    }
 }
 
 pub async fn connect(url: &str, application: &str) -> Result<Client, FeederError> {
@@ -599,33 +611,31 @@ async fn open(
     application: &str,
     notifications: Option<mpsc::UnboundedSender<Notification>>,
 ) -> Result<Client, FeederError> {
-    let (mut config, tls) =
-        parse(url, &|k| std::env::var(k).ok()).map_err(|msg| FeederError::Connect {
-            target: "the given database URL".into(),
-            msg,
-        })?;
+    let (mut config, tls) = parse(url, &|k| std::env::var(k).ok()).map_err(unusable_url)?;
     config.application_name(application);
     let target = describe_target(&config);
-    let fail = |msg: String| FeederError::Connect {
+    let failed = |e: tokio_postgres::Error| FeederError::Connect {
         target: target.clone(),
-        msg,
+        msg: describe_connect_error(&e, &tls),
+        source: Some(e),
     };
     if matches!(
         config.get_ssl_mode(),
         tokio_postgres::config::SslMode::Disable
     ) {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| fail(describe_connect_error(&e, &tls)))?;
+        let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
         spawn_connection(connection, target.clone(), notifications);
         return Ok(client);
     }
-    let connector = MakeRustlsConnect::new(client_config(&tls).map_err(fail)?);
+    let tls_config = client_config(&tls).map_err(|msg| FeederError::Connect {
+        target: target.clone(),
+        msg,
+        source: None,
+    })?;
     let (client, connection) = config
-        .connect(connector)
+        .connect(MakeRustlsConnect::new(tls_config))
         .await
-        .map_err(|e| fail(describe_connect_error(&e, &tls)))?;
+        .map_err(failed)?;
     spawn_connection(connection, target.clone(), notifications);
     Ok(client)
 }
@@ -794,6 +804,20 @@ mod tests {
         );
         assert!(err("postgres://h/d?sslrootcert=system").contains("not supported"));
         assert!(err("postgres://h/d?sslmode=allow").contains("not one of"));
+    }
+
+    #[test]
+    fn a_bad_percent_escape_is_refused_and_good_ones_decoded() {
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Ok("a/b c"));
+        assert_eq!(percent_decode("%25%41").as_deref(), Ok("%A"));
+        for bad in ["%", "%2", "%zz", "a%2", "%+f", "%é1"] {
+            assert_eq!(
+                percent_decode(bad),
+                Err("the database URL has a bad %-escape in its parameters".to_string()),
+                "{bad}"
+            );
+        }
+        assert!(percent_decode("%ff").is_err_and(|e| e.contains("not UTF-8")));
     }
 
     #[test]

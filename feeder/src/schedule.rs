@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
+use tokio_postgres::Client;
 
+use crate::backoff::Backoff;
 use crate::db;
 use crate::error::describe_db_error;
 use crate::lock;
@@ -18,9 +20,13 @@ use crate::metrics::{now_ns, Metrics};
 /// How often the retention of trade identity is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// First wait after the rollup's connection is lost, and the longest.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_CEILING: Duration = Duration::from_secs(5);
+
 pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CEILING);
         loop {
             let client = match db::connect(&database_url, "tradebars-feeder rollup").await {
                 Ok(c) => c,
@@ -29,68 +35,123 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
                     metrics.lock_held.store(0, Ordering::Relaxed);
                     metrics.note_waiting(now_ns());
                     tracing::warn!(error = %e, "rollup: no database; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut pruned: Option<Instant> = None;
-            loop {
-                tick.tick().await;
-                if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-                    match client.query_one("SELECT prune_trade_identity()", &[]).await {
-                        Ok(row) => {
-                            tracing::debug!(rows = row.get::<_, i64>(0), "trade identity pruned")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %describe_db_error(&e), "pruning trade identity failed")
-                        }
-                    }
-                    pruned = Some(Instant::now());
-                }
-                metrics.note_waiting(now_ns());
-                // Everything committed before this rollup starts is in bars after it.
-                let written = Metrics::get(&metrics.trades_written);
-                match client.query_one("SELECT * FROM bars_rollup()", &[]).await {
-                    Ok(row) => {
-                        let count = |i: usize| row.try_get::<_, i64>(i).unwrap_or(0).max(0) as u64;
-                        Metrics::add(&metrics.trades_rolled_up, count(0));
-                        Metrics::add(&metrics.trades_rejected, count(2));
-                        metrics.rolled_up_through(written, now_ns());
-                    }
-                    Err(e) => {
-                        Metrics::add(&metrics.database_errors, 1);
-                        Metrics::add(&metrics.rollup_failures, 1);
-                        tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");
-                        break;
-                    }
-                }
-                Metrics::add(&metrics.rollups, 1);
-                match lock::still_held(&client).await {
-                    Ok(held) => metrics.lock_held.store(i64::from(held), Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::warn!(error = %describe_db_error(&e), "cannot check the feeder lock")
-                    }
-                }
-                let heartbeat = client
-                    .execute(
-                        "UPDATE feeder_status SET last_seen = now(), trades_received = $1,
-                             trades_written = $2, reconnects = $3 WHERE pid = $4",
-                        &[
-                            &(Metrics::get(&metrics.trades_received) as i64),
-                            &(Metrics::get(&metrics.trades_written) as i64),
-                            &(Metrics::get(&metrics.reconnects) as i64),
-                            &i32::try_from(std::process::id()).unwrap_or(0),
-                        ],
-                    )
-                    .await;
-                if let Err(e) = heartbeat {
-                    tracing::warn!(error = %describe_db_error(&e), "heartbeat failed");
-                }
-            }
+            backoff.reset();
+            Rollups::new(&client, &metrics).run(interval).await;
         }
     })
+}
+
+/// The rollups of one connection, until a rollup fails.
+struct Rollups<'a> {
+    client: &'a Client,
+    metrics: &'a Metrics,
+    pruned: Option<Instant>,
+}
+
+impl<'a> Rollups<'a> {
+    fn new(client: &'a Client, metrics: &'a Metrics) -> Self {
+        Self {
+            client,
+            metrics,
+            pruned: None,
+        }
+    }
+
+    /// Every `interval`: prune when due, roll up, check the lock, beat the heart. Returns
+    /// when a rollup fails: the connection is opened again.
+    async fn run(mut self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.prune_when_due().await;
+            self.metrics.note_waiting(now_ns());
+            if !self.rollup().await {
+                return;
+            }
+            Metrics::add(&self.metrics.rollups, 1);
+            self.check_lock().await;
+            self.heartbeat().await;
+        }
+    }
+
+    async fn prune_when_due(&mut self) {
+        if self.pruned.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        match self
+            .client
+            .query_one("SELECT prune_trade_identity()", &[])
+            .await
+        {
+            Ok(row) => tracing::debug!(rows = row.get::<_, i64>(0), "trade identity pruned"),
+            Err(e) => {
+                tracing::warn!(error = %describe_db_error(&e), "pruning trade identity failed")
+            }
+        }
+        self.pruned = Some(Instant::now());
+    }
+
+    /// One `bars_rollup()`, counted; false when it failed.
+    async fn rollup(&self) -> bool {
+        let metrics = self.metrics;
+        // Everything committed before this rollup starts is in bars after it.
+        let written = Metrics::get(&metrics.trades_written);
+        match self
+            .client
+            .query_one("SELECT * FROM bars_rollup()", &[])
+            .await
+        {
+            Ok(row) => {
+                let count = |i: usize| row.try_get::<_, i64>(i).unwrap_or(0).max(0) as u64;
+                Metrics::add(&metrics.trades_rolled_up, count(0));
+                Metrics::add(&metrics.trades_rejected, count(2));
+                metrics.rolled_up_through(written, now_ns());
+                true
+            }
+            Err(e) => {
+                Metrics::add(&metrics.database_errors, 1);
+                Metrics::add(&metrics.rollup_failures, 1);
+                tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");
+                false
+            }
+        }
+    }
+
+    async fn check_lock(&self) {
+        match lock::still_held(self.client).await {
+            Ok(held) => self
+                .metrics
+                .lock_held
+                .store(i64::from(held), Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %describe_db_error(&e), "cannot check the feeder lock")
+            }
+        }
+    }
+
+    /// The feeder's heartbeat and counters in feeder_status.
+    async fn heartbeat(&self) {
+        let metrics = self.metrics;
+        let heartbeat = self
+            .client
+            .execute(
+                "UPDATE feeder_status SET last_seen = now(), trades_received = $1,
+                     trades_written = $2, reconnects = $3 WHERE pid = $4",
+                &[
+                    &(Metrics::get(&metrics.trades_received) as i64),
+                    &(Metrics::get(&metrics.trades_written) as i64),
+                    &(Metrics::get(&metrics.reconnects) as i64),
+                    &i32::try_from(std::process::id()).unwrap_or(0),
+                ],
+            )
+            .await;
+        if let Err(e) = heartbeat {
+            tracing::warn!(error = %describe_db_error(&e), "heartbeat failed");
+        }
+    }
 }

@@ -7,22 +7,33 @@
 //! committed position. So a failure anywhere loses nothing and stages nothing twice.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::coverage;
 use crate::db;
 use crate::error::FeederError;
 use crate::identity::{Identity, NS_PER_MINUTE};
-use crate::lock;
+use crate::lock::{self, FeederLock};
 use crate::metrics::Metrics;
 use crate::schedule;
+use crate::shutdown;
 use crate::sink;
 use crate::source::live::{LiveSource, LiveSpec, Step};
+
+use crate::APP;
+/// The wait after the gateway fails, doubled each time it fails again without a record.
+const GATEWAY_FIRST: Duration = Duration::from_millis(100);
+const GATEWAY_CEILING: Duration = Duration::from_secs(30);
+/// The wait after PostgreSQL fails, doubled each time a reconnect fails.
+const DATABASE_FIRST: Duration = Duration::from_millis(200);
+const DATABASE_CEILING: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
@@ -45,6 +56,21 @@ struct Batch {
 }
 
 impl Batch {
+    /// How long the next read may wait: until the batch is due, or a whole interval.
+    fn wait(&self, interval: Duration) -> Duration {
+        self.started
+            .map(|t| interval.saturating_sub(t.elapsed()))
+            .unwrap_or(interval)
+    }
+
+    /// Full, or waited for long enough: time to commit.
+    fn is_due(&self, opts: &ServiceOptions) -> bool {
+        self.trades as usize >= opts.batch_size
+            || self
+                .started
+                .is_some_and(|t| t.elapsed() >= opts.batch_interval)
+    }
+
     fn new() -> Self {
         Self {
             rows: BytesMut::with_capacity(1 << 20),
@@ -105,33 +131,6 @@ async fn identity_from(
     Ok(Identity::new(&spec.source_id(), spans).skipping_before(skip_before))
 }
 
-/// Completes at SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}
-
-fn shutdown_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("stopping: flushing, rolling up, releasing the lock");
-        set.store(true, Ordering::SeqCst);
-    });
-    flag
-}
-
 /// Commits `batch` with what it adds to trade identity and the stream position it reaches.
 async fn flush(
     client: &mut Client,
@@ -178,183 +177,277 @@ async fn flush(
     Ok(())
 }
 
-async fn until_stopped(stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn sleep_unless_stopping(d: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + d;
-    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(50).min(until - Instant::now())).await;
-    }
-}
-
 pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), FeederError> {
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
-    let stop = shutdown_flag();
-    let mut client = db::connect(&opts.database_url, "tradebars-feeder").await?;
+    let stop = shutdown::on_signal("stopping: flushing, rolling up, releasing the lock");
+    let client = db::connect(&opts.database_url, APP).await?;
     // Standing by can last: a stop request ends the wait.
-    tokio::select! {
-        taken = lock::acquire(&client, "live", opts.standby) => taken?,
-        _ = until_stopped(&stop) => return Ok(()),
-    }
+    let db = tokio::select! {
+        taken = lock::acquire(client, "live", opts.standby) => taken?,
+        _ = stop.cancelled() => return Ok(()),
+    };
     let rollups = schedule::spawn(
         opts.database_url.clone(),
         opts.rollup_interval,
         metrics.clone(),
     );
-    let mut backoff = Duration::from_millis(100);
-    let mut failure: Option<FeederError> = None;
+    let mut feed = Feed {
+        spec,
+        opts,
+        metrics,
+        stop,
+        db,
+        gateway_backoff: Backoff::new(GATEWAY_FIRST, GATEWAY_CEILING),
+    };
+    let result = feed.run().await;
+    rollups.abort();
+    feed.finish(result).await
+}
 
-    'session: while !stop.load(Ordering::SeqCst) {
-        let position = position(&client, &spec).await?;
-        let start = replay_start(&spec, position);
-        let mut identity = identity_from(&client, &spec, position).await?;
-        let mut source = match LiveSource::connect(&spec, start).await {
+/// The live feed: one gateway session after another, each resumed where staging stands, on
+/// the connection that holds the feeder lock.
+struct Feed {
+    spec: LiveSpec,
+    opts: ServiceOptions,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    db: FeederLock,
+    gateway_backoff: Backoff,
+}
+
+/// How a gateway session ended, when the feed goes on (or stops cleanly).
+enum SessionEnd {
+    /// Asked to stop: what was read is flushed.
+    Stopped,
+    /// The gateway could not be reached, or refused the subscription.
+    Unreachable(FeederError),
+    /// The session ended (closed, an error); `fresh`: it delivered records first.
+    Ended { error: FeederError, fresh: bool },
+    /// PostgreSQL failed, transiently: nothing of the batch is committed; reconnect to both
+    /// and read it again.
+    Database(FeederError),
+}
+
+/// What one read from the gateway gave.
+enum Read {
+    Trade,
+    /// Anything else, or nothing within the wait.
+    Other,
+    /// The session is over.
+    Ended(FeederError),
+    Stopped,
+}
+
+impl Feed {
+    /// Sessions until stopped (Ok) or failed for good (Err).
+    async fn run(&mut self) -> Result<(), FeederError> {
+        while !self.stop.is_cancelled() {
+            match self.session().await? {
+                SessionEnd::Stopped => break,
+                SessionEnd::Unreachable(e) => {
+                    self.count_gateway_error();
+                    let delay = self.gateway_backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the gateway");
+                    shutdown::sleep(delay, &self.stop).await;
+                }
+                SessionEnd::Ended { error, fresh } => self.resume_after(error, fresh).await,
+                SessionEnd::Database(e) => {
+                    Metrics::add(&self.metrics.database_errors, 1);
+                    tracing::warn!(error = %e, "cannot use PostgreSQL; reconnecting");
+                    self.db = self.reconnect_database().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One gateway session: from where staging stands, until it ends.
+    async fn session(&mut self) -> Result<SessionEnd, FeederError> {
+        let (start, mut identity) = match self.resume_point().await {
+            Ok(point) => point,
+            Err(e) => return transient(e).map(SessionEnd::Database),
+        };
+        let mut source = match LiveSource::connect(&self.spec, start).await {
             Ok(s) => s,
-            Err(e @ FeederError::Auth(_)) => {
-                failure = Some(e);
-                break;
-            }
-            Err(e) => {
-                Metrics::add(&metrics.gateway_errors, 1);
-                Metrics::add(&metrics.reconnects, 1);
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the gateway");
-                sleep_unless_stopping(backoff, &stop).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
+            Err(e @ FeederError::Auth { .. }) => return Err(e),
+            Err(e) => return Ok(SessionEnd::Unreachable(e)),
         };
         tracing::info!(replay_from = ?start, "subscribed");
+        let end = self.stream(&mut source, &mut identity).await;
+        // A session that ended by itself is gone: nothing to close.
+        if matches!(end, Ok(SessionEnd::Stopped | SessionEnd::Database(_))) {
+            source.close().await;
+        }
+        end
+    }
+
+    /// Where a (re)subscription starts, and the trade identity it meets there.
+    async fn resume_point(&self) -> Result<(Option<i64>, Identity), FeederError> {
+        let position = position(&self.db, &self.spec).await?;
+        let identity = identity_from(&self.db, &self.spec, position).await?;
+        Ok((replay_start(&self.spec, position), identity))
+    }
+
+    /// Reads and commits batches until the session ends, PostgreSQL fails or a stop.
+    async fn stream(
+        &mut self,
+        source: &mut LiveSource,
+        identity: &mut Identity,
+    ) -> Result<SessionEnd, FeederError> {
         let mut batch = Batch::new();
-        let mut fresh_records = 0u64;
+        let mut fresh = false;
         loop {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let wait = batch
-                .started
-                .map(|t| opts.batch_interval.saturating_sub(t.elapsed()))
-                .unwrap_or(opts.batch_interval);
-            let skips = identity.skipped + identity.skipped_before_position;
-            let step =
-                tokio::time::timeout(wait, source.next_into(&mut batch.rows, &mut identity)).await;
-            Metrics::add(
-                &metrics.trades_already_staged,
-                identity.skipped + identity.skipped_before_position - skips,
-            );
-            let ended = match step {
-                Ok(Ok(Step::Trade {
-                    staged,
-                    ts_event,
-                    ts_recv,
-                })) => {
-                    Metrics::add(&metrics.trades_received, 1);
-                    batch.add(staged, ts_event, ts_recv);
-                    fresh_records += 1;
-                    None
-                }
-                Ok(Ok(Step::Released { staged })) => {
-                    batch.add(staged, 0, 0);
-                    None
-                }
-                Ok(Ok(Step::Other)) => None,
-                Ok(Ok(Step::Closed)) => Some(FeederError::Gateway(
-                    "the gateway closed the session".into(),
-                )),
-                Ok(Err(e @ FeederError::Identity { .. })) => {
-                    failure = Some(e);
-                    break 'session;
-                }
-                Ok(Err(e)) => Some(e),
-                Err(_) => None, // time to flush what waits
+            let read = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => Read::Stopped,
+                read = self.read(source, &mut batch, identity) => read?,
             };
-            let full = batch.trades as usize >= opts.batch_size;
-            let due = batch
-                .started
-                .is_some_and(|t| t.elapsed() >= opts.batch_interval);
-            if full || due || ended.is_some() {
-                match flush(&mut client, &spec, &mut batch, &mut identity, &metrics).await {
-                    Ok(()) => {}
-                    Err(e @ FeederError::Identity { .. }) => {
-                        failure = Some(e);
-                        break 'session;
-                    }
-                    Err(e) => {
-                        // Nothing of this batch is committed: reconnect to both, read it again.
-                        Metrics::add(&metrics.database_errors, 1);
-                        tracing::warn!(error = %e, "cannot write to PostgreSQL; reconnecting");
-                        source.close().await;
-                        client = reconnect_database(&opts, &stop, &metrics).await?;
-                        continue 'session;
-                    }
+            let ended = match read {
+                Read::Stopped => return Ok(self.flush_on_stop(&mut batch, identity).await),
+                Read::Trade => {
+                    fresh = true;
+                    None
+                }
+                Read::Other => None,
+                Read::Ended(e) => Some(e),
+            };
+            if batch.is_due(&self.opts) || ended.is_some() {
+                if let Err(e) = self.commit(&mut batch, identity).await {
+                    return transient(e).map(SessionEnd::Database);
                 }
             }
-            if let Some(e) = ended {
-                Metrics::add(&metrics.gateway_errors, 1);
-                Metrics::add(&metrics.reconnects, 1);
-                lock::report_error(&client, &e.to_string()).await;
-                tracing::warn!(error = %e, retry_in = ?backoff, "gateway session ended; resuming");
-                if fresh_records > 0 {
-                    backoff = Duration::from_millis(100);
-                }
-                sleep_unless_stopping(backoff, &stop).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue 'session;
+            if let Some(error) = ended {
+                return Ok(SessionEnd::Ended { error, fresh });
             }
         }
-        // stopping: what is read is committed above only when due, so flush it now
-        if let Err(e) = flush(&mut client, &spec, &mut batch, &mut identity, &metrics).await {
+    }
+
+    /// One read, waiting no longer than the batch may; a trade goes into `batch`.
+    async fn read(
+        &self,
+        source: &mut LiveSource,
+        batch: &mut Batch,
+        identity: &mut Identity,
+    ) -> Result<Read, FeederError> {
+        let wait = batch.wait(self.opts.batch_interval);
+        let skips = identity.skipped + identity.skipped_before_position;
+        let step = tokio::time::timeout(wait, source.next_into(&mut batch.rows, identity)).await;
+        Metrics::add(
+            &self.metrics.trades_already_staged,
+            identity.skipped + identity.skipped_before_position - skips,
+        );
+        Ok(match step {
+            Ok(Ok(Step::Trade {
+                staged,
+                ts_event,
+                ts_recv,
+            })) => {
+                Metrics::add(&self.metrics.trades_received, 1);
+                batch.add(staged, ts_event, ts_recv);
+                Read::Trade
+            }
+            Ok(Ok(Step::Released { staged })) => {
+                batch.add(staged, 0, 0);
+                Read::Other
+            }
+            Ok(Ok(Step::Other)) | Err(_) => Read::Other, // Err: time to flush what waits
+            Ok(Ok(Step::Closed)) => {
+                Read::Ended(FeederError::gateway("the gateway closed the session"))
+            }
+            Ok(Err(e @ FeederError::Identity { .. })) => return Err(e),
+            Ok(Err(e)) => Read::Ended(e),
+        })
+    }
+
+    async fn commit(
+        &mut self,
+        batch: &mut Batch,
+        identity: &mut Identity,
+    ) -> Result<(), FeederError> {
+        flush(&mut self.db, &self.spec, batch, identity, &self.metrics).await
+    }
+
+    /// Stopping: what is read is committed only when due, so it is committed now.
+    async fn flush_on_stop(&mut self, batch: &mut Batch, identity: &mut Identity) -> SessionEnd {
+        if let Err(e) = self.commit(batch, identity).await {
             tracing::warn!(error = %e, "could not flush on stop; the gateway replays it on restart");
         }
-        source.close().await;
+        SessionEnd::Stopped
     }
-    rollups.abort();
-    if failure.is_none() {
-        if let Err(e) = client.execute("SELECT bars_rollup()", &[]).await {
-            tracing::warn!(error = %crate::error::describe_db_error(&e), "final rollup failed");
+
+    /// After a session ended: noted where a DBA sees it, then a pause before resubscribing,
+    /// from the first delay again when the session delivered records.
+    async fn resume_after(&mut self, error: FeederError, fresh: bool) {
+        self.count_gateway_error();
+        lock::report_error(&self.db, &error.to_string()).await;
+        if fresh {
+            self.gateway_backoff.reset();
+        }
+        let delay = self.gateway_backoff.next_delay();
+        tracing::warn!(error = %error, retry_in = ?delay, "gateway session ended; resuming");
+        shutdown::sleep(delay, &self.stop).await;
+    }
+
+    fn count_gateway_error(&self) {
+        Metrics::add(&self.metrics.gateway_errors, 1);
+        Metrics::add(&self.metrics.reconnects, 1);
+    }
+
+    /// A new connection holding the feeder lock. The old lock died with its session: take it
+    /// again, or stand by for whoever took it meanwhile.
+    async fn reconnect_database(&self) -> Result<FeederLock, FeederError> {
+        let mut backoff = Backoff::new(DATABASE_FIRST, DATABASE_CEILING);
+        loop {
+            let unreachable = || FeederError::Stopped("while PostgreSQL was unreachable".into());
+            let connected = tokio::select! {
+                connected = db::connect(&self.opts.database_url, APP) => connected,
+                _ = self.stop.cancelled() => return Err(unreachable()),
+            };
+            let taken = match connected {
+                Ok(client) => tokio::select! {
+                    taken = lock::acquire(client, "live", self.opts.standby) => taken,
+                    _ = self.stop.cancelled() => return Err(FeederError::Stopped("while standing by for another feeder".into())),
+                },
+                Err(e) => Err(e),
+            };
+            match taken {
+                Ok(db) => {
+                    Metrics::add(&self.metrics.reconnects, 1);
+                    return Ok(db);
+                }
+                Err(e) if e.is_transient() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "PostgreSQL unreachable");
+                    if !shutdown::sleep(delay, &self.stop).await {
+                        return Err(unreachable());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    lock::release(&client).await;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+
+    /// The last rollup (unless the feed failed), the lock given back, and the feed's result.
+    async fn finish(self, result: Result<(), FeederError>) -> Result<(), FeederError> {
+        if result.is_ok() {
+            if let Err(e) = self.db.execute("SELECT bars_rollup()", &[]).await {
+                tracing::warn!(error = %crate::error::describe_db_error(&e), "final rollup failed");
+            }
+        }
+        self.db.release().await;
+        result
     }
 }
 
-async fn reconnect_database(
-    opts: &ServiceOptions,
-    stop: &AtomicBool,
-    metrics: &Metrics,
-) -> Result<Client, FeederError> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match db::connect(&opts.database_url, "tradebars-feeder").await {
-            Ok(client) => {
-                // The lock died with the old session: take it again, or step aside.
-                tokio::select! {
-                    taken = lock::acquire(&client, "live", opts.standby) => taken?,
-                    _ = until_stopped(stop) => return Err(FeederError::Stopped("while standing by for another feeder".into())),
-                }
-                Metrics::add(&metrics.reconnects, 1);
-                return Ok(client);
-            }
-            Err(_) if stop.load(Ordering::SeqCst) => {
-                return Err(FeederError::Stopped(
-                    "while PostgreSQL was unreachable".into(),
-                ))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
+/// A transient failure is the feed's to ride out; any other ends it.
+fn transient(e: FeederError) -> Result<FeederError, FeederError> {
+    if e.is_transient() {
+        Ok(e)
+    } else {
+        Err(e)
     }
 }
 

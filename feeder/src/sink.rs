@@ -29,10 +29,10 @@ async fn staging_slot(tx: &Transaction<'_>) -> Result<String, FeederError> {
     // Only ever one of the extension's two slots, whatever the function says.
     let table = slot.rsplit('.').next().unwrap_or("");
     if table != "trades_staging_0" && table != "trades_staging_1" {
-        return Err(FeederError::Db {
-            context: "asking for the staging table".into(),
-            msg: format!("unexpected staging table {slot}"),
-        });
+        return Err(FeederError::db_answer(
+            "asking for the staging table",
+            format!("unexpected staging table {slot}"),
+        ));
     }
     Ok(slot)
 }

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::WatchArgs;
 use crate::db;
 use crate::error::FeederError;
@@ -22,7 +24,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 pub async fn run(args: WatchArgs, application: &str) -> Result<(), FeederError> {
     let symbols = (!args.symbols.is_empty()).then_some(args.symbols);
-    let mut stop = std::pin::pin!(crate::service::shutdown_signal());
+    let stop = crate::shutdown::on_signal("");
     let (mut client, mut notes) = listen(&args.db.database_url, application).await?;
     let latest = latest_rollup(&client).await?;
     let mut since = args.since.unwrap_or(latest);
@@ -36,12 +38,12 @@ pub async fn run(args: WatchArgs, application: &str) -> Result<(), FeederError> 
     since = print_changes(&client, since, symbols.as_deref(), true).await?;
     loop {
         tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             note = notes.recv() => {
                 if note.is_none() {
                     // The connection is gone: open another, then catch up from `since`.
                     tracing::warn!("watch: the connection to PostgreSQL closed; opening another");
-                    let Some(pair) = reconnect(&args.db.database_url, application, &mut stop).await
+                    let Some(pair) = reconnect(&args.db.database_url, application, &stop).await
                     else {
                         return Ok(());
                     };
@@ -66,18 +68,18 @@ type Notes = tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>;
 async fn reconnect(
     url: &str,
     application: &str,
-    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    stop: &CancellationToken,
 ) -> Option<(Client, Notes)> {
-    let mut wait = RECONNECT_MIN;
+    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
+    let mut wait = backoff.next_delay();
     loop {
-        tokio::select! {
-            _ = &mut *stop => return None,
-            _ = tokio::time::sleep(wait) => {}
+        if !crate::shutdown::sleep(wait, stop).await {
+            return None;
         }
         match listen(url, application).await {
             Ok(pair) => return Some(pair),
             Err(e) => {
-                wait = (wait * 2).min(RECONNECT_MAX);
+                wait = backoff.next_delay();
                 tracing::warn!("watch: {e}; trying again in {wait:?}");
             }
         }

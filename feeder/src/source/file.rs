@@ -123,10 +123,7 @@ impl DbnFile {
     }
 
     fn dbn_err(&self, e: dbn::Error) -> FeederError {
-        match e {
-            dbn::Error::Io { source, context } => self.decode_err(format!("{source} ({context})")),
-            other => self.decode_err(other),
-        }
+        FeederError::dbn(&self.path, e)
     }
 
     /// The file's DBN bytes, decompressed if it is zstd; `consumed` counts the raw bytes.

@@ -59,9 +59,10 @@ impl BackfillSpec {
     }
 
     pub fn client(&self) -> Result<HistoricalClient, FeederError> {
+        // The client refuses only a malformed key here: FeederError::databento makes it Auth.
         let builder = HistoricalClient::builder()
             .key(&self.key)
-            .map_err(|e| FeederError::Auth(e.to_string()))?;
+            .map_err(|e| FeederError::databento("", e))?;
         let builder = match &self.base_url {
             Some(url) => builder.base_url(
                 url.parse()
@@ -71,17 +72,22 @@ impl BackfillSpec {
         };
         builder
             .build()
-            .map_err(|e| FeederError::Gateway(format!("historical client: {e}")))
+            .map_err(|e| FeederError::databento("historical client", e))
     }
 }
 
+/// A failure of the historical API: the API answers a refused key with HTTP 401, which
+/// FeederError::databento makes `Auth`.
 fn api_error(e: databento::Error) -> FeederError {
-    let text = e.to_string();
-    // The API answers a refused key with 401.
-    if text.contains("401") || matches!(e, databento::Error::Auth(_)) {
-        FeederError::Auth(text)
-    } else {
-        FeederError::Gateway(format!("historical API: {text}"))
+    FeederError::databento("historical API", e)
+}
+
+/// A response that cannot be read to its end: said in the decoder's words, kept as the
+/// client's error (databento's own conversion), so an I/O failure reads as one.
+fn reading_error(e: dbn::Error) -> FeederError {
+    FeederError::Gateway {
+        msg: format!("historical API: reading the response: {e}"),
+        source: Some(Box::new(e.into())),
     }
 }
 
@@ -105,11 +111,9 @@ pub async fn fetch_chunk(
             .await
             .map_err(api_error)?;
         let symbols = TsSymbolMap::from_metadata(decoder.metadata())
-            .map_err(|e| FeederError::Gateway(format!("symbology of the response: {e}")))?;
+            .map_err(|e| FeederError::gateway(format!("symbology of the response: {e}")))?;
         let mut rows = RowEncoder::new(identity);
-        while let Some(rec) = decoder.decode_record_ref().await.map_err(|e| {
-            FeederError::Gateway(format!("historical API: reading the response: {e}"))
-        })? {
+        while let Some(rec) = decoder.decode_record_ref().await.map_err(reading_error)? {
             rows.push(&rec, &symbols).map_err(identity_err)?;
             if let Some(chunk) = rows.full_chunk() {
                 if tx.send(Ok(chunk)).await.is_err() {
@@ -138,7 +142,7 @@ async fn handed_to_writer<T>(
         Err(e) => {
             let text = e.to_string();
             let _ = tx.send(Err(e)).await;
-            Err(FeederError::Gateway(text))
+            Err(FeederError::gateway(text))
         }
     }
 }
@@ -159,13 +163,11 @@ pub async fn fetch_official_chunk(
             .await
             .map_err(api_error)?;
         let mut symbols = TsSymbolMap::from_metadata(decoder.metadata())
-            .map_err(|e| FeederError::Gateway(format!("symbology of the response: {e}")))?;
+            .map_err(|e| FeederError::gateway(format!("symbology of the response: {e}")))?;
         let mut bars = OfficialEncoder::default();
-        while let Some(rec) = decoder.decode_record_ref().await.map_err(|e| {
-            FeederError::Gateway(format!("historical API: reading the response: {e}"))
-        })? {
+        while let Some(rec) = decoder.decode_record_ref().await.map_err(reading_error)? {
             bars.push(&rec, &mut symbols)
-                .map_err(|msg| FeederError::Gateway(format!("{from} to {to}: {msg}")))?;
+                .map_err(|msg| FeederError::gateway(format!("{from} to {to}: {msg}")))?;
             if let Some(chunk) = bars.full_chunk() {
                 if tx.send(Ok(chunk)).await.is_err() {
                     return Ok(bars.summary);

@@ -75,24 +75,9 @@ pub struct LiveSource {
     symbols: PitSymbolMap,
 }
 
-/// Whether an error means the key itself was refused: retrying cannot help.
-pub fn is_auth_error(e: &databento::Error) -> bool {
-    matches!(e, databento::Error::Auth(_))
-        || matches!(
-            e,
-            databento::Error::BadArgument {
-                param_name: "key",
-                ..
-            }
-        )
-}
-
+/// A failure of the live client: a refused key is `Auth` (error.rs says how it is told).
 fn gateway_error(e: databento::Error) -> FeederError {
-    if is_auth_error(&e) {
-        FeederError::Auth(e.to_string())
-    } else {
-        FeederError::Gateway(e.to_string())
-    }
+    FeederError::databento("", e)
 }
 
 impl LiveSource {
@@ -118,7 +103,7 @@ impl LiveSource {
             Some(start) => {
                 let start =
                     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start.max(0)))
-                        .map_err(|e| FeederError::Gateway(format!("replay start: {e}")))?;
+                        .map_err(|e| FeederError::gateway(format!("replay start: {e}")))?;
                 Subscription::builder()
                     .symbols(symbols)
                     .schema(spec.schema)
@@ -176,7 +161,7 @@ impl LiveSource {
             RecordKind::SymbolMapping => {
                 self.symbols
                     .on_record(rec)
-                    .map_err(|e| FeederError::Gateway(format!("symbol mapping: {e}")))?;
+                    .map_err(|e| FeederError::gateway(format!("symbol mapping: {e}")))?;
             }
             RecordKind::System => {
                 if let Some(msg) = rec.get::<SystemMsg>() {
@@ -194,7 +179,7 @@ impl LiveSource {
                     .and_then(|m| m.err().ok())
                     .unwrap_or("?")
                     .to_string();
-                return Err(FeederError::Gateway(format!("gateway error: {text}")));
+                return Err(FeederError::gateway(format!("gateway error: {text}")));
             }
             _ => {}
         }

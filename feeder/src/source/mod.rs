@@ -185,7 +185,11 @@ impl RowEncoder {
         let mut summary = self.summary;
         summary.already_counted = self.identity.skipped;
         summary.overlaps = std::mem::take(&mut self.identity.overlaps);
-        summary.source_id = format!("trades:{}:{:016x}", summary.trades, self.content as u64);
+        summary.source_id = format!(
+            "trades:{}:{}",
+            summary.trades,
+            hex::encode(self.content.to_be_bytes())
+        );
         let rest = (!self.rows.is_empty()).then(|| self.rows.split().freeze());
         Ok((rest, summary, changes))
     }
