@@ -291,4 +291,81 @@ mod tests {
             .render(8_000_000_000)
             .contains("tradebars_feeder_bar_lag_seconds 1\n"));
     }
+
+    /// The whole exposition of a state where every metric differs, as the endpoint served it
+    /// before render() was split up: the split must not change a byte of it.
+    #[test]
+    fn the_exposition_of_a_fixed_state_is_unchanged() {
+        let m = Metrics::default();
+        let counters = [
+            &m.trades_received,
+            &m.trades_written,
+            &m.trades_already_staged,
+            &m.batches_written,
+            &m.reconnects,
+            &m.gateway_errors,
+            &m.database_errors,
+            &m.rollups,
+            &m.rollup_failures,
+            &m.trades_rolled_up,
+            &m.trades_rejected,
+        ];
+        for (n, counter) in (1..).zip(counters) {
+            Metrics::add(counter, n);
+        }
+        m.last_ts_event.store(1_761_316_200_123_456_789, Ordering::Relaxed);
+        m.last_ts_recv.store(1_761_316_200_500_000_000, Ordering::Relaxed);
+        m.waiting_since_ns
+            .store(1_761_316_199_000_000_000, Ordering::Relaxed);
+        m.lock_held.store(1, Ordering::Relaxed);
+        assert_eq!(m.render(1_761_316_201_250_000_000), EXPOSITION);
+    }
+
+    const EXPOSITION: &str = "\
+# HELP tradebars_feeder_trades_received_total Trades read from the source
+# TYPE tradebars_feeder_trades_received_total counter
+tradebars_feeder_trades_received_total 1
+# HELP tradebars_feeder_trades_written_total Trades committed to staging
+# TYPE tradebars_feeder_trades_written_total counter
+tradebars_feeder_trades_written_total 2
+# HELP tradebars_feeder_trades_already_staged_total Replayed trades skipped because they were staged before a reconnect
+# TYPE tradebars_feeder_trades_already_staged_total counter
+tradebars_feeder_trades_already_staged_total 3
+# HELP tradebars_feeder_batches_written_total Batches committed to staging
+# TYPE tradebars_feeder_batches_written_total counter
+tradebars_feeder_batches_written_total 4
+# HELP tradebars_feeder_reconnects_total Reconnections to the gateway or the database
+# TYPE tradebars_feeder_reconnects_total counter
+tradebars_feeder_reconnects_total 5
+# HELP tradebars_feeder_gateway_errors_total Errors from the gateway
+# TYPE tradebars_feeder_gateway_errors_total counter
+tradebars_feeder_gateway_errors_total 6
+# HELP tradebars_feeder_database_errors_total Errors from PostgreSQL
+# TYPE tradebars_feeder_database_errors_total counter
+tradebars_feeder_database_errors_total 7
+# HELP tradebars_feeder_rollups_total bars_rollup() calls completed
+# TYPE tradebars_feeder_rollups_total counter
+tradebars_feeder_rollups_total 8
+# HELP tradebars_feeder_rollup_failures_total bars_rollup() calls that failed
+# TYPE tradebars_feeder_rollup_failures_total counter
+tradebars_feeder_rollup_failures_total 9
+# HELP tradebars_feeder_trades_rolled_up_total Trades bars_rollup() counted into bars
+# TYPE tradebars_feeder_trades_rolled_up_total counter
+tradebars_feeder_trades_rolled_up_total 10
+# HELP tradebars_feeder_trades_rejected_total Trades bars_rollup() moved to trades_rejected (no price, no size, no symbol, implausible time)
+# TYPE tradebars_feeder_trades_rejected_total counter
+tradebars_feeder_trades_rejected_total 11
+# HELP tradebars_feeder_last_event_seconds Event time of the last trade written
+# TYPE tradebars_feeder_last_event_seconds gauge
+tradebars_feeder_last_event_seconds 1761316200.1234567
+# HELP tradebars_feeder_lag_seconds Time since the receipt of the last trade written
+# TYPE tradebars_feeder_lag_seconds gauge
+tradebars_feeder_lag_seconds 0.75
+# HELP tradebars_feeder_bar_lag_seconds How long the oldest trade written but not yet in bars has waited for a rollup (0 when bars are caught up)
+# TYPE tradebars_feeder_bar_lag_seconds gauge
+tradebars_feeder_bar_lag_seconds 2.25
+# HELP tradebars_feeder_lock_held 1 while this feeder holds the single-instance lock of its database
+# TYPE tradebars_feeder_lock_held gauge
+tradebars_feeder_lock_held 1
+";
 }
