@@ -189,9 +189,7 @@ impl<'a> DbnWriter<'a> {
     }
 
     fn finish(mut self) -> Result<(), FeederError> {
-        self.encoder
-            .flush()
-            .map_err(|e| encode_error(self.path, e))
+        self.encoder.flush().map_err(|e| encode_error(self.path, e))
     }
 }
 
