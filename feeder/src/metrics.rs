@@ -1,14 +1,24 @@
 //! Health and Prometheus metrics over a small HTTP endpoint: `GET /health`, `GET /metrics`.
 //! The key and the database URL are never part of them.
 
+use std::fmt::{Display, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::error::FeederError;
+
+/// Every metric's name starts with it.
+const PREFIX: &str = "tradebars_feeder_";
+/// The Prometheus text exposition format, for every answer of the endpoint.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -66,52 +76,61 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric; `now_ns` gives the lag.
     pub fn render(&self, now_ns: i64) -> String {
-        let counters = [
-            (
-                "trades_received_total",
-                "Trades read from the source",
-                &self.trades_received,
-            ),
-            (
-                "trades_written_total",
-                "Trades committed to staging",
-                &self.trades_written,
-            ),
+        let mut out = String::new();
+        for (name, help, counter) in self.counters() {
+            push_metric(&mut out, name, help, "counter", Self::get(counter));
+        }
+        push_metric(
+            &mut out,
+            "last_event_seconds",
+            "Event time of the last trade written",
+            "gauge",
+            self.last_ts_event.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+        push_metric(
+            &mut out,
+            "lag_seconds",
+            "Time since the receipt of the last trade written",
+            "gauge",
+            self.lag_seconds(now_ns),
+        );
+        push_metric(
+            &mut out,
+            "bar_lag_seconds",
+            "How long the oldest trade written but not yet in bars has waited for a rollup (0 when bars are caught up)",
+            "gauge",
+            self.bar_lag_seconds(now_ns),
+        );
+        push_metric(
+            &mut out,
+            "lock_held",
+            "1 while this feeder holds the single-instance lock of its database",
+            "gauge",
+            self.lock_held.load(Ordering::Relaxed),
+        );
+        out
+    }
+
+    /// Every counter: its name after the prefix, its help, its value.
+    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 11] {
+        [
+            ("trades_received_total", "Trades read from the source", &self.trades_received),
+            ("trades_written_total", "Trades committed to staging", &self.trades_written),
             (
                 "trades_already_staged_total",
                 "Replayed trades skipped because they were staged before a reconnect",
                 &self.trades_already_staged,
             ),
-            (
-                "batches_written_total",
-                "Batches committed to staging",
-                &self.batches_written,
-            ),
+            ("batches_written_total", "Batches committed to staging", &self.batches_written),
             (
                 "reconnects_total",
                 "Reconnections to the gateway or the database",
                 &self.reconnects,
             ),
-            (
-                "gateway_errors_total",
-                "Errors from the gateway",
-                &self.gateway_errors,
-            ),
-            (
-                "database_errors_total",
-                "Errors from PostgreSQL",
-                &self.database_errors,
-            ),
-            (
-                "rollups_total",
-                "bars_rollup() calls completed",
-                &self.rollups,
-            ),
-            (
-                "rollup_failures_total",
-                "bars_rollup() calls that failed",
-                &self.rollup_failures,
-            ),
+            ("gateway_errors_total", "Errors from the gateway", &self.gateway_errors),
+            ("database_errors_total", "Errors from PostgreSQL", &self.database_errors),
+            ("rollups_total", "bars_rollup() calls completed", &self.rollups),
+            ("rollup_failures_total", "bars_rollup() calls that failed", &self.rollup_failures),
             (
                 "trades_rolled_up_total",
                 "Trades bars_rollup() counted into bars",
@@ -122,95 +141,90 @@ impl Metrics {
                 "Trades bars_rollup() moved to trades_rejected (no price, no size, no symbol, implausible time)",
                 &self.trades_rejected,
             ),
-        ];
-        let mut out = String::new();
-        for (name, help, c) in counters {
-            out.push_str(&format!(
-                "# HELP tradebars_feeder_{name} {help}\n# TYPE tradebars_feeder_{name} counter\ntradebars_feeder_{name} {}\n",
-                c.load(Ordering::Relaxed)
-            ));
-        }
-        let last_event = self.last_ts_event.load(Ordering::Relaxed);
+        ]
+    }
+
+    /// Seconds since the receipt of the last trade written; 0 before the first.
+    fn lag_seconds(&self, now_ns: i64) -> f64 {
         let last_recv = self.last_ts_recv.load(Ordering::Relaxed);
-        out.push_str(&format!(
-            "# HELP tradebars_feeder_last_event_seconds Event time of the last trade written\n\
-             # TYPE tradebars_feeder_last_event_seconds gauge\n\
-             tradebars_feeder_last_event_seconds {}\n",
-            last_event as f64 / 1e9
-        ));
-        let lag = if last_recv > 0 {
+        if last_recv > 0 {
             (now_ns - last_recv) as f64 / 1e9
         } else {
             0.0
-        };
-        out.push_str(&format!(
-            "# HELP tradebars_feeder_lag_seconds Time since the receipt of the last trade written\n\
-             # TYPE tradebars_feeder_lag_seconds gauge\n\
-             tradebars_feeder_lag_seconds {lag}\n"
-        ));
+        }
+    }
+
+    /// Seconds written trades have waited for a rollup; 0 when none waits.
+    fn bar_lag_seconds(&self, now_ns: i64) -> f64 {
         let waiting_since = self.waiting_since_ns.load(Ordering::Relaxed);
-        let bar_lag = if waiting_since > 0 {
+        if waiting_since > 0 {
             (now_ns - waiting_since).max(0) as f64 / 1e9
         } else {
             0.0
-        };
-        out.push_str(&format!(
-            "# HELP tradebars_feeder_bar_lag_seconds How long the oldest trade written but not yet in bars has waited for a rollup (0 when bars are caught up)\n\
-             # TYPE tradebars_feeder_bar_lag_seconds gauge\n\
-             tradebars_feeder_bar_lag_seconds {bar_lag}\n"
-        ));
-        out.push_str(&format!(
-            "# HELP tradebars_feeder_lock_held 1 while this feeder holds the single-instance lock of its database\n\
-             # TYPE tradebars_feeder_lock_held gauge\n\
-             tradebars_feeder_lock_held {}\n",
-            self.lock_held.load(Ordering::Relaxed)
-        ));
-        out
+        }
     }
+}
+
+/// One metric in the text exposition format: its HELP and TYPE lines, then its sample.
+fn push_metric(out: &mut String, name: &str, help: &str, kind: &str, value: impl Display) {
+    // writing to a String cannot fail
+    let _ = write!(
+        out,
+        "# HELP {PREFIX}{name} {help}\n# TYPE {PREFIX}{name} {kind}\n{PREFIX}{name} {value}\n"
+    );
 }
 
 pub fn now_ns() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
 
-/// Serves the endpoint until the task is dropped.
+/// Serves the endpoint from a task of its own, for as long as the runtime runs; an error
+/// binding `addr` is returned before anything is served.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), FeederError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| FeederError::Usage(format!("--metrics-addr {addr}: {e}")))?;
     tracing::info!(%addr, "metrics and health on http://{addr}/metrics and /health");
     tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                // The request line may come in pieces: read up to the end of the headers.
-                let mut buf = Vec::with_capacity(1024);
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let request = String::from_utf8_lossy(&buf);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, body) = match path {
-                    "/metrics" => ("200 OK", metrics.render(now_ns())),
-                    "/health" => ("200 OK", "ok\n".to_string()),
-                    _ => ("404 Not Found", "not found\n".to_string()),
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
-        }
+        // axum::serve only returns on a listener error, which it already retries itself
+        let _ = axum::serve(listener, router(metrics)).await;
     });
     Ok(())
+}
+
+/// `/metrics` and `/health` for every method, as the endpoint always answered; else 404.
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", any(metrics_page))
+        .route("/health", any(health))
+        .fallback(not_found)
+        .with_state(metrics)
+}
+
+async fn metrics_page(State(metrics): State<Arc<Metrics>>) -> Response {
+    plain_text(StatusCode::OK, metrics.render(now_ns()))
+}
+
+async fn health() -> Response {
+    plain_text(StatusCode::OK, "ok\n".to_string())
+}
+
+async fn not_found() -> Response {
+    plain_text(StatusCode::NOT_FOUND, "not found\n".to_string())
+}
+
+/// Every answer is Prometheus text, and closes its connection as the endpoint always did (a
+/// client that reads to the end of the stream gets the whole answer).
+fn plain_text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, CONTENT_TYPE),
+            (header::CONNECTION, "close"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -291,4 +305,141 @@ mod tests {
             .render(8_000_000_000)
             .contains("tradebars_feeder_bar_lag_seconds 1\n"));
     }
+
+    /// The whole exposition of a state where every metric differs, as the endpoint served it
+    /// before render() was split up: the split must not change a byte of it.
+    #[test]
+    fn the_exposition_of_a_fixed_state_is_unchanged() {
+        let m = Metrics::default();
+        let counters = [
+            &m.trades_received,
+            &m.trades_written,
+            &m.trades_already_staged,
+            &m.batches_written,
+            &m.reconnects,
+            &m.gateway_errors,
+            &m.database_errors,
+            &m.rollups,
+            &m.rollup_failures,
+            &m.trades_rolled_up,
+            &m.trades_rejected,
+        ];
+        for (n, counter) in (1..).zip(counters) {
+            Metrics::add(counter, n);
+        }
+        m.last_ts_event
+            .store(1_761_316_200_123_456_789, Ordering::Relaxed);
+        m.last_ts_recv
+            .store(1_761_316_200_500_000_000, Ordering::Relaxed);
+        m.waiting_since_ns
+            .store(1_761_316_199_000_000_000, Ordering::Relaxed);
+        m.lock_held.store(1, Ordering::Relaxed);
+        assert_eq!(m.render(1_761_316_201_250_000_000), EXPOSITION);
+    }
+
+    /// A raw HTTP/1.1 exchange that reads to the end of the stream, as the end-to-end tests
+    /// and simple scrapers do: the endpoint closes the connection after its answer.
+    async fn exchange(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut response = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_string(&mut response),
+        )
+        .await
+        .expect("the endpoint closes the connection")
+        .expect("response");
+        response
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_metrics_health_and_404_in_prometheus_text() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let metrics = Arc::new(Metrics::default());
+        Metrics::add(&metrics.trades_written, 7);
+        serve(addr, metrics.clone()).await.expect("serving");
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+
+        let health = exchange(addr, &get("/health")).await;
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+        assert!(health.contains("content-type: text/plain; version=0.0.4\r\n"));
+        assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+
+        let page = exchange(addr, &get("/metrics")).await;
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(page.contains("content-type: text/plain; version=0.0.4\r\n"));
+        let body = page.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        assert!(body.starts_with("# HELP tradebars_feeder_trades_received_total "));
+        assert!(body.contains("\ntradebars_feeder_trades_written_total 7\n"));
+        assert!(body.ends_with("tradebars_feeder_lock_held 0\n"), "{body}");
+
+        let missing = exchange(addr, &get("/nowhere")).await;
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
+        assert!(missing.ends_with("\r\n\r\nnot found\n"), "{missing}");
+
+        let taken = serve(addr, metrics)
+            .await
+            .expect_err("the address is taken");
+        assert!(
+            taken
+                .to_string()
+                .starts_with(&format!("--metrics-addr {addr}: ")),
+            "{taken}"
+        );
+    }
+
+    const EXPOSITION: &str = "\
+# HELP tradebars_feeder_trades_received_total Trades read from the source
+# TYPE tradebars_feeder_trades_received_total counter
+tradebars_feeder_trades_received_total 1
+# HELP tradebars_feeder_trades_written_total Trades committed to staging
+# TYPE tradebars_feeder_trades_written_total counter
+tradebars_feeder_trades_written_total 2
+# HELP tradebars_feeder_trades_already_staged_total Replayed trades skipped because they were staged before a reconnect
+# TYPE tradebars_feeder_trades_already_staged_total counter
+tradebars_feeder_trades_already_staged_total 3
+# HELP tradebars_feeder_batches_written_total Batches committed to staging
+# TYPE tradebars_feeder_batches_written_total counter
+tradebars_feeder_batches_written_total 4
+# HELP tradebars_feeder_reconnects_total Reconnections to the gateway or the database
+# TYPE tradebars_feeder_reconnects_total counter
+tradebars_feeder_reconnects_total 5
+# HELP tradebars_feeder_gateway_errors_total Errors from the gateway
+# TYPE tradebars_feeder_gateway_errors_total counter
+tradebars_feeder_gateway_errors_total 6
+# HELP tradebars_feeder_database_errors_total Errors from PostgreSQL
+# TYPE tradebars_feeder_database_errors_total counter
+tradebars_feeder_database_errors_total 7
+# HELP tradebars_feeder_rollups_total bars_rollup() calls completed
+# TYPE tradebars_feeder_rollups_total counter
+tradebars_feeder_rollups_total 8
+# HELP tradebars_feeder_rollup_failures_total bars_rollup() calls that failed
+# TYPE tradebars_feeder_rollup_failures_total counter
+tradebars_feeder_rollup_failures_total 9
+# HELP tradebars_feeder_trades_rolled_up_total Trades bars_rollup() counted into bars
+# TYPE tradebars_feeder_trades_rolled_up_total counter
+tradebars_feeder_trades_rolled_up_total 10
+# HELP tradebars_feeder_trades_rejected_total Trades bars_rollup() moved to trades_rejected (no price, no size, no symbol, implausible time)
+# TYPE tradebars_feeder_trades_rejected_total counter
+tradebars_feeder_trades_rejected_total 11
+# HELP tradebars_feeder_last_event_seconds Event time of the last trade written
+# TYPE tradebars_feeder_last_event_seconds gauge
+tradebars_feeder_last_event_seconds 1761316200.1234567
+# HELP tradebars_feeder_lag_seconds Time since the receipt of the last trade written
+# TYPE tradebars_feeder_lag_seconds gauge
+tradebars_feeder_lag_seconds 0.75
+# HELP tradebars_feeder_bar_lag_seconds How long the oldest trade written but not yet in bars has waited for a rollup (0 when bars are caught up)
+# TYPE tradebars_feeder_bar_lag_seconds gauge
+tradebars_feeder_bar_lag_seconds 2.25
+# HELP tradebars_feeder_lock_held 1 while this feeder holds the single-instance lock of its database
+# TYPE tradebars_feeder_lock_held gauge
+tradebars_feeder_lock_held 1
+";
 }

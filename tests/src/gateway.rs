@@ -125,8 +125,11 @@ fn load(file: &Path) -> Feed {
 
 fn expected_auth(key: &str) -> String {
     let digest = Sha256::digest(format!("{CHALLENGE}|{key}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}-{}", &key[key.len().saturating_sub(5)..])
+    format!(
+        "{}-{}",
+        hex::encode(digest),
+        &key[key.len().saturating_sub(5)..]
+    )
 }
 
 impl FakeGateway {
@@ -344,4 +347,19 @@ fn serve(
         records.flush().map_err(enc)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_auth;
+
+    /// Databento's CRAM answer: the SHA-256 of `challenge|key` in lowercase hex, then the
+    /// key's last five characters (the digest computed by sha256sum).
+    #[test]
+    fn the_expected_answer_is_the_hex_digest_and_the_keys_bucket() {
+        assert_eq!(
+            expected_auth("db-tradebarsTestKey0123456789abc"),
+            "eadb146a8761034535a431e4b53c38c6e5f21b175e7664095ea29705c0a07acd-89abc"
+        );
+    }
 }

@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use base64::prelude::{Engine, BASE64_STANDARD};
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
@@ -24,25 +25,10 @@ pub struct FakeHistorical {
     pub requests: Arc<AtomicUsize>,
 }
 
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// The `Authorization` header of HTTP basic auth with `key` as the user and no password,
+/// as Databento's clients send it.
+fn basic_auth(key: &str) -> String {
+    format!("Basic {}", BASE64_STANDARD.encode(format!("{key}:")))
 }
 
 impl FakeHistorical {
@@ -69,7 +55,7 @@ impl FakeHistorical {
         let url = format!("http://{}/", listener.local_addr().expect("address"));
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
-        let auth = format!("Basic {}", base64(format!("{key}:").as_bytes()));
+        let auth = basic_auth(key);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
@@ -232,12 +218,17 @@ pub fn mbp1_of(t: &TradeMsg, action: u8) -> Mbp1Msg {
 
 #[cfg(test)]
 mod tests {
-    use super::base64;
+    use super::basic_auth;
 
     #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64(b"key:"), "a2V5Og==");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
+    fn basic_auth_is_the_key_and_an_empty_password_in_standard_base64() {
+        // the padded forms: 4, 5 and 6 bytes before encoding
+        assert_eq!(basic_auth("key"), "Basic a2V5Og==");
+        assert_eq!(basic_auth("abcd"), "Basic YWJjZDo=");
+        assert_eq!(basic_auth("abcde"), "Basic YWJjZGU6");
+        assert_eq!(
+            basic_auth("db-tradebarsTestKey0123456789abc"),
+            "Basic ZGItdHJhZGViYXJzVGVzdEtleTAxMjM0NTY3ODlhYmM6"
+        );
     }
 }

@@ -139,32 +139,64 @@ pub fn generate(name: &str, symbols: usize, trades: usize, seed: u64) -> PathBuf
 /// the same instruments (two files of one day would be two versions of the same trades).
 pub fn generate_on(name: &str, symbols: usize, trades: usize, seed: u64, date: &str) -> PathBuf {
     let path = scratch(name);
-    let out = feeder(
-        &[
-            "generate",
-            "--symbols",
-            &symbols.to_string(),
-            "--trades",
-            &trades.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--date",
-            date,
-            "--out",
-            &path.display().to_string(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let (seed, date) = (seed.to_string(), date.to_string());
+    generate_into(&path, symbols, trades, &["--seed", &seed, "--date", &date]);
     path
 }
 
+/// Runs `tradebars-feeder generate` of `symbols` and `trades` into `out`, with `extra`
+/// arguments (`--seed`, `--date`; the feeder's defaults where left out), and asserts it
+/// succeeds.
+pub fn generate_into(out: &Path, symbols: usize, trades: usize, extra: &[&str]) {
+    let args = generate_args(out, symbols, trades, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let done = feeder(&args, None);
+    assert!(done.status.success(), "{}", text(&done));
+}
+
+/// The arguments of `tradebars-feeder generate`: `extra` between the counts and `--out`.
+pub fn generate_args(out: &Path, symbols: usize, trades: usize, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "generate".to_string(),
+        "--symbols".to_string(),
+        symbols.to_string(),
+        "--trades".to_string(),
+        trades.to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(["--out".to_string(), out.display().to_string()]);
+    args
+}
+
+/// The API key the fake gateway and the fake historical API accept in the tests.
+pub const TEST_API_KEY: &str = "db-tradebarsTestKey0123456789abc";
+
 /// Waits until `done`, at most `timeout`.
-pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: std::time::Duration, done: impl FnMut() -> bool) {
+    poll_until(what, timeout, std::time::Duration::from_millis(20), done);
+}
+
+/// Waits until `sql` (a count) is positive, for at most 30 s. It polls every 10 ms: the
+/// tests wait with it for a statement that runs, to act while it still does.
+pub fn wait_for(db: &str, sql: &str) {
+    poll_until(
+        sql,
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(10),
+        || count(db, sql) != 0,
+    );
+}
+
+fn poll_until(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) {
     let start = std::time::Instant::now();
     while !done() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
@@ -409,22 +441,55 @@ pub fn stage_with_sql(db: &str, path: &Path) {
 
 /// The trades bars of a database, in the oracle's form.
 pub fn stored_bars(db: &str) -> BTreeMap<BarKey, BarVal> {
-    let mut c = connect(db);
-    c.query(
-        "SELECT symbol, extract(epoch FROM \"timestamp\")::bigint,
-                (open * 1000000000)::bigint, (high * 1000000000)::bigint, (low * 1000000000)::bigint,
-                (close * 1000000000)::bigint, volume, trade_count
-         FROM price_bars WHERE data_source = 'trades'",
-        &[],
-    )
-    .expect("reading price_bars")
-    .into_iter()
-    .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7))))
-    .collect()
+    stored_bars_of(db, "trades")
+}
+
+/// The bars of one data source, in the oracle's form (trade_count as stored).
+pub fn stored_bars_of(db: &str, source: &str) -> BTreeMap<BarKey, BarVal> {
+    connect(db)
+        .query(
+            "SELECT symbol, extract(epoch FROM \"timestamp\")::bigint,
+                    (open * 1000000000)::bigint, (high * 1000000000)::bigint,
+                    (low * 1000000000)::bigint, (close * 1000000000)::bigint, volume, trade_count
+             FROM price_bars WHERE data_source = $1",
+            &[&source],
+        )
+        .expect("reading price_bars")
+        .into_iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)),
+            )
+        })
+        .collect()
 }
 
 pub fn count(db: &str, sql: &str) -> i64 {
     connect(db).query_one(sql, &[]).expect(sql).get(0)
+}
+
+/// The one value `q` selects.
+pub fn one<T: for<'a> postgres::types::FromSql<'a>>(db: &str, q: &str) -> T {
+    connect(db)
+        .query_one(q, &[])
+        .unwrap_or_else(|e| panic!("{q}: {e:?}"))
+        .get(0)
+}
+
+/// The message of the database error `sql` fails with.
+pub fn error_of(db: &str, sql: &str) -> String {
+    db_error(connect(db).batch_execute(sql))
+}
+
+/// The message of the database error a statement failed with. A statement that succeeded,
+/// or failed without a database error (a lost connection), fails the test.
+pub fn db_error<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
+    let e = result.expect_err("the statement must fail");
+    match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => panic!("failed without a database error: {e}"),
+    }
 }
 
 /// Writes the oracle's bars of `trades` as an ohlcv-1m file with the trades file's
@@ -470,4 +535,44 @@ pub fn official_file(
     }
     encoder.flush().expect("flushing");
     (path, bars.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generate_args;
+
+    /// The extra arguments stand between the counts and `--out`, in the order the tests give
+    /// them: the invocations the tests wrote by hand before are the same.
+    #[test]
+    fn generate_args_put_the_extra_arguments_before_the_output() {
+        let out = std::path::Path::new("scratch/a.dbn.zst");
+        assert_eq!(
+            generate_args(out, 50, 20000, &["--seed", "51", "--date", "2025-10-27"]),
+            [
+                "generate",
+                "--symbols",
+                "50",
+                "--trades",
+                "20000",
+                "--seed",
+                "51",
+                "--date",
+                "2025-10-27",
+                "--out",
+                "scratch/a.dbn.zst"
+            ]
+        );
+        assert_eq!(
+            generate_args(out, 3, 30000, &[]),
+            [
+                "generate",
+                "--symbols",
+                "3",
+                "--trades",
+                "30000",
+                "--out",
+                "scratch/a.dbn.zst"
+            ]
+        );
+    }
 }

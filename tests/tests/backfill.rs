@@ -3,8 +3,6 @@
 use tradebars_tests::historical::FakeHistorical;
 use tradebars_tests::*;
 
-const KEY: &str = "db-tradebarsTestKey0123456789abc";
-
 fn backfill(api: &FakeHistorical, db: &str, key: &str) -> std::process::Output {
     backfill_schema(api, db, key, "trades")
 }
@@ -23,8 +21,8 @@ fn a_backfill_stages_every_chunk_once_and_resumes_after_a_cut_response() {
     let db = fresh_db("backfill", "");
     let file = generate("backfill.dbn.zst", 10, 20000, 71);
     // the third request's body is cut off halfway
-    let api = FakeHistorical::start(&file, KEY, vec![2]);
-    let out = backfill(&api, &db, KEY);
+    let api = FakeHistorical::start(&file, TEST_API_KEY, vec![2]);
+    let out = backfill(&api, &db, TEST_API_KEY);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let staged = count(&db, "SELECT (SELECT count(*) FROM trades_staging) + (SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars)");
     assert_eq!(
@@ -41,7 +39,7 @@ fn a_backfill_stages_every_chunk_once_and_resumes_after_a_cut_response() {
         "two whole chunks before the cut"
     );
 
-    let out = backfill(&api, &db, KEY);
+    let out = backfill(&api, &db, TEST_API_KEY);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("5 chunks staged") && text(&out).contains("2 already staged"),
@@ -50,7 +48,7 @@ fn a_backfill_stages_every_chunk_once_and_resumes_after_a_cut_response() {
     );
     assert_eq!(stored_bars(&db), oracle(&file));
 
-    let again = backfill(&api, &db, KEY);
+    let again = backfill(&api, &db, TEST_API_KEY);
     assert!(
         again.status.success()
             && text(&again).contains("0 chunks staged (0 trades), 7 already staged"),
@@ -64,7 +62,7 @@ fn a_backfill_stages_every_chunk_once_and_resumes_after_a_cut_response() {
 fn a_refused_key_stops_the_backfill_with_its_own_exit_code() {
     let db = fresh_db("backfill_key", "");
     let file = generate("backfill-key.dbn", 10, 20000, 72);
-    let api = FakeHistorical::start(&file, KEY, vec![]);
+    let api = FakeHistorical::start(&file, TEST_API_KEY, vec![]);
     let wrong = "db-wrongKeyWrongKeyWrongKey12345";
     let out = backfill(&api, &db, wrong);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
@@ -81,8 +79,8 @@ fn a_refused_key_stops_the_backfill_with_its_own_exit_code() {
 fn a_backfill_from_mbp1_rederives_the_trades_with_their_volume() {
     let db = fresh_db("backfill_mbp1", "");
     let file = generate("backfill-mbp1.dbn.zst", 10, 20000, 73);
-    let api = FakeHistorical::start(&file, KEY, vec![]);
-    let out = backfill_schema(&api, &db, KEY, "mbp-1");
+    let api = FakeHistorical::start(&file, TEST_API_KEY, vec![]);
+    let out = backfill_schema(&api, &db, TEST_API_KEY, "mbp-1");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("(20000 trades)"), "{}", text(&out));
     assert_eq!(

@@ -1,28 +1,9 @@
 //! Faults and privileges: whatever breaks, staged plus rolled-up trades equal what was sent.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tradebars_tests::*;
-
-fn db_error(result: Result<u64, postgres::Error>) -> String {
-    let e = result.expect_err("must fail");
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
-
-/// Waits until `sql` (a count) is positive, for at most 30 s.
-fn wait_for(db: &str, sql: &str) {
-    let start = Instant::now();
-    while count(db, sql) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for: {sql}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn a_cancelled_or_killed_rollup_leaves_no_partial_bars() {
@@ -95,18 +76,12 @@ fn a_feeder_killed_in_the_middle_of_its_copy_leaves_nothing_and_a_rerun_is_exact
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     // the server notices the dead client and rolls its transaction back
-    let start = Instant::now();
-    while count(
-        &db,
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%'",
-    ) > 0
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the killed COPY did not end"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the killed COPY to end", Duration::from_secs(30), || {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%'",
+        ) <= 0
+    });
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 0);
     let out = feeder(

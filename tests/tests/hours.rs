@@ -162,7 +162,7 @@ fn hour_bars_give_the_buckets_the_minutes_give_through_late_trades_official_bars
 
     let trades = oracle(&file);
     let bars = ohlcv_of(&oracle(&other));
-    assert_eq!(stored(&db, "trades"), trades, "the trades bars themselves");
+    assert_eq!(stored_bars(&db), trades, "the trades bars themselves");
     let symbols: BTreeSet<String> = trades
         .keys()
         .chain(bars.keys())
@@ -229,27 +229,6 @@ fn hour_bars_give_the_buckets_the_minutes_give_through_late_trades_official_bars
     );
     assert_eq!(volumes(&mut c), (left, left));
     hours_equal_minutes(&db);
-}
-
-/// The bars of one source as the oracle writes them.
-fn stored(db: &str, source: &str) -> BTreeMap<BarKey, BarVal> {
-    connect(db)
-        .query(
-            "SELECT symbol, extract(epoch FROM \"timestamp\")::bigint, (open * 1e9)::bigint,
-                    (high * 1e9)::bigint, (low * 1e9)::bigint, (close * 1e9)::bigint, volume,
-                    trade_count
-             FROM price_bars WHERE data_source = $1",
-            &[&source],
-        )
-        .expect("reading bars")
-        .into_iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1)),
-                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)),
-            )
-        })
-        .collect()
 }
 
 /// The official bars of an oracle: no trade count.

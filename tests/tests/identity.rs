@@ -12,8 +12,6 @@ use tradebars_tests::gateway::{FakeGateway, Plan};
 use tradebars_tests::historical::FakeHistorical;
 use tradebars_tests::*;
 
-const KEY: &str = "db-tradebarsTestKey0123456789abc";
-
 fn replay(db: &str, file: &Path, rollup: bool) -> String {
     let f = file.display().to_string();
     let mut args = vec!["replay", f.as_str()];
@@ -127,7 +125,12 @@ fn a_file_and_a_part_of_it_in_another_schema_count_once_in_both_orders() {
 }
 
 fn backfill(api: &FakeHistorical, db: &str, chunk_minutes: &str) -> String {
-    let out = api.backfill(db, KEY, "trades", &["--chunk-minutes", chunk_minutes]);
+    let out = api.backfill(
+        db,
+        TEST_API_KEY,
+        "trades",
+        &["--chunk-minutes", chunk_minutes],
+    );
     assert!(out.status.success(), "{}", text(&out));
     text(&out)
 }
@@ -135,7 +138,7 @@ fn backfill(api: &FakeHistorical, db: &str, chunk_minutes: &str) -> String {
 #[test]
 fn a_backfill_rerun_with_another_chunk_size_counts_nothing_twice() {
     let file = generate("rechunk.dbn.zst", 10, 20000, 83);
-    let api = FakeHistorical::start(&file, KEY, vec![]);
+    let api = FakeHistorical::start(&file, TEST_API_KEY, vec![]);
     let db = fresh_db("rechunk", "");
     let first = backfill(&api, &db, "60");
     assert!(first.contains("(20000 trades)"), "{first}");
@@ -155,9 +158,12 @@ fn a_backfill_rerun_with_another_chunk_size_counts_nothing_twice() {
 #[test]
 fn a_backfill_over_a_period_a_live_session_covered_in_part_counts_each_trade_once() {
     let file = generate("live-then-backfill.dbn.zst", 12, 30000, 84);
-    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(20)));
+    let gateway = FakeGateway::start(
+        &file,
+        Plan::new(TEST_API_KEY).paced(Duration::from_millis(20)),
+    );
     let db = fresh_db("live_backfill", "");
-    let mut live = gateway.spawn_feeder(&db, KEY, &[]);
+    let mut live = gateway.spawn_feeder(&db, TEST_API_KEY, &[]);
     wait_until("part of the day live", Duration::from_secs(60), || {
         stored_trades(&db) >= 8_000
     });
@@ -172,7 +178,7 @@ fn a_backfill_over_a_period_a_live_session_covered_in_part_counts_each_trade_onc
     let live_trades = stored_in_bars(&db);
     assert!(live_trades < 30_000, "stopped mid-day ({live_trades})");
 
-    let api = FakeHistorical::start(&file, KEY, vec![]);
+    let api = FakeHistorical::start(&file, TEST_API_KEY, vec![]);
     let out = backfill(&api, &db, "60");
     assert!(
         out.contains(&format!(
@@ -192,9 +198,12 @@ fn a_backfill_over_a_period_a_live_session_covered_in_part_counts_each_trade_onc
 fn a_live_restart_replaying_an_hour_counts_nothing_twice() {
     let file = generate("live-hour.dbn.zst", 12, 30000, 85);
     // cut after 15,000 trades, then again after 8,000 more sent (most of them replayed)
-    let gateway = FakeGateway::start(&file, Plan::new(KEY).cut_after(vec![15_000, 8_000]));
+    let gateway = FakeGateway::start(
+        &file,
+        Plan::new(TEST_API_KEY).cut_after(vec![15_000, 8_000]),
+    );
     let db = fresh_db("live_hour", "");
-    let mut live = gateway.spawn_feeder(&db, KEY, &["--replay-margin-secs", "3600"]);
+    let mut live = gateway.spawn_feeder(&db, TEST_API_KEY, &["--replay-margin-secs", "3600"]);
     wait_until("every trade in bars", Duration::from_secs(90), || {
         stored_in_bars(&db) >= 30_000
     });
@@ -232,7 +241,7 @@ fn a_live_restart_with_its_symbols_in_another_order_loses_and_doubles_nothing() 
     // A fresh subscription starts at the live edge: 2,000 trades happen while none listens.
     let gateway = FakeGateway::start(
         &file,
-        Plan::new(KEY)
+        Plan::new(TEST_API_KEY)
             .paced(Duration::from_millis(20))
             .live_edge(2000),
     );
@@ -253,7 +262,7 @@ fn a_live_restart_with_its_symbols_in_another_order_loses_and_doubles_nothing() 
             "200",
         ])
         .env("DATABASE_URL", url(&db))
-        .env("DATABENTO_API_KEY", KEY)
+        .env("DATABENTO_API_KEY", TEST_API_KEY)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
         cmd.spawn().expect("starting the live feeder")

@@ -49,13 +49,6 @@ fn assert_same_objects(upgraded: &str, fresh: &str) {
     );
 }
 
-fn one<T: for<'a> postgres::types::FromSql<'a>>(db: &str, q: &str) -> T {
-    connect(db)
-        .query_one(q, &[])
-        .unwrap_or_else(|e| panic!("{q}: {e:?}"))
-        .get(0)
-}
-
 /// A database created at an earlier `version`, with bars built by that version's rollup from
 /// `file` (staged with SQL: the current feeder writes the current staging).
 fn old_database(name: &str, version: &str, file: &std::path::Path) -> String {
@@ -68,16 +61,6 @@ fn old_database(name: &str, version: &str, file: &std::path::Path) -> String {
         .batch_execute("SELECT bars_rollup()")
         .expect("the old version's rollup");
     db
-}
-
-fn error_of(db: &str, sql: &str) -> String {
-    match connect(db).batch_execute(sql) {
-        Ok(()) => panic!("{sql} succeeded"),
-        Err(e) => e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_default(),
-    }
 }
 
 fn update_to_current(db: &str) {

@@ -6,8 +6,6 @@ use std::time::Duration;
 use tradebars_tests::gateway::{FakeGateway, Plan};
 use tradebars_tests::*;
 
-const KEY: &str = "db-tradebarsTestKey0123456789abc";
-
 fn start_live(gateway: &FakeGateway, db: &str, key: &str, extra: &[&str]) -> Child {
     gateway.spawn_feeder(db, key, extra)
 }
@@ -16,8 +14,8 @@ fn start_live(gateway: &FakeGateway, db: &str, key: &str, extra: &[&str]) -> Chi
 fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
     let db = fresh_db("live_cuts", "");
     let file = generate("live-cuts.dbn.zst", 12, 30000, 61);
-    let gateway = FakeGateway::start(&file, Plan::new(KEY).cut_after(vec![7_000, 9_000]));
-    let mut child = start_live(&gateway, &db, KEY, &[]);
+    let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY).cut_after(vec![7_000, 9_000]));
+    let mut child = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("all 30000 trades in bars", Duration::from_secs(60), || {
         count(
             &db,
@@ -66,8 +64,11 @@ fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
 fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
     let db = fresh_db("live_sigterm", "");
     let file = generate("live-sigterm.dbn.zst", 12, 40000, 62);
-    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(20)));
-    let mut child = start_live(&gateway, &db, KEY, &[]);
+    let gateway = FakeGateway::start(
+        &file,
+        Plan::new(TEST_API_KEY).paced(Duration::from_millis(20)),
+    );
+    let mut child = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("some trades staged", Duration::from_secs(60), || {
         stored_trades(&db) >= 5_000
     });
@@ -87,7 +88,7 @@ fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
         "rolled up on the way out"
     );
 
-    let child = start_live(&gateway, &db, KEY, &[]);
+    let child = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("all 40000 trades in bars", Duration::from_secs(60), || {
         count(
             &db,
@@ -105,7 +106,7 @@ fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
 fn a_refused_key_fails_fast_with_its_own_exit_code_and_is_never_shown() {
     let db = fresh_db("live_badkey", "");
     let file = generate("live-badkey.dbn", 12, 100, 63);
-    let gateway = FakeGateway::start(&file, Plan::new(KEY));
+    let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY));
     let wrong = "db-wrongKeyWrongKeyWrongKey12345";
     let child = start_live(&gateway, &db, wrong, &[]);
     let (code, out) = exit_within(child, Duration::from_secs(15));
@@ -125,12 +126,12 @@ fn a_refused_key_fails_fast_with_its_own_exit_code_and_is_never_shown() {
 fn metrics_and_health_are_served() {
     let db = fresh_db("live_metrics", "");
     let file = generate("live-metrics.dbn", 12, 2000, 64);
-    let gateway = FakeGateway::start(&file, Plan::new(KEY));
+    let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY));
     let port = 19187;
     let mut child = start_live(
         &gateway,
         &db,
-        KEY,
+        TEST_API_KEY,
         &["--metrics-addr", &format!("127.0.0.1:{port}")],
     );
     wait_until("all trades in bars", Duration::from_secs(60), || {
@@ -142,8 +143,10 @@ fn metrics_and_health_are_served() {
     let get = |path: &str| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-            .expect("request");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("request");
         let mut body = String::new();
         s.read_to_string(&mut body).expect("response");
         body
@@ -154,7 +157,7 @@ fn metrics_and_health_are_served() {
         metrics.contains("tradebars_feeder_trades_written_total 2000"),
         "{metrics}"
     );
-    assert!(!metrics.contains(KEY));
+    assert!(!metrics.contains(TEST_API_KEY));
     sigterm(&mut child);
     let (code, out) = exit_within(child, Duration::from_secs(10));
     assert_eq!(code, Some(0), "{out}");
@@ -179,10 +182,10 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
             (x % (trades as u64 / 10).max(2)) as usize
         })
         .collect();
-    let gateway = FakeGateway::start(&file, Plan::new(KEY).cut_after(cuts));
+    let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY).cut_after(cuts));
     // The margin must cover the longest event-to-receipt delay: the generator's late prints
     // take up to 3 s (intraday replay filters on ts_event).
-    let mut child = start_live(&gateway, &db, KEY, &["--replay-margin-secs", "5"]);
+    let mut child = start_live(&gateway, &db, TEST_API_KEY, &["--replay-margin-secs", "5"]);
     wait_until("every trade in a bar", Duration::from_secs(180), || {
         count(
             &db,
@@ -209,12 +212,15 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
 fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
     let db = fresh_db("live_standby", "");
     let file = generate("live-standby.dbn.zst", 12, 40000, 67);
-    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(50)));
-    let mut first = start_live(&gateway, &db, KEY, &[]);
+    let gateway = FakeGateway::start(
+        &file,
+        Plan::new(TEST_API_KEY).paced(Duration::from_millis(50)),
+    );
+    let mut first = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("the first feeder staging", Duration::from_secs(60), || {
         stored_trades(&db) >= 5_000
     });
-    let mut second = start_live(&gateway, &db, KEY, &["--standby"]);
+    let mut second = start_live(&gateway, &db, TEST_API_KEY, &["--standby"]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         second.try_wait().expect("status").is_none(),
@@ -240,8 +246,11 @@ fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
 fn sigterm_while_a_standby_waits_after_losing_its_connection_exits_0() {
     let db = fresh_db("live_standby_reconnect", "");
     let file = generate("live-standby-reconnect.dbn.zst", 8, 40000, 68);
-    let gateway = FakeGateway::start(&file, Plan::new(KEY).paced(Duration::from_millis(50)));
-    let mut feeder = start_live(&gateway, &db, KEY, &["--standby"]);
+    let gateway = FakeGateway::start(
+        &file,
+        Plan::new(TEST_API_KEY).paced(Duration::from_millis(50)),
+    );
+    let mut feeder = start_live(&gateway, &db, TEST_API_KEY, &["--standby"]);
     wait_until("the feeder staging", Duration::from_secs(60), || {
         stored_trades(&db) >= 2_000
     });
@@ -279,7 +288,7 @@ fn sigterm_while_a_standby_waits_after_losing_its_connection_exits_0() {
     // nothing it committed is lost and nothing counts twice: once the other holder is gone,
     // a restart resumes and the day ends exactly as sent
     drop(other);
-    let mut again = start_live(&gateway, &db, KEY, &[]);
+    let mut again = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("all 40000 trades in bars", Duration::from_secs(90), || {
         count(
             &db,

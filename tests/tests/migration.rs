@@ -25,26 +25,12 @@ SELECT s, timestamp '2025-10-24 14:30' + m * interval '1 minute',
 FROM unnest(ARRAY['WGRX', 'ABCD']) AS s, generate_series(0, 59) AS m;
 "#;
 
-fn sql<T: for<'a> postgres::types::FromSql<'a>>(db: &str, q: &str) -> T {
-    connect(db)
-        .query_one(q, &[])
-        .unwrap_or_else(|e| panic!("{q}: {e:?}"))
-        .get(0)
-}
-
-fn error_of(db: &str, q: &str) -> String {
-    let e = connect(db).batch_execute(q).expect_err(q);
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
-
 #[test]
 fn the_old_apps_database_goes_through_every_phase_and_back() {
     let db = fresh_db("old_app", OLD_APP);
     // CREATE EXTENSION kept the table as it was
-    assert_eq!(sql::<i64>(&db, "SELECT count(*) FROM price_bars"), 120);
-    assert_eq!(sql::<String>(&db, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'price_bars'::regclass AND attname = 'open'"), "double precision");
+    assert_eq!(one::<i64>(&db, "SELECT count(*) FROM price_bars"), 120);
+    assert_eq!(one::<String>(&db, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'price_bars'::regclass AND attname = 'open'"), "double precision");
     let floats_before: Vec<(i32, f64, f64)> = connect(&db)
         .query("SELECT id, open, close FROM price_bars ORDER BY id", &[])
         .expect("read")
@@ -56,8 +42,8 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
     assert!(error_of(&db, "SELECT bars_rollup()").contains("run SELECT mark_legacy(); first"));
 
     // Phase 1: mark legacy; a second call changes nothing
-    assert_eq!(sql::<i64>(&db, "SELECT mark_legacy()"), 120);
-    assert_eq!(sql::<i64>(&db, "SELECT mark_legacy()"), 0);
+    assert_eq!(one::<i64>(&db, "SELECT mark_legacy()"), 120);
+    assert_eq!(one::<i64>(&db, "SELECT mark_legacy()"), 0);
     assert!(
         error_of(&db, "SELECT mark_legacy('x''); DROP TABLE price_bars; --')")
             .contains("source must be")
@@ -77,7 +63,7 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
         "every price converts back to the very same double"
     );
     assert_eq!(
-        sql::<i64>(
+        one::<i64>(
             &db,
             "SELECT count(*) FROM price_bars WHERE is_legacy AND data_source = 'mbp-1'"
         ),
@@ -86,19 +72,7 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
 
     // Phase 2-5: trades bars arrive for the same minutes; both coexist, trades win in bars()
     let file = scratch("old_app.dbn.zst");
-    let out = feeder(
-        &[
-            "generate",
-            "--symbols",
-            "5",
-            "--trades",
-            "20000",
-            "--out",
-            &file.display().to_string(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    generate_into(&file, 5, 20000, &[]);
     let out = feeder(
         &["replay", &file.display().to_string(), "--rollup"],
         Some(&db),
@@ -106,7 +80,7 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
     assert!(out.status.success(), "{}", text(&out));
     let wgrx_minutes = "('WGRX', '2025-10-24 14:30+00', '2025-10-24 15:30+00'";
     assert_eq!(
-        sql::<i64>(
+        one::<i64>(
             &db,
             &format!("SELECT count(*) FROM bars{wgrx_minutes}) WHERE data_source <> 'trades'")
         ),
@@ -114,21 +88,21 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
     );
     // with legacy: one bar per minute, the trades bar wherever there is one
     assert_eq!(
-        sql::<i64>(
+        one::<i64>(
             &db,
             &format!("SELECT count(*) FROM bars{wgrx_minutes}, include_legacy => true)")
         ),
         60
     );
     assert_eq!(
-        sql::<i64>(&db, &format!("SELECT count(*) FROM bars{wgrx_minutes}, include_legacy => true) WHERE NOT is_legacy")),
-        sql::<i64>(&db, "SELECT count(*) FROM price_bars WHERE symbol = 'WGRX' AND data_source = 'trades' AND \"timestamp\" < '2025-10-24 15:30+00'")
+        one::<i64>(&db, &format!("SELECT count(*) FROM bars{wgrx_minutes}, include_legacy => true) WHERE NOT is_legacy")),
+        one::<i64>(&db, "SELECT count(*) FROM price_bars WHERE symbol = 'WGRX' AND data_source = 'trades' AND \"timestamp\" < '2025-10-24 15:30+00'")
     );
     assert_eq!(
-        sql::<i64>(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        one::<i64>(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
         120
     );
-    let status: i64 = sql(&db, "SELECT count(*) FROM migration_status()");
+    let status: i64 = one(&db, "SELECT count(*) FROM migration_status()");
     assert_eq!(status, 2);
     let passed: Vec<(String, bool)> = connect(&db)
         .query("SELECT criterion, passed FROM migration_check()", &[])
@@ -151,10 +125,10 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
 
     // Option A: soft delete, and back
     let legacy_digest = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM (SELECT id, symbol, \"timestamp\", open, high, low, close, volume, trade_count, created_at, is_legacy, data_source, migrated_at FROM price_bars WHERE is_legacy) t";
-    let digest: String = sql(&db, legacy_digest);
-    assert_eq!(sql::<i64>(&db, "SELECT soft_delete_legacy()"), 120);
+    let digest: String = one(&db, legacy_digest);
+    assert_eq!(one::<i64>(&db, "SELECT soft_delete_legacy()"), 120);
     assert_eq!(
-        sql::<i64>(
+        one::<i64>(
             &db,
             &format!(
                 "SELECT count(*) FROM bars{wgrx_minutes}, include_legacy => true) WHERE is_legacy"
@@ -166,61 +140,48 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
         .contains("in no archive or backup table"));
     assert!(error_of(&db, "SELECT purge_deleted('-1 day')").contains("must not be negative"));
     assert!(error_of(&db, "SELECT purge_deleted(NULL)").contains("must not be NULL"));
-    assert_eq!(sql::<i64>(&db, "SELECT restore_legacy()"), 120);
-    assert_eq!(sql::<String>(&db, legacy_digest), digest);
+    assert_eq!(one::<i64>(&db, "SELECT restore_legacy()"), 120);
+    assert_eq!(one::<String>(&db, legacy_digest), digest);
 
     // Option C refuses without a copy; Option B archives and restores identically
     assert!(error_of(&db, "SELECT hard_delete_legacy()").contains("in no archive or backup table"));
-    assert_eq!(sql::<i64>(&db, "SELECT archive_legacy()"), 120);
+    assert_eq!(one::<i64>(&db, "SELECT archive_legacy()"), 120);
     assert_eq!(
-        sql::<i64>(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        one::<i64>(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
         0
     );
     assert_eq!(
-        sql::<i64>(&db, "SELECT count(*) FROM price_bars_legacy"),
+        one::<i64>(&db, "SELECT count(*) FROM price_bars_legacy"),
         120
     );
-    assert_eq!(sql::<i64>(&db, "SELECT restore_legacy()"), 120);
-    assert_eq!(sql::<String>(&db, legacy_digest), digest);
+    assert_eq!(one::<i64>(&db, "SELECT restore_legacy()"), 120);
+    assert_eq!(one::<String>(&db, legacy_digest), digest);
 
     // Rollback: trades bars go, every legacy bar stays as it was
-    let trades_bars: i64 = sql(
+    let trades_bars: i64 = one(
         &db,
         "SELECT count(*) FROM price_bars WHERE data_source = 'trades'",
     );
     assert!(trades_bars > 1000);
-    assert_eq!(sql::<i64>(&db, "SELECT rollback_trades()"), trades_bars);
-    assert_eq!(sql::<String>(&db, legacy_digest), digest);
+    assert_eq!(one::<i64>(&db, "SELECT rollback_trades()"), trades_bars);
+    assert_eq!(one::<String>(&db, legacy_digest), digest);
 
     // Option C with a backup table the DBA made
     connect(&db)
         .batch_execute("CREATE TABLE price_bars_backup AS SELECT * FROM price_bars")
         .expect("backup");
     assert_eq!(
-        sql::<i64>(&db, "SELECT hard_delete_legacy('price_bars_backup')"),
+        one::<i64>(&db, "SELECT hard_delete_legacy('price_bars_backup')"),
         120
     );
-    assert_eq!(sql::<i64>(&db, "SELECT count(*) FROM price_bars"), 0);
+    assert_eq!(one::<i64>(&db, "SELECT count(*) FROM price_bars"), 0);
 }
 
 #[test]
 fn bars_buckets_roll_minutes_up_exactly() {
     let db = fresh_db("buckets", "");
     let file = scratch("buckets.dbn.zst");
-    assert!(feeder(
-        &[
-            "generate",
-            "--symbols",
-            "3",
-            "--trades",
-            "30000",
-            "--out",
-            &file.display().to_string()
-        ],
-        None
-    )
-    .status
-    .success());
+    generate_into(&file, 3, 30000, &[]);
     assert!(feeder(
         &["replay", &file.display().to_string(), "--rollup"],
         Some(&db)
@@ -229,7 +190,7 @@ fn bars_buckets_roll_minutes_up_exactly() {
     .success());
     let range = "'WGRX', '2025-10-24 14:30+00', '2025-10-24 21:00+00'";
     // an hour bucket equals its minute bars: first open, last close, max, min, sums
-    let mismatches: i64 = sql(
+    let mismatches: i64 = one(
         &db,
         &format!(
             "WITH m AS (SELECT * FROM bars({range})),
@@ -243,18 +204,18 @@ fn bars_buckets_roll_minutes_up_exactly() {
     );
     assert_eq!(mismatches, 0);
     assert_eq!(
-        sql::<i64>(
+        one::<i64>(
             &db,
             &format!("SELECT count(*) FROM bars({range}, bucket => '1 hour')")
         ),
         7
     );
     assert_eq!(
-        sql::<i64>(
+        one::<i64>(
             &db,
             &format!("SELECT sum(volume)::bigint FROM bars({range}, bucket => '1 day')")
         ),
-        sql::<i64>(
+        one::<i64>(
             &db,
             "SELECT sum(volume)::bigint FROM price_bars WHERE symbol = 'WGRX'"
         )
@@ -282,11 +243,11 @@ fn bars_buckets_roll_minutes_up_exactly() {
     .contains("before start"));
     // a symbol holding SQL is just a symbol that has no bars
     assert_eq!(
-        sql::<i64>(
+        one::<i64>(
             &db,
             "SELECT count(*) FROM bars('x''; DROP TABLE price_bars; --', '-infinity', 'infinity')"
         ),
         0
     );
-    assert!(sql::<i64>(&db, "SELECT count(*) FROM price_bars") > 0);
+    assert!(one::<i64>(&db, "SELECT count(*) FROM price_bars") > 0);
 }

@@ -23,27 +23,6 @@ fn replay(db: &str, file: &Path, rollup: bool) -> String {
     text(&out)
 }
 
-/// The bars of one source, in the oracle's form (trade_count as stored).
-fn bars_of(db: &str, source: &str) -> BTreeMap<BarKey, BarVal> {
-    connect(db)
-        .query(
-            "SELECT symbol, extract(epoch FROM \"timestamp\")::bigint,
-                    (open * 1000000000)::bigint, (high * 1000000000)::bigint,
-                    (low * 1000000000)::bigint, (close * 1000000000)::bigint, volume, trade_count
-             FROM price_bars WHERE data_source = $1",
-            &[&source],
-        )
-        .expect("reading price_bars")
-        .into_iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1)),
-                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)),
-            )
-        })
-        .collect()
-}
-
 /// OHLCV only: official bars carry no trade count.
 fn ohlcv(bars: &BTreeMap<BarKey, BarVal>) -> BTreeMap<BarKey, (i64, i64, i64, i64, i64)> {
     bars.iter()
@@ -68,8 +47,8 @@ fn official_bars_equal_the_trades_bars_of_the_same_minutes() {
         "{out}"
     );
 
-    let from_trades = bars_of(&db, "trades");
-    let from_official = bars_of(&db, "ohlcv-1m");
+    let from_trades = stored_bars_of(&db, "trades");
+    let from_official = stored_bars_of(&db, "ohlcv-1m");
     assert_eq!(from_trades, oracle(&trades));
     assert_eq!(ohlcv(&from_official), ohlcv(&from_trades));
     assert!(
@@ -79,7 +58,7 @@ fn official_bars_equal_the_trades_bars_of_the_same_minutes() {
 
     // loading the file again changes nothing
     replay(&db, &official, false);
-    assert_eq!(bars_of(&db, "ohlcv-1m"), from_official);
+    assert_eq!(stored_bars_of(&db, "ohlcv-1m"), from_official);
 
     // bars(): the trades bar wins in each minute; without trades bars, the official one
     let symbol = "WGRX";
@@ -101,7 +80,7 @@ fn official_bars_equal_the_trades_bars_of_the_same_minutes() {
         .expect("rollback");
     assert_eq!(sources(&db), vec![("ohlcv-1m".to_string(), false)]);
     assert_eq!(
-        bars_of(&db, "ohlcv-1m"),
+        stored_bars_of(&db, "ohlcv-1m"),
         from_official,
         "rollback_trades keeps them"
     );
@@ -138,7 +117,7 @@ fn official_bars_equal_the_trades_bars_of_the_same_minutes() {
     connect(&db)
         .batch_execute("SELECT mark_legacy()")
         .expect("mark_legacy");
-    assert_eq!(bars_of(&db, "ohlcv-1m"), from_official);
+    assert_eq!(stored_bars_of(&db, "ohlcv-1m"), from_official);
     assert_eq!(
         count(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
         0
@@ -253,13 +232,12 @@ fn the_real_ohlcv_1m_sample_loads_as_it_is() {
     assert!(!expected.is_empty());
     let db = fresh_db("official_sample", "");
     replay(&db, &file, false);
-    assert_eq!(bars_of(&db, "ohlcv-1m"), expected);
+    assert_eq!(stored_bars_of(&db, "ohlcv-1m"), expected);
 }
 
 #[test]
 fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
     use tradebars_tests::historical::FakeHistorical;
-    const KEY: &str = "db-tradebarsTestKey0123456789abc";
     let trades = generate("official-backfill.dbn.zst", 5, 8000, 73);
     let (official, n) = official_file(
         &trades,
@@ -269,9 +247,9 @@ fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
     );
     let expected = ohlcv(&oracle(&trades));
     assert_eq!(expected.len(), n);
-    let api = FakeHistorical::start(&official, KEY, vec![]);
+    let api = FakeHistorical::start(&official, TEST_API_KEY, vec![]);
     let db = fresh_db("official_backfill", "");
-    let out = api.backfill(&db, KEY, "ohlcv-1m", &["--chunk-minutes", "45"]);
+    let out = api.backfill(&db, TEST_API_KEY, "ohlcv-1m", &["--chunk-minutes", "45"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
@@ -280,11 +258,11 @@ fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
         "{}",
         text(&out)
     );
-    assert_eq!(ohlcv(&bars_of(&db, "ohlcv-1m")), expected);
+    assert_eq!(ohlcv(&stored_bars_of(&db, "ohlcv-1m")), expected);
     // again, cut otherwise: the same bars, each once
-    let out = api.backfill(&db, KEY, "ohlcv-1m", &["--chunk-minutes", "7"]);
+    let out = api.backfill(&db, TEST_API_KEY, "ohlcv-1m", &["--chunk-minutes", "7"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(ohlcv(&bars_of(&db, "ohlcv-1m")), expected);
+    assert_eq!(ohlcv(&stored_bars_of(&db, "ohlcv-1m")), expected);
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
 
     // a refused key: its own exit code, nothing loaded
@@ -296,7 +274,7 @@ fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
         .batch_execute("SELECT set_bar_clock('ts_event')")
         .expect("the exchange clock");
     let asked = api.requests.load(std::sync::atomic::Ordering::SeqCst);
-    let out = api.backfill(&event, KEY, "ohlcv-1m", &[]);
+    let out = api.backfill(&event, TEST_API_KEY, "ohlcv-1m", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("on the ts_event clock"),
@@ -355,7 +333,7 @@ fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
 
     // other intervals are refused before anything is asked of the API, and live refuses bars
     let asked = api.requests.load(std::sync::atomic::Ordering::SeqCst);
-    let out = api.backfill(&db, KEY, "ohlcv-1h", &[]);
+    let out = api.backfill(&db, TEST_API_KEY, "ohlcv-1h", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("price_bars holds minute bars"),
@@ -384,5 +362,5 @@ fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
         "{}",
         text(&out)
     );
-    assert_eq!(ohlcv(&bars_of(&db, "ohlcv-1m")), expected);
+    assert_eq!(ohlcv(&stored_bars_of(&db, "ohlcv-1m")), expected);
 }

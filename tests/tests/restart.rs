@@ -3,7 +3,6 @@
 //! of its own, because it restarts the shared test cluster.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use tradebars_tests::*;
 
@@ -14,26 +13,10 @@ fn a_postgres_crash_mid_copy_loses_nothing_committed_and_stages_nothing_half() {
     let second = scratch("crash-second.dbn.zst");
     // two trading days: different trades of the same instruments
     for (file, trades, seed, date) in [
-        (&first, "20000", "51", "2025-10-24"),
-        (&second, "1000000", "52", "2025-10-27"),
+        (&first, 20000, "51", "2025-10-24"),
+        (&second, 1000000, "52", "2025-10-27"),
     ] {
-        let out = feeder(
-            &[
-                "generate",
-                "--symbols",
-                "50",
-                "--trades",
-                trades,
-                "--seed",
-                seed,
-                "--date",
-                date,
-                "--out",
-                &file.display().to_string(),
-            ],
-            None,
-        );
-        assert!(out.status.success(), "{}", text(&out));
+        generate_into(file, 50, trades, &["--seed", seed, "--date", date]);
     }
     assert!(feeder(
         &["replay", &first.display().to_string(), "--rollup"],
@@ -49,11 +32,7 @@ fn a_postgres_crash_mid_copy_loses_nothing_committed_and_stages_nothing_half() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the feeder");
-    let start = Instant::now();
-    while count(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'") == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the feeder never started copying");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'");
     crash_restart_cluster();
     let out = child.wait_with_output().expect("feeder");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

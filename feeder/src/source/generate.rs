@@ -1,6 +1,12 @@
 //! Synthetic TRADES data for demos and benchmarks: real DBN with symbology, many symbols with
 //! skewed activity, random-walk prices on a cent grid, bursty arrivals (quiet and busy
 //! spells, sweeps of several trades in the same nanosecond). Deterministic for a given seed.
+//!
+//! `Market` is the model (which trade comes next, when, at what price and size) and
+//! `DbnWriter` writes its trades; they share nothing but the trades handed from one to the
+//! other. The model draws every random number, in an order that is part of the file format:
+//! the same seed must keep giving the same bytes, so a change that reorders the draws is a
+//! change of every generated file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -22,6 +28,10 @@ const PUBLISHER_ID: u16 = 2;
 const CENT: i64 = 10_000_000; // fixed-point 1e-9
 const SESSION_OPEN_SECS: i64 = 14 * 3600 + 30 * 60; // 09:30 New York in winter, as UTC
 const SESSION_SECS: i64 = 6 * 3600 + 30 * 60;
+/// Instrument ids are 1000 and up, in the order of the symbols.
+const FIRST_INSTRUMENT_ID: usize = 1000;
+/// Busy and quiet spells: (probability, gap factor).
+const SPELLS: [(f64, f64); 3] = [(0.25, 0.2), (0.5, 1.0), (0.25, 4.0)];
 
 #[derive(Debug, Clone)]
 pub struct GenerateSpec {
@@ -37,6 +47,16 @@ pub struct Generated {
     pub symbols: usize,
     pub first_ts: u64,
     pub last_ts: u64,
+}
+
+impl Generated {
+    fn add(&mut self, ts_recv: u64) {
+        if self.trades == 0 {
+            self.first_ts = ts_recv;
+        }
+        self.trades += 1;
+        self.last_ts = ts_recv;
+    }
 }
 
 /// Ticker-like symbols: WGRX (the screener's example) first, then distinct 3-4 letter names.
@@ -61,6 +81,23 @@ fn session_start_ns(date: time::Date) -> i64 {
     (midnight + SESSION_OPEN_SECS) * 1_000_000_000
 }
 
+/// The trading session of a day, in ns: `[start, end)`.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    start: i64,
+    end: i64,
+}
+
+impl Session {
+    fn of(date: time::Date) -> Session {
+        let start = session_start_ns(date);
+        Session {
+            start,
+            end: start + SESSION_SECS * 1_000_000_000,
+        }
+    }
+}
+
 pub fn generate(
     spec: &GenerateSpec,
     out: &Path,
@@ -73,49 +110,316 @@ pub fn generate(
     }
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let names = symbols(spec.symbols, &mut rng);
-    let start = session_start_ns(spec.date);
-    let end = start + SESSION_SECS * 1_000_000_000;
-    let next_day = spec.date.next_day().unwrap_or(spec.date);
+    let session = Session::of(spec.date);
+    let mut writer = DbnWriter::create(out, &metadata(spec.date, &names, session))?;
+    let mut market = Market::open(rng, names.len(), spec.trades, session);
+    let mut made = Generated {
+        symbols: names.len(),
+        ..Default::default()
+    };
+    for i in 0..spec.trades {
+        let trade = market.next_trade(i);
+        writer.write(&trade.record())?;
+        made.add(trade.ts_recv as u64);
+        if i % 100_000 == 0 {
+            progress(i);
+        }
+    }
+    writer.finish()?;
+    progress(spec.trades);
+    Ok(made)
+}
+
+/// The file's metadata: TRADES of `names` over the session, each symbol mapped to its
+/// instrument id for the day.
+fn metadata(date: time::Date, names: &[String], session: Session) -> Metadata {
+    let next_day = date.next_day().unwrap_or(date);
     let mappings = names
         .iter()
         .enumerate()
         .map(|(i, s)| SymbolMapping {
             raw_symbol: s.clone(),
             intervals: vec![MappingInterval {
-                start_date: spec.date,
+                start_date: date,
                 end_date: next_day,
-                symbol: (1000 + i).to_string(),
+                symbol: (FIRST_INSTRUMENT_ID + i).to_string(),
             }],
         })
         .collect();
-    let metadata = Metadata::builder()
+    Metadata::builder()
         .dataset(DATASET.to_string())
         .schema(Some(Schema::Trades))
-        .start(start as u64)
-        .end(NonZeroU64::new(end as u64))
+        .start(session.start as u64)
+        .end(NonZeroU64::new(session.end as u64))
         .stype_in(Some(SType::RawSymbol))
         .stype_out(SType::InstrumentId)
-        .symbols(names.clone())
+        .symbols(names.to_vec())
         .mappings(mappings)
-        .build();
-    let file = File::create(out).map_err(|e| FeederError::io(out, e))?;
-    let writer = BufWriter::with_capacity(1 << 20, file);
-    let zstd = out.extension().is_some_and(|e| e == "zst");
-    let enc_err = |e: dbn::Error| FeederError::Decode {
-        file: out.to_path_buf(),
-        msg: format!("writing DBN: {e}"),
-    };
-    let sink: Box<dyn Write> = if zstd {
-        let z =
-            zstd::stream::write::Encoder::new(writer, 3).map_err(|e| FeederError::io(out, e))?;
-        Box::new(z.auto_finish())
-    } else {
-        Box::new(writer)
-    };
-    let mut encoder = Encoder::new(sink, &metadata).map_err(enc_err)?;
+        .build()
+}
 
-    // Activity is skewed: symbol k trades about 1/(k+1)^0.8 as often as the first.
-    let weights: Vec<f64> = (0..names.len())
+/// Encodes records into a DBN file, zstd-compressed when its name ends in `.zst`.
+struct DbnWriter<'a> {
+    path: &'a Path,
+    encoder: Encoder<Box<dyn Write>>,
+}
+
+impl<'a> DbnWriter<'a> {
+    /// Creates the file and writes the metadata.
+    fn create(path: &'a Path, metadata: &Metadata) -> Result<DbnWriter<'a>, FeederError> {
+        let file = File::create(path).map_err(|e| FeederError::io(path, e))?;
+        let writer = BufWriter::with_capacity(1 << 20, file);
+        let zstd = path.extension().is_some_and(|e| e == "zst");
+        let sink: Box<dyn Write> = if zstd {
+            let z = zstd::stream::write::Encoder::new(writer, 3)
+                .map_err(|e| FeederError::io(path, e))?;
+            // the frame is finished when the writer is dropped, after the last flush
+            Box::new(z.auto_finish())
+        } else {
+            Box::new(writer)
+        };
+        let encoder = Encoder::new(sink, metadata).map_err(|e| encode_error(path, e))?;
+        Ok(DbnWriter { path, encoder })
+    }
+
+    fn write(&mut self, record: &TradeMsg) -> Result<(), FeederError> {
+        self.encoder
+            .encode_record(record)
+            .map_err(|e| encode_error(self.path, e))
+    }
+
+    fn finish(mut self) -> Result<(), FeederError> {
+        self.encoder.flush().map_err(|e| encode_error(self.path, e))
+    }
+}
+
+fn encode_error(path: &Path, e: dbn::Error) -> FeederError {
+    FeederError::Decode {
+        file: path.to_path_buf(),
+        msg: format!("writing DBN: {e}"),
+    }
+}
+
+/// One trade the market made; `symbol` indexes the symbols.
+#[derive(Debug, Clone, Copy)]
+struct Trade {
+    symbol: usize,
+    ts_event: i64,
+    ts_recv: i64,
+    price: i64,
+    size: u32,
+    side: u8,
+    sequence: u32,
+}
+
+impl Trade {
+    fn record(&self) -> TradeMsg {
+        TradeMsg {
+            hd: RecordHeader::new::<TradeMsg>(
+                dbn::rtype::MBP_0,
+                PUBLISHER_ID,
+                (FIRST_INSTRUMENT_ID + self.symbol) as u32,
+                self.ts_event as u64,
+            ),
+            price: self.price,
+            size: self.size,
+            action: b'T' as std::ffi::c_char,
+            side: self.side as std::ffi::c_char,
+            flags: FlagSet::empty(),
+            depth: 0,
+            ts_recv: self.ts_recv as u64,
+            ts_in_delta: 0,
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// When trades arrive: exponential gaps scaled by the current busy or quiet spell.
+#[derive(Debug)]
+struct Arrivals {
+    /// The mean gap, scaled so the session is filled on average.
+    ns_per_unit: f64,
+    spell_left: u32,
+    spell_factor: f64,
+    /// Receipt time of the last arrival, ns.
+    clock: f64,
+}
+
+impl Arrivals {
+    fn new(session: Session, trades: u64) -> Arrivals {
+        let mean_factor: f64 = SPELLS.iter().map(|(p, m)| p * m).sum();
+        Arrivals {
+            ns_per_unit: (session.end - session.start) as f64 / trades as f64 / mean_factor,
+            spell_left: 0,
+            spell_factor: 1.0,
+            clock: session.start as f64,
+        }
+    }
+
+    /// Moves the clock to the next arrival, starting a new spell when the last one is over.
+    fn next(&mut self, rng: &mut StdRng) {
+        if self.spell_left == 0 {
+            self.start_spell(rng);
+        }
+        self.spell_left -= 1;
+        let gap = -rng.gen::<f64>().max(1e-12).ln() * self.spell_factor * self.ns_per_unit;
+        self.clock += gap;
+    }
+
+    fn start_spell(&mut self, rng: &mut StdRng) {
+        let r: f64 = rng.gen();
+        let mut p = 0.0;
+        for (prob, factor) in SPELLS {
+            p += prob;
+            if r <= p {
+                self.spell_factor = 1.0 / factor;
+                break;
+            }
+        }
+        self.spell_left = rng.gen_range(50..2000);
+    }
+}
+
+/// The model: many symbols with skewed activity, each a random walk on the cent grid.
+struct Market {
+    rng: StdRng,
+    /// Cumulative share of the trades by symbol, for drawing the next symbol.
+    cumulative: Vec<f64>,
+    prices: Vec<i64>,
+    arrivals: Arrivals,
+    end: i64,
+    trades: u64,
+    /// Trades left in the current sweep: same symbol, same ts_recv, same sequence.
+    sweep_left: u32,
+    symbol: usize,
+    latency: i64,
+    last_size: u32,
+    sequence: u32,
+}
+
+impl Market {
+    /// A market of `symbols` that will make `trades` trades in `session`; the opening
+    /// prices are the first draws of `rng` after the symbols'.
+    fn open(mut rng: StdRng, symbols: usize, trades: u64, session: Session) -> Market {
+        let prices = (0..symbols)
+            .map(|_| (rng.gen_range(1.0f64..6.2).exp() * 100.0).round() as i64 * CENT)
+            .collect();
+        Market {
+            rng,
+            cumulative: activity(symbols),
+            prices,
+            arrivals: Arrivals::new(session, trades),
+            end: session.end,
+            trades,
+            sweep_left: 0,
+            symbol: 0,
+            latency: 0,
+            last_size: 0,
+            sequence: 1_000,
+        }
+    }
+
+    /// Trade number `i` (from 0).
+    fn next_trade(&mut self, i: u64) -> Trade {
+        let in_sweep = self.sweep_left > 0;
+        if in_sweep {
+            self.sweep_left -= 1;
+        } else {
+            self.next_arrival();
+        }
+        let ts_recv = self.receipt_time(i);
+        if !in_sweep {
+            self.latency = self.next_latency();
+        }
+        let (price, repeat) = self.next_price(in_sweep);
+        let size = self.next_size(repeat);
+        if !in_sweep {
+            self.sequence = self.sequence.wrapping_add(1);
+        }
+        Trade {
+            symbol: self.symbol,
+            ts_event: ts_recv - self.latency,
+            ts_recv,
+            price,
+            size,
+            side: [b'A', b'B', b'N'][self.rng.gen_range(0..3)],
+            sequence: self.sequence,
+        }
+    }
+
+    /// A new arrival: its time, its symbol, and whether it starts a sweep.
+    fn next_arrival(&mut self) {
+        self.arrivals.next(&mut self.rng);
+        let r: f64 = self.rng.gen();
+        self.symbol = self
+            .cumulative
+            .partition_point(|c| *c < r)
+            .min(self.prices.len() - 1);
+        if self.rng.gen_ratio(1, 40) {
+            self.sweep_left = self.rng.gen_range(1..5);
+        }
+    }
+
+    /// The clock is receipt time: Databento delivers in ts_recv order. Never past the
+    /// session's end, and never a pile-up at it: past the ceiling, one nanosecond apart.
+    fn receipt_time(&self, i: u64) -> i64 {
+        let ceiling = self.end - 1 - (self.trades - i) as i64;
+        (self.arrivals.clock as i64).min(ceiling)
+    }
+
+    /// How much earlier than its receipt the exchange stamped a trade: a little, now and then
+    /// a good deal (a late print), so some trades fall in an earlier minute by ts_event than
+    /// by ts_recv.
+    fn next_latency(&mut self) -> i64 {
+        if self.rng.gen_ratio(1, 100) {
+            self.rng.gen_range(50_000..3_000_000_000) // a print reported late, up to 3 s
+        } else {
+            self.rng.gen_range(1_000..50_000)
+        }
+    }
+
+    /// The trade's price, and whether it repeats the previous fill exactly. A sweep walks the
+    /// book one way; now and then a fill of it repeats the previous one.
+    fn next_price(&mut self, in_sweep: bool) -> (i64, bool) {
+        let step: i64 = match self.rng.gen_range(0..100) {
+            0..=29 => -1,
+            30..=69 => 0,
+            70..=98 => 1,
+            _ => self.rng.gen_range(-10..=10),
+        };
+        let repeat = in_sweep && self.rng.gen_ratio(1, 8);
+        let last = self.prices[self.symbol];
+        let price = if repeat {
+            last
+        } else if in_sweep {
+            (last - CENT).max(CENT)
+        } else {
+            (last + step * CENT).max(CENT)
+        };
+        self.prices[self.symbol] = price;
+        (price, repeat)
+    }
+
+    /// Odd lots, round lots and blocks; a repeated fill keeps the previous size.
+    fn next_size(&mut self, repeat: bool) -> u32 {
+        let size = if repeat {
+            self.last_size
+        } else {
+            match self.rng.gen_range(0..10) {
+                0..=5 => self.rng.gen_range(1..100),
+                6..=8 => 100 * self.rng.gen_range(1..=5),
+                _ => self.rng.gen_range(1000..10000),
+            }
+        };
+        self.last_size = size;
+        size
+    }
+}
+
+/// Activity is skewed: symbol k trades about 1/(k+1)^0.8 as often as the first. The
+/// cumulative shares, the last about 1.
+fn activity(symbols: usize) -> Vec<f64> {
+    let weights: Vec<f64> = (0..symbols)
         .map(|k| 1.0 / ((k + 1) as f64).powf(0.8))
         .collect();
     let total: f64 = weights.iter().sum();
@@ -125,125 +429,7 @@ pub fn generate(
         acc += w / total;
         cumulative.push(acc);
     }
-    let mut prices: Vec<i64> = (0..names.len())
-        .map(|_| (rng.gen_range(1.0f64..6.2).exp() * 100.0).round() as i64 * CENT)
-        .collect();
-    // Busy and quiet spells: the mean gap is scaled so the session is filled on average.
-    let spells = [(0.25, 0.2), (0.5, 1.0), (0.25, 4.0)];
-    let mean_factor: f64 = spells.iter().map(|(p, m)| p * m).sum();
-    let ns_per_unit = (end - start) as f64 / spec.trades as f64 / mean_factor;
-    let mut spell_left = 0u32;
-    let mut spell_factor = 1.0;
-    let mut clock = start as f64;
-    let mut sequence: u32 = 1_000;
-    let mut sweep_left = 0u32;
-    let mut latency = 0i64;
-    let mut last_size = 0u32;
-    let mut symbol = 0usize;
-    let mut made = Generated {
-        symbols: names.len(),
-        ..Default::default()
-    };
-    for i in 0..spec.trades {
-        let in_sweep = sweep_left > 0;
-        if in_sweep {
-            sweep_left -= 1; // same symbol, same ts_recv, same sequence
-        } else {
-            if spell_left == 0 {
-                let r: f64 = rng.gen();
-                let mut p = 0.0;
-                for (prob, factor) in spells {
-                    p += prob;
-                    if r <= p {
-                        spell_factor = 1.0 / factor;
-                        break;
-                    }
-                }
-                spell_left = rng.gen_range(50..2000);
-            }
-            spell_left -= 1;
-            let gap = -rng.gen::<f64>().max(1e-12).ln() * spell_factor * ns_per_unit;
-            clock += gap;
-            let r: f64 = rng.gen();
-            symbol = cumulative.partition_point(|c| *c < r).min(names.len() - 1);
-            if rng.gen_ratio(1, 40) {
-                sweep_left = rng.gen_range(1..5);
-            }
-        }
-        // The clock is receipt time: Databento delivers in ts_recv order. The exchange
-        // stamped the trade a little earlier, now and then a good deal earlier (a late
-        // print), so some trades fall in an earlier minute by ts_event than by ts_recv.
-        // Never past the session's end, and never a pile-up at it: past the ceiling, one
-        // nanosecond apart.
-        let ceiling = end - 1 - (spec.trades - i) as i64;
-        let ts_recv = (clock as i64).min(ceiling);
-        if !in_sweep {
-            latency = if rng.gen_ratio(1, 100) {
-                rng.gen_range(50_000..3_000_000_000) // a print reported late, up to 3 s
-            } else {
-                rng.gen_range(1_000..50_000)
-            };
-        }
-        let ts_event = ts_recv - latency;
-        let step: i64 = match rng.gen_range(0..100) {
-            0..=29 => -1,
-            30..=69 => 0,
-            70..=98 => 1,
-            _ => rng.gen_range(-10..=10),
-        };
-        // A sweep walks the book one way; now and then a fill repeats the previous one exactly.
-        let repeat = in_sweep && rng.gen_ratio(1, 8);
-        let price = if repeat {
-            prices[symbol]
-        } else if in_sweep {
-            (prices[symbol] - CENT).max(CENT)
-        } else {
-            (prices[symbol] + step * CENT).max(CENT)
-        };
-        prices[symbol] = price;
-        let size: u32 = if repeat {
-            last_size
-        } else {
-            match rng.gen_range(0..10) {
-                0..=5 => rng.gen_range(1..100),
-                6..=8 => 100 * rng.gen_range(1..=5),
-                _ => rng.gen_range(1000..10000),
-            }
-        };
-        last_size = size;
-        if !in_sweep {
-            sequence = sequence.wrapping_add(1);
-        }
-        let rec = TradeMsg {
-            hd: RecordHeader::new::<TradeMsg>(
-                dbn::rtype::MBP_0,
-                PUBLISHER_ID,
-                1000 + symbol as u32,
-                ts_event as u64,
-            ),
-            price,
-            size,
-            action: b'T' as std::ffi::c_char,
-            side: [b'A', b'B', b'N'][rng.gen_range(0..3)] as std::ffi::c_char,
-            flags: FlagSet::empty(),
-            depth: 0,
-            ts_recv: ts_recv as u64,
-            ts_in_delta: 0,
-            sequence,
-        };
-        encoder.encode_record(&rec).map_err(enc_err)?;
-        if made.trades == 0 {
-            made.first_ts = ts_recv as u64;
-        }
-        made.trades += 1;
-        made.last_ts = ts_recv as u64;
-        if i % 100_000 == 0 {
-            progress(i);
-        }
-    }
-    encoder.flush().map_err(enc_err)?;
-    progress(spec.trades);
-    Ok(made)
+    cumulative
 }
 
 #[cfg(test)]
