@@ -11,8 +11,8 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, Internal, PgTupleDesc};
 
-/// Databento's undefined price.
-pub const UNDEF_PRICE: i64 = i64::MAX;
+use tradebars_contract::{reject, MAX_SIZE};
+pub use tradebars_contract::UNDEF_PRICE;
 
 /// Where a trade stands in the market's order: event time, then the publisher's sequence
 /// (sequence numbers are per publisher, so the publisher id breaks ties between venues).
@@ -53,11 +53,11 @@ pub struct Bar {
 /// Databento's sizes are `u32`: a larger one is not a Databento trade.
 pub fn reject_reason(price: i64, size: i64) -> Option<&'static str> {
     if price == UNDEF_PRICE {
-        Some("undefined price")
+        Some(reject::UNDEFINED_PRICE)
     } else if size <= 0 {
-        Some("size not positive")
-    } else if size > i64::from(u32::MAX) {
-        Some("size out of range")
+        Some(reject::SIZE_NOT_POSITIVE)
+    } else if size > MAX_SIZE {
+        Some(reject::SIZE_OUT_OF_RANGE)
     } else {
         None
     }

@@ -7,17 +7,13 @@
 
 use pgrx::prelude::*;
 
-/// Advisory lock keys: (TRADEBARS_LOCK_CLASS, one of these).
-pub const TRADEBARS_LOCK_CLASS: i32 = 0x7462; // "tb"
-pub const ROLLUP_LOCK: i32 = 2;
+use tradebars_contract::reject;
+pub use tradebars_contract::{lock, BARS_CHANNEL, NS_PER_MINUTE, STAGING_SLOTS as SLOTS};
+use tradebars_contract::{MAX_SIZE, UNDEF_PRICE};
 
 /// work_mem for the rollup's hash aggregate (at least; a larger setting is kept).
 const ROLLUP_WORK_MEM: &str = "256MB";
 
-/// The channel each rollup that changes bars notifies, with its id (sql/changes.sql).
-pub const BARS_CHANNEL: &str = "tradebars_bars";
-
-pub const SLOTS: [&str; 2] = ["trades_staging_0", "trades_staging_1"];
 
 /// The slot the feeder is not writing to after the epoch moved to `epoch`.
 pub fn quiet_slot(epoch: i64) -> &'static str {
@@ -75,13 +71,13 @@ impl Clock {
 fn unusable(clock: Clock, recv_bounded: bool) -> String {
     let t = clock.time();
     let recv = if recv_bounded && clock != Clock::Recv {
-        " OR ts_recv / 60000000000 < $1 OR ts_recv / 60000000000 >= $2"
+        format!(" OR ts_recv / {NS_PER_MINUTE} < $1 OR ts_recv / {NS_PER_MINUTE} >= $2")
     } else {
-        ""
+        String::new()
     };
     format!(
-        "symbol = '' OR ts_recv < 0{recv} OR {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 \
-         OR price = 9223372036854775807 OR size <= 0 OR size > 4294967295"
+        "symbol = '' OR ts_recv < 0{recv} OR {t} / {NS_PER_MINUTE} < $1 OR {t} / {NS_PER_MINUTE} >= $2 \
+         OR price = {UNDEF_PRICE} OR size <= 0 OR size > {MAX_SIZE}"
     )
 }
 
@@ -97,13 +93,13 @@ fn census_sql(slot: &str, clock: Clock) -> String {
 /// The minute a staged trade belongs to. Under the event clock a trade without `ts_recv`
 /// takes minute -1, so its group is graded out like any implausible minute; under the recv
 /// clock its minute is 0 already.
-fn minute_of(clock: Clock) -> &'static str {
+fn minute_of(clock: Clock) -> String {
     match clock {
-        Clock::Recv => "ts_recv / 60000000000",
-        Clock::Event => {
-            "CASE WHEN ts_recv < 0 OR ts_recv / 60000000000 < $1 OR ts_recv / 60000000000 >= $2 \
-                  THEN -1 ELSE ts_event / 60000000000 END"
-        }
+        Clock::Recv => format!("ts_recv / {NS_PER_MINUTE}"),
+        Clock::Event => format!(
+            "CASE WHEN ts_recv < 0 OR ts_recv / {NS_PER_MINUTE} < $1 OR ts_recv / {NS_PER_MINUTE} >= $2 \
+                  THEN -1 ELSE ts_event / {NS_PER_MINUTE} END"
+        ),
     }
 }
 
@@ -154,12 +150,12 @@ fn bars_select(bars: Bars<'_>) -> String {
             (
                 "(b).",
                 format!(
-                    "(SELECT symbol, {t} / 60000000000 AS minute, \
+                    "(SELECT symbol, {t} / {NS_PER_MINUTE} AS minute, \
                             ohlcv({t}, {tiebreak}, publisher_id, price, size) AS b \
                       FROM {slot} \
-                      WHERE symbol <> '' AND ts_recv >= 0 AND {t} / 60000000000 >= $1 \
-                        AND {t} / 60000000000 < $2 \
-                      GROUP BY symbol, {t} / 60000000000) agg \
+                      WHERE symbol <> '' AND ts_recv >= 0 AND {t} / {NS_PER_MINUTE} >= $1 \
+                        AND {t} / {NS_PER_MINUTE} < $2 \
+                      GROUP BY symbol, {t} / {NS_PER_MINUTE}) agg \
                      WHERE (b).trade_count > 0"
                 ),
             )
@@ -234,22 +230,28 @@ ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
 fn reject_sql(slot: &str, clock: Clock, with_ord: bool, recv_bounded: bool) -> String {
     let t = clock.time();
     let ord = if with_ord { "ord, " } else { "" };
+    let out = reject::OUT_OF_RANGE;
     let recv = if recv_bounded {
-        "WHEN ts_recv / 60000000000 < $1 OR ts_recv / 60000000000 >= $2 THEN 'ts_recv out of range'\n            "
+        format!(
+            "WHEN ts_recv / {NS_PER_MINUTE} < $1 OR ts_recv / {NS_PER_MINUTE} >= $2 THEN 'ts_recv {out}'\n            "
+        )
     } else {
-        ""
+        String::new()
     };
+    let (no_symbol, no_recv) = (reject::NO_SYMBOL, reject::UNDEFINED_TS_RECV);
+    let (no_price, size_neg, size_big) =
+        (reject::UNDEFINED_PRICE, reject::SIZE_NOT_POSITIVE, reject::SIZE_OUT_OF_RANGE);
     format!(
         r#"
 INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
                              price, size, side, flags, {ord}reason)
 SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags, {ord}
-       CASE WHEN symbol = '' THEN 'no symbol mapping'
-            WHEN ts_recv < 0 THEN 'undefined ts_recv'
-            {recv}WHEN {t} / 60000000000 < $1 OR {t} / 60000000000 >= $2 THEN '{t} out of range'
-            WHEN price = 9223372036854775807 THEN 'undefined price'
-            WHEN size <= 0 THEN 'size not positive'
-            ELSE 'size out of range' END
+       CASE WHEN symbol = '' THEN '{no_symbol}'
+            WHEN ts_recv < 0 THEN '{no_recv}'
+            {recv}WHEN {t} / {NS_PER_MINUTE} < $1 OR {t} / {NS_PER_MINUTE} >= $2 THEN '{t} {out}'
+            WHEN price = {UNDEF_PRICE} THEN '{no_price}'
+            WHEN size <= 0 THEN '{size_neg}'
+            ELSE '{size_big}' END
 FROM {slot}
 WHERE {}
 "#,
@@ -266,104 +268,188 @@ pub struct RollupResult {
 
 type Client<'a> = pgrx::spi::SpiClient<'a>;
 
-/// Runs `sql` with `params` ($1, $2, ...: the minute bounds, or the rollup's id); a failure
-/// is a PostgreSQL ERROR naming the step.
-fn run(client: &mut Client<'_>, sql: &str, params: &[i64], what: &str) -> u64 {
+/// What stops a rollup. Each is raised as one PostgreSQL ERROR with its SQLSTATE, and the
+/// caller's transaction keeps nothing of the rollup (see the module's header).
+#[derive(Debug)]
+enum RollupError {
+    /// A statement of the step `what` failed in SPI (an ERROR PostgreSQL raises itself
+    /// carries its own SQLSTATE and never comes back here).
+    Step {
+        what: &'static str,
+        source: pgrx::spi::SpiError,
+    },
+    /// 25000: under REPEATABLE READ or SERIALIZABLE it would miss trades committed later.
+    Isolation(String),
+    /// 55000: `price_bars` is another application's table until `mark_legacy()`.
+    PriceBarsNotReady,
+    /// XX000: `bar_settings` names a clock this library does not know.
+    UnknownClock(String),
+    /// XX000: `staging_epoch` answered NULL.
+    NoEpoch,
+    /// XX000: the aggregate and the SQL disagree on which trades cannot be counted.
+    RejectsDisagree { unusable: i64, rejected: i64 },
+}
+
+impl std::fmt::Display for RollupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RollupError::Step { what, source } => write!(f, "bars_rollup: {what}: {source}"),
+            RollupError::Isolation(level) => write!(
+                f,
+                "bars_rollup() needs READ COMMITTED isolation (this transaction is {level}): \
+                 it must see every trade committed before it consumes staging"
+            ),
+            RollupError::PriceBarsNotReady => f.write_str(
+                "price_bars was made by another application and lacks the columns trades bars \
+                 need: run SELECT mark_legacy(); first (it keeps every existing bar, marked legacy)",
+            ),
+            RollupError::UnknownClock(name) => write!(f, "bars_rollup: unknown bar clock {name}"),
+            RollupError::NoEpoch => f.write_str("bars_rollup: staging_epoch returned NULL"),
+            RollupError::RejectsDisagree { unusable, rejected } => write!(
+                f,
+                "bars_rollup: {unusable} staged trades cannot be counted but {rejected} were set \
+                 aside; nothing was rolled up"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RollupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RollupError::Step { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl RollupError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            RollupError::Isolation(_) => PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            RollupError::PriceBarsNotReady => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn raise(self) -> ! {
+        ereport!(ERROR, self.sqlstate(), self.to_string())
+    }
+}
+
+type Step<T> = Result<T, RollupError>;
+
+/// Runs `sql` with `params` ($1, $2, ...: the minute bounds, or the rollup's id); returns
+/// the rows it touched. A failure names the step `what`.
+fn run(client: &mut Client<'_>, sql: &str, params: &[i64], what: &'static str) -> Step<u64> {
     let args: Vec<pgrx::datum::DatumWithOid> = params.iter().map(|v| (*v).into()).collect();
     client
         .update(sql, None, &args)
         .map(|t| t.len() as u64)
-        .unwrap_or_else(|e| pgrx::error!("bars_rollup: {what}: {e}"))
+        .map_err(|source| RollupError::Step { what, source })
 }
 
 /// One value of a one-row query.
 fn value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     client: &mut Client<'_>,
     sql: &str,
-) -> Option<T> {
+    what: &'static str,
+) -> Step<Option<T>> {
     client
         .update(sql, None, &[])
         .and_then(|t| t.first().get_one::<T>())
-        .unwrap_or_else(|e| pgrx::error!("bars_rollup: {e}"))
+        .map_err(|source| RollupError::Step { what, source })
+}
+
+/// Two bigint values of a one-row query, NULL read as 0.
+fn two_counts(client: &mut Client<'_>, sql: &str, args: &[i64], what: &'static str) -> Step<(i64, i64)> {
+    let args: Vec<pgrx::datum::DatumWithOid> = args.iter().map(|v| (*v).into()).collect();
+    let (a, b) = client
+        .select(sql, None, &args)
+        .and_then(|t| t.first().get_two::<i64, i64>())
+        .map_err(|source| RollupError::Step { what, source })?;
+    Ok((a.unwrap_or(0), b.unwrap_or(0)))
 }
 
 /// Refuses to run where it could miss trades or has nowhere to write them.
-fn check_preconditions(client: &mut Client<'_>) {
-    let isolation: String =
-        value(client, "SELECT current_setting('transaction_isolation')").unwrap_or_default();
+fn check_preconditions(client: &mut Client<'_>) -> Step<()> {
+    let isolation: String = value(
+        client,
+        "SELECT current_setting('transaction_isolation')",
+        "reading the isolation level",
+    )?
+    .unwrap_or_default();
     if isolation != "read committed" {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
-            format!(
-                "bars_rollup() needs READ COMMITTED isolation (this transaction is {isolation}): \
-                 it must see every trade committed before it consumes staging"
-            )
-        );
+        return Err(RollupError::Isolation(isolation));
     }
-    if !value::<bool>(client, "SELECT price_bars_is_ready()").unwrap_or(false) {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "price_bars was made by another application and lacks the columns trades bars need: \
-             run SELECT mark_legacy(); first (it keeps every existing bar, marked legacy)"
-        );
+    let ready = value::<bool>(
+        client,
+        "SELECT price_bars_is_ready()",
+        "checking price_bars",
+    )?;
+    if !ready.unwrap_or(false) {
+        return Err(RollupError::PriceBarsNotReady);
     }
+    Ok(())
 }
 
 /// The database's clock, pinned by the first rollup so that it never changes under bars.
 /// `None`: the database's objects are still 0.2.0's (the library was upgraded, ALTER
 /// EXTENSION ... UPDATE not yet run): it rolls up as 0.2.0 did, on the event clock.
-fn pinned_clock(client: &mut Client<'_>) -> Option<Clock> {
-    if !value::<bool>(client, "SELECT to_regclass('bar_settings') IS NOT NULL").unwrap_or(false) {
-        return None;
+fn pinned_clock(client: &mut Client<'_>) -> Step<Option<Clock>> {
+    let settings = value::<bool>(
+        client,
+        "SELECT to_regclass('bar_settings') IS NOT NULL",
+        "looking for bar_settings",
+    )?;
+    if !settings.unwrap_or(false) {
+        return Ok(None);
     }
     run(
         client,
         "INSERT INTO bar_settings (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
         &[],
         "pinning the bar clock",
-    );
-    let name: String = value(client, "SELECT clock FROM bar_settings").unwrap_or_default();
-    let clock = Clock::parse(&name)
-        .unwrap_or_else(|| pgrx::error!("bars_rollup: unknown bar clock {name}"));
-    Some(clock)
+    )?;
+    let name: String =
+        value(client, "SELECT clock FROM bar_settings", "reading the bar clock")?.unwrap_or_default();
+    Clock::parse(&name).map(Some).ok_or(RollupError::UnknownClock(name))
 }
 
-/// Moves the feeder to the other slot; returns the slot it left, then the one it writes.
-fn claim_slots(client: &mut Client<'_>) -> [&'static str; 2] {
+/// Claim: moves the feeder to the other slot; returns the slot it left, then the one it
+/// writes.
+fn claim_slots(client: &mut Client<'_>) -> Step<[&'static str; 2]> {
     run(
         client,
-        &format!("SELECT pg_advisory_xact_lock({TRADEBARS_LOCK_CLASS}, {ROLLUP_LOCK})"),
+        &format!("SELECT pg_advisory_xact_lock({}, {})", lock::CLASS, lock::ROLLUP),
         &[],
         "waiting for another rollup",
-    );
-    let epoch: i64 = value(client, "SELECT nextval('staging_epoch')")
-        .unwrap_or_else(|| pgrx::error!("bars_rollup: staging_epoch returned NULL"));
+    )?;
+    let epoch: i64 = value(client, "SELECT nextval('staging_epoch')", "moving the epoch")?
+        .ok_or(RollupError::NoEpoch)?;
     let quiet = quiet_slot(epoch);
     let other = SLOTS.iter().copied().find(|s| *s != quiet).unwrap_or(quiet);
-    [quiet, other]
+    Ok([quiet, other])
 }
 
 /// Whether the slot the feeder now writes holds stragglers and nobody is writing there.
 /// (A batch that began before the switch, or a rolled-back rollup's trades: taking them
 /// too when it is idle makes one call roll up everything committed before it.)
-fn idle_with_stragglers(client: &mut Client<'_>, slot: &str) -> bool {
-    value::<bool>(
-        client,
-        &format!(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '{slot}'::regclass \
-             AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM {slot})"
-        ),
-    )
-    .unwrap_or(false)
+fn idle_with_stragglers(client: &mut Client<'_>, slot: &str) -> Step<bool> {
+    let sql = format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '{slot}'::regclass \
+         AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM {slot})"
+    );
+    Ok(value::<bool>(client, &sql, "looking at the other slot")?.unwrap_or(false))
 }
 
 /// This rollup: its id, and what the database's objects allow it to do.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     /// What `price_bars.changed_in` and the NOTIFY say, and `rollup_stats.rollups` once it
-    /// commits: past every id a bar carries (see `run_rollup`).
+    /// commits: past every id a bar carries (see `plan`).
     id: i64,
     clock: Clock,
     /// 0.3.0's objects: staging has `ord`, and `foreign_trades_bar` guards the merge.
@@ -372,15 +458,40 @@ struct Plan {
     grouped: bool,
 }
 
+/// The plan of this rollup, once the slots are claimed.
+fn plan(client: &mut Client<'_>) -> Step<Plan> {
+    let clock = pinned_clock(client)?;
+    let grouped = value::<bool>(
+        client,
+        "SELECT to_regclass('rollup_bars') IS NOT NULL",
+        "looking for rollup_bars",
+    )?
+    .unwrap_or(false);
+    // Past every id a bar carries: rollup_stats is not dumped, price_bars is, so ids go on
+    // rising after a dump and restore (bars_changed_since() depends on it).
+    let next_id = if grouped {
+        "SELECT greatest(s.rollups, coalesce((SELECT max(changed_in) FROM price_bars), 0)) + 1 \
+         FROM rollup_stats s"
+    } else {
+        "SELECT rollups + 1 FROM rollup_stats"
+    };
+    Ok(Plan {
+        id: value(client, next_id, "numbering the rollup")?.unwrap_or(1),
+        clock: clock.unwrap_or(Clock::Event),
+        v030: clock.is_some(),
+        grouped,
+    })
+}
+
 /// Rolls up one slot and empties it. Waits for a COPY still writing to it; later writers of
 /// it wait for us.
-fn roll_slot(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> RollupResult {
+fn roll_slot(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> Step<RollupResult> {
     run(
         client,
         &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
         &[],
         "claiming staging",
-    );
+    )?;
     if plan.grouped {
         roll_grouped(client, slot, plan, bounds)
     } else {
@@ -390,43 +501,29 @@ fn roll_slot(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) 
 
 /// Aggregates the slot into `rollup_bars`, merges its good bars, sets aside the trades it
 /// graded out, and empties both.
-fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> RollupResult {
+fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> Step<RollupResult> {
     let clock = plan.clock;
     let groups = run(
         client,
         &group_sql(slot, clock),
         &bounds,
         "aggregating staged trades",
-    );
+    )?;
     if groups == 0 {
-        return RollupResult::default(); // the slot is empty
+        return Ok(RollupResult::default()); // the slot is empty
     }
-    let (trades, unusable) = client
-        .select(GROUP_COUNTS, None, &[])
-        .and_then(|t| t.first().get_two::<i64, i64>())
-        .unwrap_or_else(|e| pgrx::error!("bars_rollup: counting trades: {e}"));
-    let (trades, unusable) = (trades.unwrap_or(0), unusable.unwrap_or(0));
+    let (trades, unusable) = two_counts(client, GROUP_COUNTS, &[], "counting trades")?;
     let bars = run(
         client,
         &merge_sql(Bars::Grouped, true),
         &[plan.id],
         "merging bars",
-    ) as i64;
-    let mut rejected = 0;
-    if unusable > 0 {
-        rejected = run(
-            client,
-            &reject_sql(slot, clock, true, true),
-            &bounds,
-            "keeping rejected trades",
-        ) as i64;
-    }
+    )? as i64;
+    let rejected = reject(client, &reject_sql(slot, clock, true, true), unusable, bounds)?;
     // The aggregate's rule and the SQL's rule for what cannot be counted are one rule, kept
     // in two places (ohlc.rs, `unusable`): if they ever part, no trade may be lost silently.
     if rejected != unusable {
-        pgrx::error!(
-            "bars_rollup: {unusable} staged trades cannot be counted but {rejected} were set aside; nothing was rolled up"
-        );
+        return Err(RollupError::RejectsDisagree { unusable, rejected });
     }
     if bars > 0 {
         // The hours these bars are in, summed again with them (sql/hours.sql): bars() reads
@@ -436,139 +533,139 @@ fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2
             "SELECT hour_bars_refresh('rollup')",
             &[],
             "summing hours",
-        );
+        )?;
     }
     run(
         client,
         &format!("TRUNCATE {slot}, rollup_bars"),
         &[],
         "consuming staging",
-    );
-    RollupResult {
+    )?;
+    Ok(RollupResult {
         trades,
         bars,
         rejected,
+    })
+}
+
+/// Reject: keeps the `unusable` trades in `trades_rejected`, in a statement of its own (a
+/// Citus worker runs it next to the slot's shard); returns how many it kept.
+fn reject(client: &mut Client<'_>, sql: &str, unusable: i64, bounds: [i64; 2]) -> Step<i64> {
+    if unusable == 0 {
+        return Ok(0);
     }
+    Ok(run(client, sql, &bounds, "keeping rejected trades")? as i64)
 }
 
 /// The rollup of a database whose objects predate `rollup_bars` (the library is newer than
 /// its `ALTER EXTENSION ... UPDATE`): count, merge with each trade filtered, set aside.
-fn roll_inline(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> RollupResult {
+fn roll_inline(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> Step<RollupResult> {
     let (clock, with_ord) = (plan.clock, plan.v030);
-    let args: Vec<pgrx::datum::DatumWithOid> = bounds.iter().map(|v| (*v).into()).collect();
-    let (staged, unusable) = client
-        .select(&census_sql(slot, clock), None, &args)
-        .and_then(|t| t.first().get_two::<i64, i64>())
-        .unwrap_or_else(|e| pgrx::error!("bars_rollup: counting staged trades: {e}"));
-    let (staged, unusable) = (staged.unwrap_or(0), unusable.unwrap_or(0));
+    let census = census_sql(slot, clock);
+    let (staged, unusable) = two_counts(client, &census, &bounds, "counting staged trades")?;
     let mut result = RollupResult {
         trades: staged - unusable,
         ..Default::default()
     };
     if staged == 0 {
-        return result;
+        return Ok(result);
     }
     result.bars = run(
         client,
         &merge_sql(Bars::Inline(slot, clock), with_ord),
         &bounds,
         "merging bars",
-    ) as i64;
-    if unusable > 0 {
-        result.rejected = run(
-            client,
-            &reject_sql(slot, clock, with_ord, false),
-            &bounds,
-            "keeping rejected trades",
-        ) as i64;
-    }
+    )? as i64;
+    result.rejected = reject(client, &reject_sql(slot, clock, with_ord, false), unusable, bounds)?;
     run(
         client,
         &format!("TRUNCATE {slot}"),
         &[],
         "consuming staging",
-    );
-    result
+    )?;
+    Ok(result)
 }
 
-fn run_rollup() -> RollupResult {
-    Spi::connect_mut(|client| {
-        check_preconditions(client);
-        let [quiet, other] = claim_slots(client);
-        let clock = pinned_clock(client);
-        let grouped =
-            value::<bool>(client, "SELECT to_regclass('rollup_bars') IS NOT NULL").unwrap_or(false);
-        // Past every id a bar carries: rollup_stats is not dumped, price_bars is, so ids go on
-        // rising after a dump and restore (bars_changed_since() depends on it).
-        let next_id = if grouped {
-            "SELECT greatest(s.rollups, coalesce((SELECT max(changed_in) FROM price_bars), 0)) + 1 \
-             FROM rollup_stats s"
-        } else {
-            "SELECT rollups + 1 FROM rollup_stats"
-        };
-        let plan = Plan {
-            id: value(client, next_id).unwrap_or(1),
-            clock: clock.unwrap_or(Clock::Event),
-            v030: clock.is_some(),
-            grouped,
-        };
-        // A day of trades makes a few hundred thousand bars: with the default 4MB the hash
-        // aggregate spills to disk. Raised for this rollup only, put back before returning.
-        let work_mem: String = value(
+/// Raises work_mem for this transaction when it is below ROLLUP_WORK_MEM; returns the
+/// setting to put back. A day of trades makes a few hundred thousand bars: with the default
+/// 4MB the hash aggregate spills to disk.
+fn raise_work_mem(client: &mut Client<'_>) -> Step<String> {
+    let sql = format!(
+        "SELECT current_setting('work_mem'), \
+         CASE WHEN pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{ROLLUP_WORK_MEM}') \
+              THEN set_config('work_mem', '{ROLLUP_WORK_MEM}', true) END"
+    );
+    Ok(value(client, &sql, "raising work_mem")?.unwrap_or_default())
+}
+
+fn restore_work_mem(client: &mut Client<'_>, work_mem: &str) -> Step<()> {
+    let restore = format!(
+        "SELECT set_config('work_mem', {}, true)",
+        pgrx::spi::quote_literal(work_mem)
+    );
+    run(client, &restore, &[], "restoring work_mem").map(drop)
+}
+
+/// Merge: the quiet slot, then the other one when it is idle with stragglers.
+fn merge_slots(client: &mut Client<'_>, [quiet, other]: [&str; 2], plan: Plan) -> Step<RollupResult> {
+    let now_minute: i64 = value(
+        client,
+        "SELECT (extract(epoch FROM now())::bigint / 60)",
+        "reading the time",
+    )?
+    .unwrap_or_default();
+    let bounds = [MIN_MINUTE, now_minute + 24 * 60];
+    let mut result = roll_slot(client, quiet, plan, bounds)?;
+    if !idle_with_stragglers(client, other)? {
+        return Ok(result);
+    }
+    let more = roll_slot(client, other, plan, bounds)?;
+    result.trades += more.trades;
+    result.bars += more.bars;
+    result.rejected += more.rejected;
+    if plan.grouped && result.bars > 0 {
+        // A bar both slots merged into is one bar written.
+        let sql = format!("SELECT count(*) FROM price_bars WHERE changed_in = {}", plan.id);
+        result.bars = value(client, &sql, "counting bars written")?.unwrap_or(result.bars);
+    }
+    Ok(result)
+}
+
+/// Record: the totals in `rollup_stats`, and the NOTIFY that bars changed.
+fn record(client: &mut Client<'_>, plan: Plan, result: RollupResult) -> Step<()> {
+    let stats = format!(
+        "UPDATE rollup_stats SET rollups = greatest(rollups + 1, {id}), trades = trades + {t}, \
+         bars_written = bars_written + {b}, rejected = rejected + {r}, \
+         last_rollup_at = clock_timestamp(), last_trades = {t}",
+        t = result.trades,
+        b = result.bars,
+        r = result.rejected,
+        id = plan.id
+    );
+    run(client, &stats, &[], "recording totals")?;
+    if plan.grouped && result.bars > 0 {
+        // Delivered at commit, with the bars: see sql/changes.sql.
+        run(
             client,
-            &format!(
-                "SELECT current_setting('work_mem'), \
-                 CASE WHEN pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{ROLLUP_WORK_MEM}') \
-                      THEN set_config('work_mem', '{ROLLUP_WORK_MEM}', true) END"
-            ),
-        )
-        .unwrap_or_default();
-        let now_minute: i64 =
-            value(client, "SELECT (extract(epoch FROM now())::bigint / 60)").unwrap_or_default();
-        let bounds = [MIN_MINUTE, now_minute + 24 * 60];
-        let mut result = roll_slot(client, quiet, plan, bounds);
-        if idle_with_stragglers(client, other) {
-            let more = roll_slot(client, other, plan, bounds);
-            result.trades += more.trades;
-            result.bars += more.bars;
-            result.rejected += more.rejected;
-            if plan.grouped && result.bars > 0 {
-                // A bar both slots merged into is one bar written.
-                result.bars = value(
-                    client,
-                    &format!(
-                        "SELECT count(*) FROM price_bars WHERE changed_in = {}",
-                        plan.id
-                    ),
-                )
-                .unwrap_or(result.bars);
-            }
-        }
-        let stats = format!(
-            "UPDATE rollup_stats SET rollups = greatest(rollups + 1, {id}), trades = trades + {t}, \
-             bars_written = bars_written + {b}, rejected = rejected + {r}, \
-             last_rollup_at = clock_timestamp(), last_trades = {t}",
-            t = result.trades,
-            b = result.bars,
-            r = result.rejected,
-            id = plan.id
-        );
-        run(client, &stats, &[], "recording totals");
-        if plan.grouped && result.bars > 0 {
-            // Delivered at commit, with the bars: see sql/changes.sql.
-            run(
-                client,
-                &format!("SELECT pg_notify('{BARS_CHANNEL}', $1::text)"),
-                &[plan.id],
-                "notifying listeners",
-            );
-        }
-        let restore = format!(
-            "SELECT set_config('work_mem', {}, true)",
-            pgrx::spi::quote_literal(&work_mem)
-        );
-        run(client, &restore, &[], "restoring work_mem");
-        result
+            &format!("SELECT pg_notify('{BARS_CHANNEL}', $1::text)"),
+            &[plan.id],
+            "notifying listeners",
+        )?;
+    }
+    Ok(())
+}
+
+/// The rollup's steps: claim, merge (which also rejects), record.
+fn run_rollup() -> Step<RollupResult> {
+    Spi::connect_mut(|client| {
+        check_preconditions(client)?;
+        let slots = claim_slots(client)?;
+        let plan = plan(client)?;
+        let work_mem = raise_work_mem(client)?;
+        let result = merge_slots(client, slots, plan)?;
+        record(client, plan, result)?;
+        restore_work_mem(client, &work_mem)?;
+        Ok(result)
     })
 }
 
@@ -583,7 +680,7 @@ fn bars_rollup() -> TableIterator<
         name!(trades_rejected, i64),
     ),
 > {
-    let r = run_rollup();
+    let r = run_rollup().unwrap_or_else(|e| e.raise());
     TableIterator::once((r.trades, r.bars, r.rejected))
 }
 
