@@ -33,7 +33,7 @@ echo "== feeder unit tests and end-to-end tests"
 # The end-to-end tests start their cluster in target/e2e-pgdata; stop it however they end.
 trap 'bash scripts/cluster.sh stop "${CARGO_TARGET_DIR:-target}/e2e-pgdata"' EXIT
 cargo build -p tradebars-feeder --quiet
-cargo test -p tradebars-feeder -p tradebars-tests 2>&1 | tee -a "$RESULTS"
+cargo test -p tradebars-contract -p tradebars-feeder -p tradebars-tests 2>&1 | tee -a "$RESULTS"
 
 echo "== SQL tests: pg_regress (test/regress) and the isolation tester (test/isolation)"
 bash scripts/regress.sh 2>&1 | tee -a "$RESULTS"

@@ -65,12 +65,23 @@ mod sql_files_agree {
             .filter(|p| p.extension().is_some_and(|x| x == "sql"))
             .filter(|p| {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                !name.starts_with("tradebars--") || name.ends_with(&format!("--{}.sql", env!("CARGO_PKG_VERSION")))
+                !name.starts_with("tradebars--")
+                    || name.ends_with(&format!("--{}.sql", env!("CARGO_PKG_VERSION")))
             })
-            .map(|p| (p.display().to_string(), without_comments(&std::fs::read_to_string(&p).unwrap())))
+            .map(|p| {
+                (
+                    p.display().to_string(),
+                    without_comments(&std::fs::read_to_string(&p).unwrap()),
+                )
+            })
             .collect();
         files.sort();
-        assert!(files.len() >= 8, "found only {} SQL files in {}", files.len(), dir.display());
+        assert!(
+            files.len() >= 8,
+            "found only {} SQL files in {}",
+            files.len(),
+            dir.display()
+        );
         files
     }
 
@@ -88,7 +99,10 @@ mod sql_files_agree {
             .map(|(at, _)| {
                 let rest = &text[at + prefix.len()..];
                 let inner = &rest[..rest.find(')').unwrap_or(rest.len())];
-                inner.split(',').map(|a| a.trim().parse::<i64>().unwrap_or(i64::MIN)).collect()
+                inner
+                    .split(',')
+                    .map(|a| a.trim().parse::<i64>().unwrap_or(i64::MIN))
+                    .collect()
             })
             .collect()
     }
@@ -98,11 +112,22 @@ mod sql_files_agree {
         let keys = [lock::ROLLUP, lock::FEEDER, lock::IDENTITY].map(i64::from);
         let mut seen = 0;
         for (name, text) in sql_files() {
-            for prefix in ["pg_advisory_xact_lock(", "pg_advisory_lock(", "pg_try_advisory_lock("] {
+            for prefix in [
+                "pg_advisory_xact_lock(",
+                "pg_advisory_lock(",
+                "pg_try_advisory_lock(",
+            ] {
                 for args in args_after(&text, prefix) {
                     assert_eq!(args.len(), 2, "{name}: {prefix}{args:?}");
-                    assert_eq!(args[0], i64::from(lock::CLASS), "{name}: lock class in {prefix}{args:?}");
-                    assert!(keys.contains(&args[1]), "{name}: unknown lock key in {prefix}{args:?}");
+                    assert_eq!(
+                        args[0],
+                        i64::from(lock::CLASS),
+                        "{name}: lock class in {prefix}{args:?}"
+                    );
+                    assert!(
+                        keys.contains(&args[1]),
+                        "{name}: unknown lock key in {prefix}{args:?}"
+                    );
                     seen += 1;
                 }
             }
@@ -110,12 +135,23 @@ mod sql_files_agree {
                 let rest = &text[at + "classid = ".len()..];
                 let class: String = rest.chars().take_while(char::is_ascii_digit).collect();
                 assert_eq!(class, lock::CLASS.to_string(), "{name}: pg_locks classid");
-                let objid = rest.split("objid = ").nth(1).map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>());
-                assert_eq!(objid, Some(lock::FEEDER.to_string()), "{name}: pg_locks objid");
+                let objid = rest.split("objid = ").nth(1).map(|r| {
+                    r.chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                });
+                assert_eq!(
+                    objid,
+                    Some(lock::FEEDER.to_string()),
+                    "{name}: pg_locks objid"
+                );
                 seen += 1;
             }
         }
-        assert!(seen >= 6, "expected the SQL files to take or look for tradebars locks, saw {seen}");
+        assert!(
+            seen >= 6,
+            "expected the SQL files to take or look for tradebars locks, saw {seen}"
+        );
     }
 
     #[test]
@@ -124,10 +160,16 @@ mod sql_files_agree {
         let mut uses = 0;
         for (name, text) in sql_files() {
             for other in ["60e9", "60 * 1000000000", "60000000000.0", "6e10"] {
-                assert!(!text.contains(other), "{name}: nanoseconds per minute spelled {other}");
+                assert!(
+                    !text.contains(other),
+                    "{name}: nanoseconds per minute spelled {other}"
+                );
             }
             uses += text.matches(&spelled).count();
         }
-        assert!(uses > 0, "the SQL files no longer divide by {spelled}: is this constant still used?");
+        assert!(
+            uses > 0,
+            "the SQL files no longer divide by {spelled}: is this constant still used?"
+        );
     }
 }

@@ -11,8 +11,8 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, Internal, PgTupleDesc};
 
-use tradebars_contract::{reject, MAX_SIZE};
 pub use tradebars_contract::UNDEF_PRICE;
+use tradebars_contract::{reject, MAX_SIZE};
 
 /// Where a trade stands in the market's order: event time, then the publisher's sequence
 /// (sequence numbers are per publisher, so the publisher id breaks ties between venues).

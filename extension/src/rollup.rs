@@ -14,7 +14,6 @@ use tradebars_contract::{MAX_SIZE, UNDEF_PRICE};
 /// work_mem for the rollup's hash aggregate (at least; a larger setting is kept).
 const ROLLUP_WORK_MEM: &str = "256MB";
 
-
 /// The slot the feeder is not writing to after the epoch moved to `epoch`.
 pub fn quiet_slot(epoch: i64) -> &'static str {
     SLOTS[((epoch + 1).rem_euclid(2)) as usize]
@@ -239,8 +238,11 @@ fn reject_sql(slot: &str, clock: Clock, with_ord: bool, recv_bounded: bool) -> S
         String::new()
     };
     let (no_symbol, no_recv) = (reject::NO_SYMBOL, reject::UNDEFINED_TS_RECV);
-    let (no_price, size_neg, size_big) =
-        (reject::UNDEFINED_PRICE, reject::SIZE_NOT_POSITIVE, reject::SIZE_OUT_OF_RANGE);
+    let (no_price, size_neg, size_big) = (
+        reject::UNDEFINED_PRICE,
+        reject::SIZE_NOT_POSITIVE,
+        reject::SIZE_OUT_OF_RANGE,
+    );
     format!(
         r#"
 INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
@@ -335,7 +337,7 @@ impl RollupError {
     }
 
     fn raise(self) -> ! {
-        ereport!(ERROR, self.sqlstate(), self.to_string())
+        ereport!(ERROR, self.sqlstate(), self.to_string());
     }
 }
 
@@ -364,7 +366,12 @@ fn value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
 }
 
 /// Two bigint values of a one-row query, NULL read as 0.
-fn two_counts(client: &mut Client<'_>, sql: &str, args: &[i64], what: &'static str) -> Step<(i64, i64)> {
+fn two_counts(
+    client: &mut Client<'_>,
+    sql: &str,
+    args: &[i64],
+    what: &'static str,
+) -> Step<(i64, i64)> {
     let args: Vec<pgrx::datum::DatumWithOid> = args.iter().map(|v| (*v).into()).collect();
     let (a, b) = client
         .select(sql, None, &args)
@@ -413,9 +420,15 @@ fn pinned_clock(client: &mut Client<'_>) -> Step<Option<Clock>> {
         &[],
         "pinning the bar clock",
     )?;
-    let name: String =
-        value(client, "SELECT clock FROM bar_settings", "reading the bar clock")?.unwrap_or_default();
-    Clock::parse(&name).map(Some).ok_or(RollupError::UnknownClock(name))
+    let name: String = value(
+        client,
+        "SELECT clock FROM bar_settings",
+        "reading the bar clock",
+    )?
+    .unwrap_or_default();
+    Clock::parse(&name)
+        .map(Some)
+        .ok_or(RollupError::UnknownClock(name))
 }
 
 /// Claim: moves the feeder to the other slot; returns the slot it left, then the one it
@@ -423,12 +436,20 @@ fn pinned_clock(client: &mut Client<'_>) -> Step<Option<Clock>> {
 fn claim_slots(client: &mut Client<'_>) -> Step<[&'static str; 2]> {
     run(
         client,
-        &format!("SELECT pg_advisory_xact_lock({}, {})", lock::CLASS, lock::ROLLUP),
+        &format!(
+            "SELECT pg_advisory_xact_lock({}, {})",
+            lock::CLASS,
+            lock::ROLLUP
+        ),
         &[],
         "waiting for another rollup",
     )?;
-    let epoch: i64 = value(client, "SELECT nextval('staging_epoch')", "moving the epoch")?
-        .ok_or(RollupError::NoEpoch)?;
+    let epoch: i64 = value(
+        client,
+        "SELECT nextval('staging_epoch')",
+        "moving the epoch",
+    )?
+    .ok_or(RollupError::NoEpoch)?;
     let quiet = quiet_slot(epoch);
     let other = SLOTS.iter().copied().find(|s| *s != quiet).unwrap_or(quiet);
     Ok([quiet, other])
@@ -485,7 +506,12 @@ fn plan(client: &mut Client<'_>) -> Step<Plan> {
 
 /// Rolls up one slot and empties it. Waits for a COPY still writing to it; later writers of
 /// it wait for us.
-fn roll_slot(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> Step<RollupResult> {
+fn roll_slot(
+    client: &mut Client<'_>,
+    slot: &str,
+    plan: Plan,
+    bounds: [i64; 2],
+) -> Step<RollupResult> {
     run(
         client,
         &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
@@ -501,7 +527,12 @@ fn roll_slot(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) 
 
 /// Aggregates the slot into `rollup_bars`, merges its good bars, sets aside the trades it
 /// graded out, and empties both.
-fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> Step<RollupResult> {
+fn roll_grouped(
+    client: &mut Client<'_>,
+    slot: &str,
+    plan: Plan,
+    bounds: [i64; 2],
+) -> Step<RollupResult> {
     let clock = plan.clock;
     let groups = run(
         client,
@@ -519,7 +550,12 @@ fn roll_grouped(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2
         &[plan.id],
         "merging bars",
     )? as i64;
-    let rejected = reject(client, &reject_sql(slot, clock, true, true), unusable, bounds)?;
+    let rejected = reject(
+        client,
+        &reject_sql(slot, clock, true, true),
+        unusable,
+        bounds,
+    )?;
     // The aggregate's rule and the SQL's rule for what cannot be counted are one rule, kept
     // in two places (ohlc.rs, `unusable`): if they ever part, no trade may be lost silently.
     if rejected != unusable {
@@ -559,7 +595,12 @@ fn reject(client: &mut Client<'_>, sql: &str, unusable: i64, bounds: [i64; 2]) -
 
 /// The rollup of a database whose objects predate `rollup_bars` (the library is newer than
 /// its `ALTER EXTENSION ... UPDATE`): count, merge with each trade filtered, set aside.
-fn roll_inline(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]) -> Step<RollupResult> {
+fn roll_inline(
+    client: &mut Client<'_>,
+    slot: &str,
+    plan: Plan,
+    bounds: [i64; 2],
+) -> Step<RollupResult> {
     let (clock, with_ord) = (plan.clock, plan.v030);
     let census = census_sql(slot, clock);
     let (staged, unusable) = two_counts(client, &census, &bounds, "counting staged trades")?;
@@ -576,7 +617,12 @@ fn roll_inline(client: &mut Client<'_>, slot: &str, plan: Plan, bounds: [i64; 2]
         &bounds,
         "merging bars",
     )? as i64;
-    result.rejected = reject(client, &reject_sql(slot, clock, with_ord, false), unusable, bounds)?;
+    result.rejected = reject(
+        client,
+        &reject_sql(slot, clock, with_ord, false),
+        unusable,
+        bounds,
+    )?;
     run(
         client,
         &format!("TRUNCATE {slot}"),
@@ -607,7 +653,11 @@ fn restore_work_mem(client: &mut Client<'_>, work_mem: &str) -> Step<()> {
 }
 
 /// Merge: the quiet slot, then the other one when it is idle with stragglers.
-fn merge_slots(client: &mut Client<'_>, [quiet, other]: [&str; 2], plan: Plan) -> Step<RollupResult> {
+fn merge_slots(
+    client: &mut Client<'_>,
+    [quiet, other]: [&str; 2],
+    plan: Plan,
+) -> Step<RollupResult> {
     let now_minute: i64 = value(
         client,
         "SELECT (extract(epoch FROM now())::bigint / 60)",
@@ -625,7 +675,10 @@ fn merge_slots(client: &mut Client<'_>, [quiet, other]: [&str; 2], plan: Plan) -
     result.rejected += more.rejected;
     if plan.grouped && result.bars > 0 {
         // A bar both slots merged into is one bar written.
-        let sql = format!("SELECT count(*) FROM price_bars WHERE changed_in = {}", plan.id);
+        let sql = format!(
+            "SELECT count(*) FROM price_bars WHERE changed_in = {}",
+            plan.id
+        );
         result.bars = value(client, &sql, "counting bars written")?.unwrap_or(result.bars);
     }
     Ok(result)

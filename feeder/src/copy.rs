@@ -6,8 +6,7 @@ use bytes::{BufMut, BytesMut};
 use crate::trade::Trade;
 
 /// The staging columns, in the order `encode_trade` writes them.
-pub const COLUMNS: &str =
-    "symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags, ord";
+pub use tradebars_contract::STAGING_COLUMNS as COLUMNS;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -33,7 +32,7 @@ fn ts(v: u64) -> i64 {
 }
 
 /// The columns of `official_bars_staging`, in the order `encode_official_bar` writes them.
-pub const OFFICIAL_COLUMNS: &str = "symbol, ts_event, open, high, low, close, volume";
+pub use tradebars_contract::OFFICIAL_COLUMNS;
 
 /// One row of `official_bars_staging`: a Databento OHLCV bar and its symbol ('' unmapped).
 /// Out-of-range times and volumes are staged as -1, which the merge rejects.
@@ -85,6 +84,12 @@ pub fn encode_trade(buf: &mut BytesMut, trade: &Trade, ord: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_contracts_sentinel_is_dbns() {
+        assert_eq!(tradebars_contract::UNDEF_PRICE, dbn::UNDEF_PRICE);
+        assert_eq!(tradebars_contract::MAX_SIZE, i64::from(u32::MAX));
+    }
 
     #[test]
     fn a_row_has_eleven_fields_of_the_right_widths() {

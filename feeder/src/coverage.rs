@@ -8,10 +8,11 @@ use tokio_postgres::{GenericClient, Transaction};
 
 use crate::error::FeederError;
 use crate::identity::{Changes, Instrument, Span, NS_PER_MINUTE};
+use tradebars_contract::lock;
 
 /// Advisory lock (class, key) held by every load while it reads and extends trade identity,
 /// so two loads never decide on the same stretch at once.
-const IDENTITY_LOCK: (i32, i32) = (0x7462, 4);
+const IDENTITY_LOCK: (i32, i32) = (lock::CLASS, lock::IDENTITY);
 
 /// Takes the identity lock for the rest of `tx`.
 pub async fn lock(tx: &Transaction<'_>) -> Result<(), FeederError> {

@@ -13,17 +13,15 @@ pub enum FeederError {
         file: PathBuf,
         source: std::io::Error,
     },
-    /// A file that is not DBN as far as the feeder itself can tell (empty, decoding stopped,
-    /// not written): no decoder error to keep. `generate` builds this one too.
+    /// A file that is not readable DBN: `msg` says why; `source` is the DBN decoder's or
+    /// encoder's own error, none where the feeder itself found the file wanting (empty,
+    /// decoding stopped).
     #[error("{}: not a readable DBN file: {msg}", file.display())]
-    Decode { file: PathBuf, msg: String },
-    /// A file the DBN decoder refused; `msg` is what it said, `source` the error itself.
-    #[error("{}: not a readable DBN file: {msg}", file.display())]
-    DecodeDbn {
+    Decode {
         file: PathBuf,
         msg: String,
         #[source]
-        source: Box<dbn::Error>,
+        source: Option<Box<dbn::Error>>,
     },
     #[error("{}: schema {schema} carries no trade events (tradebars-feeder reads trades, tbbo, mbp-1 or mbo, and Databento's ohlcv-1m bars: price_bars holds minute bars)", file.display())]
     Schema { file: PathBuf, schema: String },
@@ -99,10 +97,10 @@ impl FeederError {
             dbn::Error::Io { source, context } => format!("{source} ({context})"),
             other => other.to_string(),
         };
-        FeederError::DecodeDbn {
+        FeederError::Decode {
             file: file.to_path_buf(),
             msg,
-            source: Box::new(e),
+            source: Some(Box::new(e)),
         }
     }
 

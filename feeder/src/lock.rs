@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::Client;
+use tradebars_contract::lock;
 
 use crate::backoff::Backoff;
 use crate::error::FeederError;
 
 /// (class, key) of the feeder lock; the extension's migration_check() counts its holders.
-pub const FEEDER_LOCK: (i32, i32) = (0x7462, 3);
+pub const FEEDER_LOCK: (i32, i32) = (lock::CLASS, lock::FEEDER);
 
 /// How often a standby asks for the lock again.
 const STANDBY_POLL: Duration = Duration::from_secs(2);

@@ -28,7 +28,7 @@ async fn staging_slot(tx: &Transaction<'_>) -> Result<String, FeederError> {
         .get(0);
     // Only ever one of the extension's two slots, whatever the function says.
     let table = slot.rsplit('.').next().unwrap_or("");
-    if table != "trades_staging_0" && table != "trades_staging_1" {
+    if !tradebars_contract::STAGING_SLOTS.contains(&table) {
         return Err(FeederError::db_answer(
             "asking for the staging table",
             format!("unexpected staging table {slot}"),

@@ -72,15 +72,18 @@ async fn print_status(client: &Client) -> Result<(), FeederError> {
          FROM rollup_status()",
     )
     .await?;
+    let (class, key) = crate::lock::FEEDER_LOCK;
     print_query(
         client,
         "Feeder",
-        "SELECT pid, host, mode, started_at, last_seen, trades_received, trades_written, reconnects,
+        &format!(
+            "SELECT pid, host, mode, started_at, last_seen, trades_received, trades_written, reconnects,
                 errors, coalesce(last_error, '') AS last_error,
                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
-                   AND classid = 29794 AND objid = 3 AND objsubid = 2
+                   AND classid = {class} AND objid = {key} AND objsubid = 2
                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS running
-         FROM feeder_status",
+         FROM feeder_status"
+        ),
     )
     .await?;
     print_query(

@@ -14,8 +14,8 @@ use crate::config::WatchArgs;
 use crate::db;
 use crate::error::FeederError;
 
-/// The channel bars_rollup() notifies (extension/src/rollup.rs, sql/changes.sql).
-const CHANNEL: &str = "tradebars_bars";
+/// The channel bars_rollup() notifies (sql/changes.sql).
+use tradebars_contract::BARS_CHANNEL as CHANNEL;
 /// Asked even without a notification this often: a notification can be lost with the
 /// connection that should have received it.
 const POLL: Duration = Duration::from_secs(10);

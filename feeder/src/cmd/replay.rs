@@ -41,6 +41,7 @@ fn decoding_stopped(file: &Path) -> FeederError {
     FeederError::Decode {
         file: file.to_path_buf(),
         msg: "decoding stopped".into(),
+        source: None,
     }
 }
 

@@ -87,6 +87,7 @@ impl DbnFile {
             return Err(FeederError::Decode {
                 file: path.to_path_buf(),
                 msg: "the file is empty".into(),
+                source: None,
             });
         }
         Ok(Self {
@@ -119,6 +120,7 @@ impl DbnFile {
         FeederError::Decode {
             file: self.path.clone(),
             msg: e.to_string(),
+            source: None,
         }
     }
 

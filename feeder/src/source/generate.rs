@@ -197,6 +197,7 @@ fn encode_error(path: &Path, e: dbn::Error) -> FeederError {
     FeederError::Decode {
         file: path.to_path_buf(),
         msg: format!("writing DBN: {e}"),
+        source: Some(Box::new(e)),
     }
 }
 
