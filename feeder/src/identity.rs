@@ -21,7 +21,7 @@ use std::hash::BuildHasherDefault;
 
 use crate::trade::TradeEvent;
 
-pub const NS_PER_MINUTE: i64 = 60_000_000_000;
+pub use tradebars_contract::NS_PER_MINUTE;
 
 /// Hash maps keyed by small integers, touched once per trade: FxHash-like multiply-shift
 /// hashing, several times cheaper than SipHash here (keys are not attacker-chosen).
