@@ -146,7 +146,7 @@ pub fn parse(
     url: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Config, TlsOptions), String> {
-    let (rest, mut given) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let (rest, given) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         split_url(url)?
     } else {
         split_key_values(url)?
@@ -154,6 +154,20 @@ pub fn parse(
     let mut config: Config = rest.parse().map_err(|e: tokio_postgres::Error| {
         format!("the database URL is not valid ({})", describe_db_error(&e))
     })?;
+    let tls = tls_settings(given, env)?;
+    config.ssl_mode(driver_ssl_mode(&config, tls.mode));
+    Ok((config, tls))
+}
+
+/// The TLS settings from the URL's TLS keys (`given`), else the environment, else libpq's
+/// defaults. Kept apart from `parse` because tokio-postgres knows none of these keys. The
+/// checks run in a fixed order (mode, CA, certificate, key, then whether they fit together):
+/// the first wrong setting is the one reported.
+fn tls_settings(
+    mut given: Vec<(String, String)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TlsOptions, String> {
+    // The last of a key given twice wins; an empty value counts as not given.
     let mut take = |key: &str, var: &str| {
         given
             .iter()
@@ -175,24 +189,40 @@ pub fn parse(
             "sslrootcert=system is not supported: give the CA's certificate file instead".into(),
         );
     }
-    // libpq's defaults in ~/.postgresql, used when they exist.
-    let home_file = |name: &str| {
-        env("HOME")
-            .map(|h| Path::new(&h).join(".postgresql").join(name))
-            .filter(|p| p.is_file())
-    };
-    let explicit = |p: Option<String>, what: &str| -> Result<Option<PathBuf>, String> {
-        match p.map(PathBuf::from) {
-            Some(p) if !p.is_file() => Err(format!("{what} {} does not exist", p.display())),
-            other => Ok(other),
-        }
-    };
     let tls = TlsOptions {
         mode,
-        rootcert: explicit(rootcert, "sslrootcert")?.or_else(|| home_file("root.crt")),
-        cert: explicit(cert, "sslcert")?.or_else(|| home_file("postgresql.crt")),
-        key: explicit(key, "sslkey")?.or_else(|| home_file("postgresql.key")),
+        rootcert: tls_file(rootcert, "sslrootcert", "root.crt", env)?,
+        cert: tls_file(cert, "sslcert", "postgresql.crt", env)?,
+        key: tls_file(key, "sslkey", "postgresql.key", env)?,
     };
+    check_complete(&tls)?;
+    Ok(tls)
+}
+
+/// One TLS file: the one given (`what` names its setting), which must exist, or else libpq's
+/// default `~/.postgresql/<default>` when that exists. A missing default is no error, only
+/// unused (whether the mode can do without it is `check_complete`'s question).
+fn tls_file(
+    given: Option<String>,
+    what: &str,
+    default: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<PathBuf>, String> {
+    let explicit = match given.map(PathBuf::from) {
+        Some(p) if !p.is_file() => return Err(format!("{what} {} does not exist", p.display())),
+        other => other,
+    };
+    Ok(explicit.or_else(|| {
+        env("HOME")
+            .map(|h| Path::new(&h).join(".postgresql").join(default))
+            .filter(|p| p.is_file())
+    }))
+}
+
+/// Refuses TLS settings that cannot work, before connecting rather than at the handshake: a
+/// mode that checks the chain with no CA to check it against, a certificate without its key.
+fn check_complete(tls: &TlsOptions) -> Result<(), String> {
+    let mode = tls.mode;
     if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && tls.rootcert.is_none() {
         return Err(format!(
             "sslmode={mode} checks the server's certificate against a CA: give the CA's certificate file with sslrootcert (or PGSSLROOTCERT)"
@@ -201,18 +231,23 @@ pub fn parse(
     if tls.cert.is_some() && tls.key.is_none() {
         return Err("sslcert is given without sslkey (or PGSSLKEY)".into());
     }
-    // TLS does not apply to Unix sockets (libpq ignores sslmode there).
+    Ok(())
+}
+
+/// What tokio-postgres is told of TLS: it only knows disable, prefer and require (the
+/// verify modes are ours, in the rustls verifier). TLS does not apply to Unix sockets
+/// (libpq ignores sslmode there), so a config with no TCP host never asks for it.
+fn driver_ssl_mode(config: &Config, mode: SslMode) -> tokio_postgres::config::SslMode {
     let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)))
         || config.get_hosts().is_empty();
-    config.ssl_mode(match mode {
+    match mode {
         _ if !tcp => tokio_postgres::config::SslMode::Disable,
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
             tokio_postgres::config::SslMode::Require
         }
-    });
-    Ok((config, tls))
+    }
 }
 
 /// A URL parameter's value, %-escapes decoded. A `%` not followed by two hex digits is

@@ -396,39 +396,79 @@ impl Identity {
             publisher: ev.publisher_id,
             instrument: ev.instrument_id,
         };
-        let previous = self.groups.get(&at).map(|g| g.ts);
-        if previous != Some(ts) {
-            if let Some(previous) = previous.filter(|p| *p > ts) {
-                return Err(IdentityError::OutOfOrder {
-                    publisher: at.publisher,
-                    instrument: at.instrument,
-                    ts_recv: ts,
-                    previous,
-                });
-            }
-            self.close_group(at, stage)?;
-            let group = self.groups.entry(at).or_insert(Group {
-                ts,
-                last_ord: None,
-                boundary: None,
-                lane: None,
-            });
-            (group.ts, group.last_ord) = (ts, None);
-        }
-        let Some(group) = self.groups.get_mut(&at) else {
+        self.enter_group(at, ts, stage)?;
+        let Some(ord) = self.next_ord(at, position) else {
             return Ok(());
         };
+        self.decide(at, ts, ev, ord, stage);
+        Ok(())
+    }
+
+    /// Makes `ts` the group being read for `at`. A new `ts_recv` completes the group read
+    /// before it (it may be held at a stretch's end, and can only be matched now that all of
+    /// it is in) and restarts the numbering of `ord`s; an earlier one breaks the order every
+    /// decision relies on, so it is refused before anything of the group is touched.
+    fn enter_group(
+        &mut self,
+        at: Instrument,
+        ts: i64,
+        stage: &mut impl FnMut(TradeEvent, u32),
+    ) -> Result<(), IdentityError> {
+        let previous = self.groups.get(&at).map(|g| g.ts);
+        if previous == Some(ts) {
+            return Ok(());
+        }
+        if let Some(previous) = previous.filter(|p| *p > ts) {
+            return Err(IdentityError::OutOfOrder {
+                publisher: at.publisher,
+                instrument: at.instrument,
+                ts_recv: ts,
+                previous,
+            });
+        }
+        self.close_group(at, stage)?;
+        let group = self.groups.entry(at).or_insert(Group {
+            ts,
+            last_ord: None,
+            boundary: None,
+            lane: None,
+        });
+        (group.ts, group.last_ord) = (ts, None);
+        Ok(())
+    }
+
+    /// The trade's `ord` in its instrument's current group: its place in the stream, unless
+    /// that does not come after the `ord` given last there (the stream's count at an older
+    /// `ts_recv` may have been forgotten and restarted, see `stream_position`), when it is the
+    /// next one, so a group's trades keep their delivery order. `None` if `at` has no group.
+    fn next_ord(&mut self, at: Instrument, position: u32) -> Option<u32> {
+        let group = self.groups.get_mut(&at)?;
         let ord = match group.last_ord {
             Some(last) if position <= last => last + 1,
             _ => position,
         };
         group.last_ord = Some(ord);
+        Some(ord)
+    }
+
+    /// Decides whether the trade is new (staged now), already counted (inside a stored
+    /// stretch), or to be matched (at a stretch's end: held with its group until the group is
+    /// complete, see `close_group`). Before `skip_before` it is taken as counted whatever its
+    /// place.
+    fn decide(
+        &mut self,
+        at: Instrument,
+        ts: i64,
+        ev: TradeEvent,
+        ord: u32,
+        stage: &mut impl FnMut(TradeEvent, u32),
+    ) {
         let minute = ts.div_euclid(NS_PER_MINUTE);
         let fp = fingerprint(ts, ev.sequence, ev.price, ev.size);
         let place = self.place(at, minute, ts);
         if ts < self.skip_before {
             self.skipped_before_position += 1;
-            return Ok(());
+            return;
         }
         match place {
             Place::New => {
@@ -439,21 +479,23 @@ impl Identity {
                 self.observe(at, minute, ts, fp, Some(i));
                 self.count_skip(at, minute, i);
             }
-            Place::AtEnd(i) => {
-                let Some(group) = self.groups.get_mut(&at) else {
-                    return Ok(());
-                };
-                group
-                    .boundary
-                    .get_or_insert(Boundary {
-                        span: i,
-                        trades: Vec::new(),
-                    })
-                    .trades
-                    .push((ev, ord, fp));
-            }
+            Place::AtEnd(i) => self.hold(at, i, (ev, ord, fp)),
         }
-        Ok(())
+    }
+
+    /// Holds a trade met at the end of stored stretch `span` with the rest of its group.
+    fn hold(&mut self, at: Instrument, span: usize, trade: (TradeEvent, u32, i64)) {
+        let Some(group) = self.groups.get_mut(&at) else {
+            return;
+        };
+        group
+            .boundary
+            .get_or_insert(Boundary {
+                span,
+                trades: Vec::new(),
+            })
+            .trades
+            .push(trade);
     }
 
     /// Records a trade of `at` in `minute` as seen, staged (`matched` None) or already counted.
@@ -619,42 +661,25 @@ impl Identity {
         seen: Seen,
         list: Vec<Stored>,
     ) -> Result<(Stored, Vec<Stored>, Vec<Span>), IdentityError> {
-        let continued = list
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.owned && s.span.last <= seen.first)
-            .max_by_key(|(_, s)| s.span.last)
-            .map(|(i, _)| i);
-        let (mut involved, mut kept) = (Vec::new(), Vec::new());
-        for (i, s) in list.into_iter().enumerate() {
-            let overlaps = s.span.first <= seen.last && s.span.last >= seen.first;
-            if overlaps || Some(i) == continued {
-                involved.push((i, s));
-            } else {
-                kept.push(s);
-            }
-        }
-        for (i, s) in &involved {
-            // The source holds the whole stretch only if it passed both ends, or met them
-            // with a group at least as long (a source may end inside a group: a stream cut).
-            let whole = (seen.first < s.span.first
-                || (seen.first == s.span.first
-                    && seen.first_group.len() >= s.span.first_group.len()))
-                && (s.span.last < seen.last
-                    || (s.span.last == seen.last
-                        && seen.last_group.len() >= s.span.last_group.len()));
-            let (count, digest) = seen.matched.get(i).copied().unwrap_or_default();
-            if whole && !s.owned && (count, digest) != (s.span.trades, s.span.digest) {
-                return Err(IdentityError::Disagrees {
-                    publisher: at.publisher,
-                    instrument: at.instrument,
-                    minute,
-                    here: count,
-                    stored: s.span.trades,
-                    stored_by: s.span.source.clone(),
-                });
-            }
-        }
+        let (involved, kept) = involved_in(&seen, list);
+        check_agrees(at, minute, &seen, &involved)?;
+        let mut span = self.seen_span(at, minute, &seen, &involved);
+        let gone = absorb(&mut span, involved);
+        let owned = seen.last >= span.last;
+        Ok((Stored { span, owned }, kept, gone))
+    }
+
+    /// The merged stretch before the stored ones' ranges are taken in: `seen`'s range, end
+    /// groups and staged trades, plus the trades and digests of every involved stretch (the
+    /// trades found already counted are in those, never in `seen.staged`, so the sums count
+    /// each trade once).
+    fn seen_span(
+        &self,
+        at: Instrument,
+        minute: i64,
+        seen: &Seen,
+        involved: &[(usize, Stored)],
+    ) -> Span {
         let mut span = Span {
             at,
             minute,
@@ -666,38 +691,106 @@ impl Identity {
             last_group: seen.last_group.clone(),
             source: self.source.clone(),
         };
-        for (_, s) in &involved {
+        for (_, s) in involved {
             let s = &s.span;
             span.trades += s.trades;
             span.digest = span.digest.wrapping_add(s.digest);
         }
-        let mut gone = Vec::new();
-        for (_, s) in involved {
-            let owned = s.owned;
-            let s = s.span;
-            if s.first < span.first {
-                span.first = s.first;
-                span.first_group = s.first_group.clone();
-                span.source = s.source.clone();
-            } else if s.first == span.first {
-                span.first_group = joined(
-                    &s.first_group,
-                    &span.first_group,
-                    owned && s.first == s.last,
-                );
-                span.source = s.source.clone();
-            }
-            if s.last > span.last {
-                span.last = s.last;
-                span.last_group = s.last_group.clone();
-            } else if s.last == span.last {
-                span.last_group = joined(&s.last_group, &span.last_group, owned);
-            }
-            gone.push(s);
-        }
-        let owned = seen.last >= span.last;
-        Ok((Stored { span, owned }, kept, gone))
+        span
     }
+}
+
+/// Splits the stored stretches of one instrument and minute into those a merge with `seen`
+/// takes in (with their index, which `seen.matched` refers to) and those it leaves as they
+/// are. It takes in every stretch `seen` overlaps, and the latest of this live session's own
+/// stretches ending at or before `seen`'s start: the session continues it, so its batches in
+/// a minute become one stretch even when they share no trade.
+fn involved_in(seen: &Seen, list: Vec<Stored>) -> (Vec<(usize, Stored)>, Vec<Stored>) {
+    let continued = list
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.owned && s.span.last <= seen.first)
+        .max_by_key(|(_, s)| s.span.last)
+        .map(|(i, _)| i);
+    let (mut involved, mut kept) = (Vec::new(), Vec::new());
+    for (i, s) in list.into_iter().enumerate() {
+        let overlaps = s.span.first <= seen.last && s.span.last >= seen.first;
+        if overlaps || Some(i) == continued {
+            involved.push((i, s));
+        } else {
+            kept.push(s);
+        }
+    }
+    (involved, kept)
+}
+
+/// Refuses the source where it holds a stored stretch whole (see `covers_whole`) but not the
+/// same trades: those it found counted there must match the stretch's count and digest, or
+/// it is cut mid-group or corrupt, and nothing of it may be staged. This session's own
+/// stretches are not compared: its trades continuing them are new, not found counted.
+fn check_agrees(
+    at: Instrument,
+    minute: i64,
+    seen: &Seen,
+    involved: &[(usize, Stored)],
+) -> Result<(), IdentityError> {
+    for (i, s) in involved {
+        let whole = covers_whole(seen, &s.span);
+        let (count, digest) = seen.matched.get(i).copied().unwrap_or_default();
+        if whole && !s.owned && (count, digest) != (s.span.trades, s.span.digest) {
+            return Err(IdentityError::Disagrees {
+                publisher: at.publisher,
+                instrument: at.instrument,
+                minute,
+                here: count,
+                stored: s.span.trades,
+                stored_by: s.span.source.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the source holds the whole of stretch `span`: only if it passed both ends, or met
+/// them with a group at least as long (a source may end inside a group: a stream cut), can
+/// it be expected to hold every trade stored there.
+fn covers_whole(seen: &Seen, span: &Span) -> bool {
+    (seen.first < span.first
+        || (seen.first == span.first && seen.first_group.len() >= span.first_group.len()))
+        && (span.last < seen.last
+            || (span.last == seen.last && seen.last_group.len() >= span.last_group.len()))
+}
+
+/// Widens `span` to the ranges of the stretches merged into it, and returns those, to be
+/// deleted. Where it shares an end with one, the end group is the one known to both (see
+/// `joined`); the merged stretch is named for the source that staged its first `ts_recv` (a
+/// stored stretch's, at a tie).
+fn absorb(span: &mut Span, involved: Vec<(usize, Stored)>) -> Vec<Span> {
+    let mut gone = Vec::new();
+    for (_, s) in involved {
+        let owned = s.owned;
+        let s = s.span;
+        if s.first < span.first {
+            span.first = s.first;
+            span.first_group = s.first_group.clone();
+            span.source = s.source.clone();
+        } else if s.first == span.first {
+            span.first_group = joined(
+                &s.first_group,
+                &span.first_group,
+                owned && s.first == s.last,
+            );
+            span.source = s.source.clone();
+        }
+        if s.last > span.last {
+            span.last = s.last;
+            span.last_group = s.last_group.clone();
+        } else if s.last == span.last {
+            span.last_group = joined(&s.last_group, &span.last_group, owned);
+        }
+        gone.push(s);
+    }
+    gone
 }
 
 /// The fingerprints of a group known twice: this session's own group continued is both
@@ -894,10 +987,9 @@ mod tests {
         assert!(again.is_empty());
     }
 
-    /// A live stream cut at many points, each time resumed by a replay from a margin before
-    /// the position, with batches committed as they fill: every trade staged exactly once.
-    #[test]
-    fn a_stream_resumed_after_cuts_stages_every_trade_once() {
+    /// One instrument's trades for a live stream: 4 `ts_recv`s a second for 150 s, in groups
+    /// of 1-3, with `ts_event` up to 0.9 s before `ts_recv` (a replay starts by `ts_event`).
+    fn live_stream() -> Vec<TradeEvent> {
         let mut all = Vec::new();
         for i in 0..600i64 {
             let ts = T0 + i * 250_000_000; // 4 per second, 150 s
@@ -908,6 +1000,38 @@ mod tests {
                 all.push(t);
             }
         }
+        all
+    }
+
+    /// Commits a batch as the live feeder does: its changes go to `db`, and the position moves
+    /// to the latest `ts_recv` read (`last`), never back, and not up to a group still held.
+    fn commit(id: &mut Identity, db: &mut Vec<Span>, last: i64, pos: &mut Option<i64>) {
+        let changes = id.take_changes().expect("changes");
+        db.retain(|s| !changes.delete.contains(&(s.at, s.first)));
+        db.extend(changes.insert);
+        let p = match id.earliest_held() {
+            Some(h) => last.min(h - 1),
+            None => last,
+        };
+        *pos = Some(pos.map_or(p, |q| q.max(p)));
+    }
+
+    /// What one source of `trades` stages with nothing stored, pushed one by one.
+    fn staged_alone(trades: &[TradeEvent]) -> Vec<(TradeEvent, u32)> {
+        let mut id = Identity::new("x", vec![]);
+        let mut v = Vec::new();
+        let mut stage = |ev: TradeEvent, ord: u32| v.push((ev, ord));
+        for t in trades {
+            id.push(*t, &mut stage).expect("push");
+        }
+        v
+    }
+
+    /// A live stream cut at many points, each time resumed by a replay from a margin before
+    /// the position, with batches committed as they fill: every trade staged exactly once.
+    #[test]
+    fn a_stream_resumed_after_cuts_stages_every_trade_once() {
+        let all = live_stream();
         let margin = 1_000_000_000i64;
         let mut db: Vec<Span> = Vec::new();
         let mut staged: Vec<(TradeEvent, u32)> = Vec::new();
@@ -919,17 +1043,6 @@ mod tests {
             let mut read = 0usize;
             let mut last = 0i64;
             let mut batch = Vec::new();
-            let flush =
-                |id: &mut Identity, db: &mut Vec<Span>, last: i64, pos: &mut Option<i64>| {
-                    let changes = id.take_changes().expect("changes");
-                    db.retain(|s| !changes.delete.contains(&(s.at, s.first)));
-                    db.extend(changes.insert);
-                    let p = match id.earliest_held() {
-                        Some(h) => last.min(h - 1),
-                        None => last,
-                    };
-                    *pos = Some(pos.map_or(p, |q| q.max(p)));
-                };
             for t in all
                 .iter()
                 .filter(|t| start.is_none_or(|s| t.ts_event as i64 >= s))
@@ -945,7 +1058,7 @@ mod tests {
                 last = last.max(ts);
                 if read.is_multiple_of(10) {
                     staged.append(&mut batch);
-                    flush(&mut id, &mut db, last, &mut position);
+                    commit(&mut id, &mut db, last, &mut position);
                 }
             }
             if cuts.get(session).is_none() {
@@ -953,18 +1066,9 @@ mod tests {
                 id.finish(&mut stage).expect("finish");
             }
             staged.append(&mut batch);
-            flush(&mut id, &mut db, last, &mut position);
+            commit(&mut id, &mut db, last, &mut position);
         }
-        let whole: Vec<(TradeEvent, u32)> = {
-            let mut id = Identity::new("x", vec![]);
-            let mut v = Vec::new();
-            let mut stage = |ev: TradeEvent, ord: u32| v.push((ev, ord));
-            for t in &all {
-                id.push(*t, &mut stage).expect("push");
-            }
-            v
-        };
-        assert_eq!(ids(&staged), ids(&whole));
+        assert_eq!(ids(&staged), ids(&staged_alone(&all)));
     }
 
     #[test]
