@@ -365,6 +365,11 @@ fn value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
         .map_err(|source| RollupError::Step { what, source })
 }
 
+/// A yes-or-no query; NULL is no.
+fn flag(client: &mut Client<'_>, sql: &str, what: &'static str) -> Step<bool> {
+    Ok(value::<bool>(client, sql, what)?.unwrap_or(false))
+}
+
 /// Two bigint values of a one-row query, NULL read as 0.
 fn two_counts(
     client: &mut Client<'_>,
@@ -391,12 +396,11 @@ fn check_preconditions(client: &mut Client<'_>) -> Step<()> {
     if isolation != "read committed" {
         return Err(RollupError::Isolation(isolation));
     }
-    let ready = value::<bool>(
+    if !flag(
         client,
         "SELECT price_bars_is_ready()",
         "checking price_bars",
-    )?;
-    if !ready.unwrap_or(false) {
+    )? {
         return Err(RollupError::PriceBarsNotReady);
     }
     Ok(())
@@ -406,12 +410,8 @@ fn check_preconditions(client: &mut Client<'_>) -> Step<()> {
 /// `None`: the database's objects are still 0.2.0's (the library was upgraded, ALTER
 /// EXTENSION ... UPDATE not yet run): it rolls up as 0.2.0 did, on the event clock.
 fn pinned_clock(client: &mut Client<'_>) -> Step<Option<Clock>> {
-    let settings = value::<bool>(
-        client,
-        "SELECT to_regclass('bar_settings') IS NOT NULL",
-        "looking for bar_settings",
-    )?;
-    if !settings.unwrap_or(false) {
+    let settings = "SELECT to_regclass('bar_settings') IS NOT NULL";
+    if !flag(client, settings, "looking for bar_settings")? {
         return Ok(None);
     }
     run(
@@ -463,7 +463,7 @@ fn idle_with_stragglers(client: &mut Client<'_>, slot: &str) -> Step<bool> {
         "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '{slot}'::regclass \
          AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM {slot})"
     );
-    Ok(value::<bool>(client, &sql, "looking at the other slot")?.unwrap_or(false))
+    flag(client, &sql, "looking at the other slot")
 }
 
 /// This rollup: its id, and what the database's objects allow it to do.
@@ -482,12 +482,11 @@ struct Plan {
 /// The plan of this rollup, once the slots are claimed.
 fn plan(client: &mut Client<'_>) -> Step<Plan> {
     let clock = pinned_clock(client)?;
-    let grouped = value::<bool>(
+    let grouped = flag(
         client,
         "SELECT to_regclass('rollup_bars') IS NOT NULL",
         "looking for rollup_bars",
-    )?
-    .unwrap_or(false);
+    )?;
     // Past every id a bar carries: rollup_stats is not dumped, price_bars is, so ids go on
     // rising after a dump and restore (bars_changed_since() depends on it).
     let next_id = if grouped {
@@ -504,35 +503,35 @@ fn plan(client: &mut Client<'_>) -> Step<Plan> {
     })
 }
 
-/// Rolls up one slot and empties it. Waits for a COPY still writing to it; later writers of
-/// it wait for us.
-fn roll_slot(
-    client: &mut Client<'_>,
-    slot: &str,
+/// One slot's rollup: the slot, the plan, and the plausible minutes `bounds` ($1, $2).
+#[derive(Debug, Clone, Copy)]
+struct Job<'s> {
+    slot: &'s str,
     plan: Plan,
     bounds: [i64; 2],
-) -> Step<RollupResult> {
+}
+
+/// Rolls up one slot and empties it. Waits for a COPY still writing to it; later writers of
+/// it wait for us.
+fn roll_slot(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
+    let slot = job.slot;
     run(
         client,
         &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
         &[],
         "claiming staging",
     )?;
-    if plan.grouped {
-        roll_grouped(client, slot, plan, bounds)
+    if job.plan.grouped {
+        roll_grouped(client, job)
     } else {
-        roll_inline(client, slot, plan, bounds)
+        roll_inline(client, job)
     }
 }
 
 /// Aggregates the slot into `rollup_bars`, merges its good bars, sets aside the trades it
 /// graded out, and empties both.
-fn roll_grouped(
-    client: &mut Client<'_>,
-    slot: &str,
-    plan: Plan,
-    bounds: [i64; 2],
-) -> Step<RollupResult> {
+fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
+    let Job { slot, plan, bounds } = job;
     let clock = plan.clock;
     let groups = run(
         client,
@@ -595,12 +594,8 @@ fn reject(client: &mut Client<'_>, sql: &str, unusable: i64, bounds: [i64; 2]) -
 
 /// The rollup of a database whose objects predate `rollup_bars` (the library is newer than
 /// its `ALTER EXTENSION ... UPDATE`): count, merge with each trade filtered, set aside.
-fn roll_inline(
-    client: &mut Client<'_>,
-    slot: &str,
-    plan: Plan,
-    bounds: [i64; 2],
-) -> Step<RollupResult> {
+fn roll_inline(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
+    let Job { slot, plan, bounds } = job;
     let (clock, with_ord) = (plan.clock, plan.v030);
     let census = census_sql(slot, clock);
     let (staged, unusable) = two_counts(client, &census, &bounds, "counting staged trades")?;
@@ -665,11 +660,25 @@ fn merge_slots(
     )?
     .unwrap_or_default();
     let bounds = [MIN_MINUTE, now_minute + 24 * 60];
-    let mut result = roll_slot(client, quiet, plan, bounds)?;
+    let mut result = roll_slot(
+        client,
+        Job {
+            slot: quiet,
+            plan,
+            bounds,
+        },
+    )?;
     if !idle_with_stragglers(client, other)? {
         return Ok(result);
     }
-    let more = roll_slot(client, other, plan, bounds)?;
+    let more = roll_slot(
+        client,
+        Job {
+            slot: other,
+            plan,
+            bounds,
+        },
+    )?;
     result.trades += more.trades;
     result.bars += more.bars;
     result.rejected += more.rejected;
