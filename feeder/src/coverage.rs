@@ -6,6 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::{GenericClient, Transaction};
 
+use crate::copy;
 use crate::error::FeederError;
 use crate::identity::{Changes, Instrument, Span, NS_PER_MINUTE};
 use tradebars_contract::lock;
@@ -124,7 +125,7 @@ pub async fn store(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Feeder
     let sink = tx
         .copy_in::<_, Bytes>(
             "COPY trade_coverage (publisher_id, instrument_id, minute, first_recv, last_recv, \
-             trades, digest, first_group, last_group, source) FROM STDIN",
+             trades, digest, first_group, last_group, source) FROM STDIN (FORMAT binary)",
         )
         .await
         .map_err(|e| FeederError::db("writing trade identity (trade_coverage)", e))?;
@@ -133,11 +134,21 @@ pub async fn store(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Feeder
     // over it.
     let mut spans: Vec<&Span> = changes.insert.iter().collect();
     spans.sort_unstable_by_key(|s| (s.minute, s.at.publisher, s.at.instrument, s.first));
-    for chunk in spans.chunks(4096) {
-        let mut buf = BytesMut::new();
+    let mut header = BytesMut::new();
+    copy::encode_header(&mut header);
+    let chunks = spans.chunks(4096).map(|chunk| {
+        let mut buf = BytesMut::with_capacity(chunk.len() * 160);
         for span in chunk {
-            encode_text_row(&mut buf, span);
+            encode_row(&mut buf, span);
         }
+        buf
+    });
+    let mut trailer = BytesMut::new();
+    copy::encode_trailer(&mut trailer);
+    for buf in std::iter::once(header)
+        .chain(chunks)
+        .chain(std::iter::once(trailer))
+    {
         sink.send(buf.freeze())
             .await
             .map_err(|e| FeederError::db("writing trade identity (trade_coverage)", e))?;
@@ -148,38 +159,46 @@ pub async fn store(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Feeder
     Ok(())
 }
 
-/// One row in COPY's text format.
-fn encode_text_row(buf: &mut BytesMut, s: &Span) {
-    let array = |v: &[i64]| {
-        let items: Vec<String> = v.iter().map(i64::to_string).collect();
-        format!("{{{}}}", items.join(","))
-    };
-    let line = format!(
-        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t",
-        s.at.publisher,
-        s.at.instrument,
+/// One row in binary COPY format (`copy.rs` writes staging the same way): the server need
+/// not parse the arrays' text, which cost about half of this COPY's time.
+fn encode_row(buf: &mut BytesMut, s: &Span) {
+    buf.put_i16(10); // fields
+    buf.put_i32(4);
+    buf.put_i32(i32::from(s.at.publisher));
+    for v in [
+        i64::from(s.at.instrument),
         s.minute,
         s.first,
         s.last,
         s.trades,
         s.digest,
-        array(&s.first_group),
-        array(&s.last_group)
-    );
-    buf.put_slice(line.as_bytes());
-    for c in s.source.chars() {
-        match c {
-            '\\' => buf.put_slice(b"\\\\"),
-            '\t' => buf.put_slice(b"\\t"),
-            '\n' => buf.put_slice(b"\\n"),
-            '\r' => buf.put_slice(b"\\r"),
-            c => {
-                let mut tmp = [0u8; 4];
-                buf.put_slice(c.encode_utf8(&mut tmp).as_bytes());
-            }
-        }
+    ] {
+        buf.put_i32(8);
+        buf.put_i64(v);
     }
-    buf.put_u8(b'\n');
+    put_bigint_array(buf, &s.first_group);
+    put_bigint_array(buf, &s.last_group);
+    buf.put_i32(s.source.len() as i32);
+    buf.put_slice(s.source.as_bytes());
+}
+
+/// `bigint[]` in PostgreSQL's binary array format: dimensions, no NULLs, element type int8,
+/// then the elements; an empty array has no dimension.
+fn put_bigint_array(buf: &mut BytesMut, v: &[i64]) {
+    const INT8_OID: i32 = 20;
+    let dims = i32::from(!v.is_empty());
+    buf.put_i32(12 + 8 * dims + 12 * v.len() as i32);
+    buf.put_i32(dims);
+    buf.put_i32(0); // no NULLs
+    buf.put_i32(INT8_OID);
+    if dims == 1 {
+        buf.put_i32(v.len() as i32);
+        buf.put_i32(1); // lower bound
+    }
+    for x in v {
+        buf.put_i32(8);
+        buf.put_i64(*x);
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +206,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_text_row_escapes_the_source_and_writes_arrays() {
+    fn a_binary_row_holds_every_field_and_both_arrays() {
         let span = Span {
             at: Instrument {
                 publisher: 2,
@@ -200,13 +219,23 @@ mod tests {
             digest: -4,
             first_group: vec![1, -2],
             last_group: vec![],
-            source: "a\tb\\c\nd".into(),
+            source: "a\tb".into(),
         };
         let mut buf = BytesMut::new();
-        encode_text_row(&mut buf, &span);
-        assert_eq!(
-            &buf[..],
-            b"2\t1000\t5\t300\t310\t3\t-4\t{1,-2}\t{}\ta\\tb\\\\c\\nd\n"
-        );
+        encode_row(&mut buf, &span);
+        // Written out by hand from PostgreSQL's binary COPY and array formats.
+        let mut want: Vec<u8> = vec![0, 10, 0, 0, 0, 4, 0, 0, 0, 2];
+        for v in [1000i64, 5, 300, 310, 3, -4] {
+            want.extend([0, 0, 0, 8]);
+            want.extend(v.to_be_bytes());
+        }
+        want.extend([
+            0, 0, 0, 44, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 2, 0, 0, 0, 1,
+        ]);
+        want.extend([0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
+        want.extend([0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
+        want.extend([0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20]);
+        want.extend([0, 0, 0, 3, b'a', b'\t', b'b']);
+        assert_eq!(&buf[..], &want[..]);
     }
 }

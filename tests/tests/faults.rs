@@ -96,6 +96,83 @@ fn a_feeder_killed_in_the_middle_of_its_copy_leaves_nothing_and_a_rerun_is_exact
     assert_eq!(stored_bars(&db), oracle(&file));
 }
 
+/// `replay` with `file` in `db`, its output captured.
+fn spawn_replay(db: &str, file: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    Command::new(feeder_bin())
+        .arg("replay")
+        .args(extra)
+        .arg(file)
+        .env("DATABASE_URL", url(db))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the feeder")
+}
+
+#[test]
+fn sigterm_while_a_replay_stands_by_or_copies_exits_0_and_a_rerun_counts_each_trade_once() {
+    let db = fresh_db("replay_sigterm", "");
+    let file = generate("replay_sigterm.dbn.zst", 50, 1000000, 43);
+    let nothing_kept = |db: &str| {
+        for table in [
+            "trades_staging",
+            "ingest_ledger",
+            "trade_coverage",
+            "price_bars",
+        ] {
+            assert_eq!(
+                count(db, &format!("SELECT count(*) FROM {table}")),
+                0,
+                "{table}"
+            );
+        }
+    };
+    // Standing by: another session holds the feeder lock (sql/migration_verify.sql's key).
+    let mut holder = connect(&db);
+    holder
+        .batch_execute("SELECT pg_advisory_lock(29794, 3)")
+        .unwrap();
+    let mut child = spawn_replay(&db, &file, &["--standby"]);
+    wait_for(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tradebars-feeder'",
+    );
+    std::thread::sleep(Duration::from_millis(300)); // into its wait for the lock
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("stopped during replay"), "{out}");
+    nothing_kept(&db);
+    holder
+        .batch_execute("SELECT pg_advisory_unlock(29794, 3)")
+        .unwrap();
+
+    // Copying: the file's transaction goes with the connection.
+    let mut child = spawn_replay(&db, &file, &[]);
+    wait_for(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'");
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    wait_until("the abandoned COPY to end", Duration::from_secs(30), || {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%'",
+        ) <= 0
+    });
+    nothing_kept(&db);
+
+    let out = feeder(
+        &["replay", &file.display().to_string(), "--rollup"],
+        Some(&db),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
+        1_000_000
+    );
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
 #[test]
 fn each_role_can_do_its_job_and_nothing_more() {
     let db = fresh_db("roles", "");

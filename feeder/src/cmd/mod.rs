@@ -16,6 +16,7 @@ use crate::config::LoadArgs;
 use crate::db;
 use crate::error::FeederError;
 use crate::lock::{self, FeederLock};
+use crate::shutdown;
 use crate::source::Summary;
 use crate::APP;
 
@@ -69,8 +70,27 @@ pub async fn rollup(client: &Client) -> Result<(), FeederError> {
 
 /// The one way replay and backfill load: connect, take the feeder lock as `mode`, `load`,
 /// record a failure where a DBA (and migration_check()) sees it, roll up when asked and
-/// all went well, and give the lock back.
+/// all went well, and give the lock back. SIGTERM or SIGINT, at any moment of it (standing
+/// by included), abandons the work in progress and exits 0: each load is one transaction
+/// and trade identity makes a rerun load only what is missing, so nothing is lost or
+/// counted twice.
 pub async fn load_holding_the_lock(
+    args: &LoadArgs,
+    mode: &str,
+    load: impl AsyncFnOnce(&mut FeederLock) -> Result<(), FeederError>,
+) -> Result<(), FeederError> {
+    let stop = shutdown::on_signal("");
+    tokio::select! {
+        result = hold_the_lock_and_load(args, mode, load) => result,
+        _ = stop.cancelled() => Err(FeederError::Stopped(format!(
+            "during {mode}: the load in progress was abandoned, and PostgreSQL keeps nothing of \
+             it unless its commit had already reached the server; the same command again loads \
+             what is missing, once"
+        ))),
+    }
+}
+
+async fn hold_the_lock_and_load(
     args: &LoadArgs,
     mode: &str,
     load: impl AsyncFnOnce(&mut FeederLock) -> Result<(), FeederError>,
