@@ -26,10 +26,10 @@ pub async fn print_query(client: &Client, title: &str, sql: &str) -> Result<(), 
             );
         }
     }
-    println!("{title}");
+    let mut out = format!("{title}\n");
     if rows.is_empty() {
-        println!("  (none)");
-        return Ok(());
+        out.push_str("  (none)\n");
+        return print(&out);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
@@ -40,20 +40,31 @@ pub async fn print_query(client: &Client, title: &str, sql: &str) -> Result<(), 
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cells: &[String]| {
+    let mut line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("  {}", padded.join("  ").trim_end());
+        out.push_str(&format!("  {}\n", padded.join("  ").trim_end()));
     };
     line(&header);
     line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
     for r in &rows {
         line(r);
     }
-    Ok(())
+    print(&out)
+}
+
+/// Writes `text` to standard output. A closed pipe (status | head) ends the command as
+/// cleanly as SIGTERM does, not with a panic.
+fn print(text: &str) -> Result<(), FeederError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|_| FeederError::Stopped("status: standard output is closed".into()))
 }
 
 async fn print_status(client: &Client) -> Result<(), FeederError> {
@@ -95,14 +106,15 @@ async fn print_status(client: &Client) -> Result<(), FeederError> {
 }
 
 pub async fn run(client: &Client, watch: Option<u64>) -> Result<(), FeederError> {
+    let stop = crate::shutdown::on_signal("");
     loop {
         print_status(client).await?;
-        match watch {
-            Some(secs) => {
-                println!();
-                tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
-            }
-            None => return Ok(()),
+        let Some(secs) = watch else {
+            return Ok(());
+        };
+        print("\n")?;
+        if !crate::shutdown::sleep(Duration::from_secs(secs.max(1)), &stop).await {
+            return Err(FeederError::Stopped("status: on request".into()));
         }
     }
 }

@@ -60,6 +60,13 @@ impl Generated {
 }
 
 /// Ticker-like symbols: WGRX (the screener's example) first, then distinct 3-4 letter names.
+/// Names are 3 or 4 letters (474,552 of them) drawn until distinct: far below that bound a
+/// draw rarely repeats, at it the draws would never end.
+pub const MAX_SYMBOLS: usize = 100_000;
+
+/// The rollup's earliest plausible trade (extension/src/rollup.rs: from 1980 on).
+const EARLIEST_DATE: time::Date = time::macros::date!(1980 - 01 - 01);
+
 pub fn symbols(count: usize, rng: &mut StdRng) -> Vec<String> {
     let mut out = vec!["WGRX".to_string()];
     let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
@@ -107,6 +114,18 @@ pub fn generate(
         return Err(FeederError::Usage(
             "--symbols and --trades must be at least 1".into(),
         ));
+    }
+    if spec.symbols > MAX_SYMBOLS {
+        return Err(FeederError::Usage(format!(
+            "--symbols {}: at most {MAX_SYMBOLS} (names are 3 or 4 letters, drawn until distinct)",
+            spec.symbols
+        )));
+    }
+    if spec.date < EARLIEST_DATE {
+        return Err(FeederError::Usage(format!(
+            "--date {}: before {EARLIEST_DATE}, whose trades bars_rollup() sets aside as out of range",
+            spec.date
+        )));
     }
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let names = symbols(spec.symbols, &mut rng);
@@ -445,6 +464,29 @@ mod tests {
         assert_eq!(s[0], "WGRX");
         let unique: std::collections::HashSet<_> = s.iter().collect();
         assert_eq!(unique.len(), 500);
+    }
+
+    #[test]
+    fn too_many_symbols_or_a_day_before_1980_is_a_usage_error_and_writes_nothing() {
+        let out = std::env::temp_dir().join(format!("tradebars-gen-{}.dbn", std::process::id()));
+        let spec = |symbols, date| GenerateSpec {
+            symbols,
+            trades: 10,
+            seed: 1,
+            date,
+        };
+        let day = time::macros::date!(2025 - 10 - 24);
+        for bad in [
+            spec(MAX_SYMBOLS + 1, day),
+            spec(5, time::macros::date!(1979 - 12 - 31)),
+        ] {
+            let e = generate(&bad, &out, |_| {}).expect_err("refused");
+            assert_eq!(e.exit_code(), 2, "{e}");
+            assert!(!out.exists(), "{e}: a file was written");
+        }
+        generate(&spec(5, time::macros::date!(1980 - 01 - 01)), &out, |_| {})
+            .expect("1980 is fine");
+        std::fs::remove_file(&out).unwrap();
     }
 
     #[test]
