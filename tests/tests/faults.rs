@@ -84,16 +84,30 @@ fn a_feeder_killed_in_the_middle_of_its_copy_leaves_nothing_and_a_rerun_is_exact
     });
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 0);
+    a_rerun_is_exact(&db, &file, 1_000_000);
+}
+
+/// `replay --rollup` of `file` again: it succeeds, and the bars hold its `trades` once, equal
+/// to the oracle's.
+fn a_rerun_is_exact(db: &str, file: &std::path::Path, trades: i64) {
     let out = feeder(
         &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
+        Some(db),
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
-        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
-        1_000_000
+        count(db, "SELECT sum(trade_count)::bigint FROM price_bars"),
+        trades
     );
-    assert_eq!(stored_bars(&db), oracle(&file));
+    assert_eq!(stored_bars(db), oracle(file));
+}
+
+/// SIGTERM to `child`, which must exit 0 within 10 s; its output.
+fn stopped_with_0(mut child: std::process::Child) -> String {
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    out
 }
 
 /// `replay` with `file` in `db`, its output captured.
@@ -132,15 +146,13 @@ fn sigterm_while_a_replay_stands_by_or_copies_exits_0_and_a_rerun_counts_each_tr
     holder
         .batch_execute("SELECT pg_advisory_lock(29794, 3)")
         .unwrap();
-    let mut child = spawn_replay(&db, &file, &["--standby"]);
+    let child = spawn_replay(&db, &file, &["--standby"]);
     wait_for(
         &db,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tradebars-feeder'",
     );
     std::thread::sleep(Duration::from_millis(300)); // into its wait for the lock
-    sigterm(&mut child);
-    let (code, out) = exit_within(child, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    let out = stopped_with_0(child);
     assert!(out.contains("stopped during replay"), "{out}");
     nothing_kept(&db);
     holder
@@ -148,11 +160,10 @@ fn sigterm_while_a_replay_stands_by_or_copies_exits_0_and_a_rerun_counts_each_tr
         .unwrap();
 
     // Copying: the file's transaction goes with the connection.
-    let mut child = spawn_replay(&db, &file, &[]);
+    let child = spawn_replay(&db, &file, &[]);
     wait_for(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'");
-    sigterm(&mut child);
-    let (code, out) = exit_within(child, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    let out = stopped_with_0(child);
+    assert!(out.contains("stopped during replay"), "{out}");
     wait_until("the abandoned COPY to end", Duration::from_secs(30), || {
         count(
             &db,
@@ -161,16 +172,7 @@ fn sigterm_while_a_replay_stands_by_or_copies_exits_0_and_a_rerun_counts_each_tr
     });
     nothing_kept(&db);
 
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
-        1_000_000
-    );
-    assert_eq!(stored_bars(&db), oracle(&file));
+    a_rerun_is_exact(&db, &file, 1_000_000);
 }
 
 #[test]
