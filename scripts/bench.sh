@@ -61,8 +61,8 @@ stage_from_copy() { sql "TRUNCATE trades_staging_0, trades_staging_1; COPY $(slo
 SQL_ROLLUP="
 INSERT INTO sql_bars AS p
 SELECT symbol, to_timestamp(ts_recv / 60000000000 * 60),
-       fixed_to_numeric((min(ARRAY[ts_recv, ord, price]))[3]), fixed_to_numeric(max(price)),
-       fixed_to_numeric(min(price)), fixed_to_numeric((max(ARRAY[ts_recv, ord, price]))[3]),
+       tradebars_internal.fixed_to_numeric((min(ARRAY[ts_recv, ord, price]))[3]), tradebars_internal.fixed_to_numeric(max(price)),
+       tradebars_internal.fixed_to_numeric(min(price)), tradebars_internal.fixed_to_numeric((max(ARRAY[ts_recv, ord, price]))[3]),
        sum(size), count(*), min(ARRAY[ts_recv, ord, price]), max(ARRAY[ts_recv, ord, price])
 FROM trades_staging GROUP BY symbol, ts_recv / 60000000000
 ON CONFLICT (symbol, \"timestamp\") DO UPDATE SET

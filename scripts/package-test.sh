@@ -47,7 +47,8 @@ LIB=$("$PG_CONFIG" --pkglibdir)
 check "tradebars.so in $LIB" test -f "$LIB/tradebars.so"
 check "tradebars.control in $EXT" test -f "$EXT/tradebars.control"
 check "tradebars--$VERSION.sql" test -f "$EXT/tradebars--$VERSION.sql"
-for script in sql/tradebars--*.sql; do
+shopt -s nullglob  # no sql/upgrade/ template right after a release
+for script in sql/tradebars--*.sql sql/upgrade/tradebars--*.sql; do
   check "released script $(basename "$script") (owned by the package)" \
     bash -c "dpkg -S '$EXT/$(basename "$script")' | grep -q '^tradebars:'"
 done

@@ -2,7 +2,8 @@
 # Builds the Debian package tradebars_<version>_<arch>.deb in target/package/:
 #   - the extension for PostgreSQL 15 (cargo pgrx package: tradebars.so, tradebars.control,
 #     tradebars--<version>.sql) with every released script of sql/ (tradebars--X.sql and
-#     tradebars--X--Y.sql), so ALTER EXTENSION tradebars UPDATE works from each of them;
+#     tradebars--X--Y.sql) and the upgrade script of the version under work (sql/upgrade/,
+#     by upgrade-scripts.sh), so ALTER EXTENSION tradebars UPDATE works from each of them;
 #   - /usr/bin/tradebars-feeder (release build);
 #   - the systemd unit /lib/systemd/system/tradebars-feeder.service;
 #   - in /usr/share/doc/tradebars: the runbook (README.md), the env example, the Prometheus
@@ -42,6 +43,7 @@ test -f "$LIB/tradebars.so" -a -f "$EXT/tradebars.control" -a -f "$EXT/tradebars
 # The released versions' scripts, whatever is in sql/ at build time.
 released=(sql/tradebars--*.sql)
 cp "${released[@]}" "$EXT/"
+bash scripts/upgrade-scripts.sh "$EXT"
 grep -q "^default_version = '$VERSION'" "$EXT/tradebars.control" || {
   echo "package: tradebars.control's default_version is not $VERSION" >&2
   exit 1

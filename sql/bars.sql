@@ -36,9 +36,9 @@ CREATE TYPE bar AS (
 -- repeats an hour, the first of the two; where it springs forward past `w`, the moment it
 -- jumps. (`w AT TIME ZONE tz` alone takes the later reading in both cases, which would start a
 -- day after trades that belong to it.)
-CREATE FUNCTION local_instant(w timestamp, tz text) RETURNS timestamptz
+CREATE OR REPLACE FUNCTION tradebars_internal.local_instant(w timestamp, tz text) RETURNS timestamptz
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     guess timestamptz := w AT TIME ZONE tz;
@@ -56,12 +56,12 @@ $fn$;
 
 -- The starts of the local days (each from `origin`) in `tz` that cover [from_ts, to_ts),
 -- ascending, with a day to spare at both ends.
-CREATE FUNCTION local_day_starts(from_ts timestamptz, to_ts timestamptz, tz text, origin interval)
+CREATE OR REPLACE FUNCTION tradebars_internal.local_day_starts(from_ts timestamptz, to_ts timestamptz, tz text, origin interval)
     RETURNS timestamptz[]
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 RETURN ARRAY(
-    SELECT local_instant(d + origin, tz)
+    SELECT tradebars_internal.local_instant(d + origin, tz)
     FROM generate_series(date_trunc('day', (from_ts AT TIME ZONE tz) - origin) - interval '1 day',
                          date_trunc('day', (to_ts AT TIME ZONE tz) - origin) + interval '1 day',
                          interval '1 day') AS d
@@ -70,7 +70,7 @@ RETURN ARRAY(
 -- The start of the bucket that holds `ts`: its day (the last of `day_starts` at or before it),
 -- then whole steps of elapsed time from that day's start. Only built-in functions, so it is
 -- inlined into bars()'s query (a SET search_path would prevent that).
-CREATE FUNCTION bar_bucket(ts timestamptz, step interval, day_starts timestamptz[])
+CREATE OR REPLACE FUNCTION tradebars_internal.bar_bucket(ts timestamptz, step interval, day_starts timestamptz[])
     RETURNS timestamptz
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN step = interval '1 day' THEN day_starts[width_bucket(ts, day_starts)]
@@ -79,9 +79,9 @@ RETURN CASE WHEN step = interval '1 day' THEN day_starts[width_bucket(ts, day_st
                          / extract(epoch FROM step))::bigint * step END;
 
 -- A session such as '09:30-16:00' as its local open and close times; NULL: the whole day.
-CREATE FUNCTION bar_session(session text, OUT opens time, OUT closes time)
+CREATE OR REPLACE FUNCTION tradebars_internal.bar_session(session text, OUT opens time, OUT closes time)
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF session IS NULL THEN
@@ -115,13 +115,13 @@ $fn$;
 -- at all; the rest (edges of the range, of the session and of buckets, and hours the clock
 -- changes in) is read minute by minute, as before hour bars. Without `use_hours`, the whole
 -- range is one stretch.
-CREATE FUNCTION bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, step interval, plain boolean,
+CREATE OR REPLACE FUNCTION tradebars_internal.bar_hours(symbol text, from_ts timestamptz, to_ts timestamptz, step interval, plain boolean,
                           day_starts timestamptz[], tz text, opens time, closes time,
                           use_hours boolean,
                           OUT whole timestamptz[], OUT part_from timestamptz[],
                           OUT part_to timestamptz[])
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF NOT use_hours OR to_ts <= from_ts THEN
@@ -162,7 +162,7 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION bars(
+CREATE OR REPLACE FUNCTION bars(
     symbol text,
     start timestamptz,
     "end" timestamptz,
@@ -175,7 +175,7 @@ CREATE FUNCTION bars(
     fill text DEFAULT 'none'
 ) RETURNS SETOF bar
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     step interval := checked_bucket(bucket);
@@ -195,9 +195,9 @@ DECLARE
     part_to timestamptz[];
 BEGIN
     SELECT * INTO hours FROM bar_session(bars.session);
-    IF bars.symbol IS NULL OR bars.start IS NULL OR bars."end" IS NULL OR bars.tz IS NULL
-       OR bars.origin IS NULL OR bars.fill IS NULL THEN
-        RAISE EXCEPTION 'bars: symbol, start, end, tz, origin and fill must not be NULL'
+    IF bars.symbol IS NULL OR bars.start IS NULL OR bars."end" IS NULL OR bars.include_legacy IS NULL
+       OR bars.include_deleted IS NULL OR bars.tz IS NULL OR bars.origin IS NULL OR bars.fill IS NULL THEN
+        RAISE EXCEPTION 'bars: symbol, start, end, include_legacy, include_deleted, tz, origin and fill must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF bars."end" < bars.start THEN
@@ -247,8 +247,8 @@ BEGIN
     PERFORM require_price_bars_ready('bars');
     SELECT h.whole, h.part_from, h.part_to INTO whole_hours, part_from, part_to
     FROM bar_hours(bars.symbol, bars.start, bars."end", step, plain, day_starts, bars.tz, hours.opens, hours.closes,
-                   step >= interval '1 hour' AND NOT coalesce(bars.include_legacy, false)
-                   AND NOT coalesce(bars.include_deleted, false)) h;
+                   step >= interval '1 hour' AND NOT bars.include_legacy
+                   AND NOT bars.include_deleted) h;
     -- the first whole minute in the range: minute bars start on the minute
     first_minute := date_bin(interval '1 minute', bars.start - interval '1 microsecond',
                              TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 minute';
@@ -262,9 +262,9 @@ BEGIN
         SELECT p."timestamp" INTO seed_at
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
-          AND (coalesce(bars.include_legacy, false)
+          AND (bars.include_legacy
                OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
-          AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
+          AND (bars.include_deleted OR p.deleted_at IS NULL)
           AND (hours.opens IS NULL
                OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
                    AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
@@ -273,9 +273,9 @@ BEGIN
         SELECT p.close INTO seed
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" = seed_at
-          AND (coalesce(bars.include_legacy, false)
+          AND (bars.include_legacy
                OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
-          AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
+          AND (bars.include_deleted OR p.deleted_at IS NULL)
         ORDER BY CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
                       WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
                       WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
@@ -313,9 +313,9 @@ BEGIN
         FROM price_bars p
         WHERE p.symbol = bars.symbol
           AND p."timestamp" >= g.lo AND p."timestamp" < g.hi
-          AND (coalesce(bars.include_legacy, false)
+          AND (bars.include_legacy
                OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
-          AND (coalesce(bars.include_deleted, false) OR p.deleted_at IS NULL)
+          AND (bars.include_deleted OR p.deleted_at IS NULL)
           AND (hours.opens IS NULL
                OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
                    AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))

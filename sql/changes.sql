@@ -6,12 +6,12 @@
 -- that changed it last (price_bars.changed_in), so bars_changed_since(id) returns every bar
 -- changed after rollup `id`, as it stands now: a listener that missed notifications, or was
 -- not connected, catches up with one call. The latest id is rollup_status().rollups.
-CREATE FUNCTION bars_changed_since(since bigint, symbols text[] DEFAULT NULL)
+CREATE OR REPLACE FUNCTION bars_changed_since(since bigint, symbols text[] DEFAULT NULL)
 RETURNS TABLE (rollup_id bigint, symbol text, "timestamp" timestamptz, open numeric,
                high numeric, low numeric, close numeric, volume bigint, trade_count bigint,
                vwap numeric)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 #variable_conflict use_column
 BEGIN

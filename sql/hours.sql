@@ -34,9 +34,9 @@ SELECT pg_extension_config_dump('hour_bars', '');
 -- The statement that writes the hour bar of each hour `minutes` gives minute bars for: the
 -- minute bars (symbol, hour, "timestamp", open, high, low, close, volume, trade_count,
 -- notional, data_source) summed as bars() sums minutes. One text for both callers below.
-CREATE FUNCTION hour_bars_insert(minutes text) RETURNS text
+CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_insert(minutes text) RETURNS text
     LANGUAGE sql IMMUTABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 RETURN format($q$
     INSERT INTO hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
                            notional, data_source)
@@ -58,9 +58,9 @@ $q$, minutes);
 -- the trades bar, else the official one. The queries are fixed, chosen by name, never text
 -- from a caller. Waits for another refresh and keeps it waiting until commit, so each one
 -- reads the bars the other committed.
-CREATE FUNCTION hour_bars_refresh(touched text) RETURNS bigint
+CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_refresh(touched text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     hours text := CASE touched
@@ -97,14 +97,14 @@ BEGIN
     RETURN n;
 END
 $fn$;
-COMMENT ON FUNCTION hour_bars_refresh(text) IS
+COMMENT ON FUNCTION tradebars_internal.hour_bars_refresh(text) IS
     'tradebars (internal): recomputes the hour bars of the hours a rollup or an official load touched';
 
 -- Recomputes every hour bar of the hours that meet [from_ts, to_ts), of all symbols, in one
 -- pass over their minute bars (no lookup per hour: a year of 500 symbols is 900,000 hours). Hours left with no bar lose their hour bar. Locks as hour_bars_refresh().
-CREATE FUNCTION hour_bars_rebuild(from_ts timestamptz, to_ts timestamptz) RETURNS bigint
+CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_rebuild(from_ts timestamptz, to_ts timestamptz) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
     SET work_mem = '256MB'
 AS $fn$
 DECLARE
@@ -141,16 +141,16 @@ BEGIN
     RETURN n;
 END
 $fn$;
-COMMENT ON FUNCTION hour_bars_rebuild(timestamptz, timestamptz) IS
+COMMENT ON FUNCTION tradebars_internal.hour_bars_rebuild(timestamptz, timestamptz) IS
     'tradebars (internal): recomputes every hour bar of the hours that meet a range, in one pass';
 
 -- For the DBA who wrote price_bars by hand: makes the hour bars of [start, end) exact again
 -- (every hour, of every symbol, that meets the range). Returns the hour bars written.
-CREATE FUNCTION refresh_hour_bars(start timestamptz DEFAULT '-infinity',
+CREATE OR REPLACE FUNCTION refresh_hour_bars(start timestamptz DEFAULT '-infinity',
                                   "end" timestamptz DEFAULT 'infinity')
 RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF start IS NULL OR "end" IS NULL THEN
@@ -172,8 +172,8 @@ COMMENT ON FUNCTION refresh_hour_bars(timestamptz, timestamptz) IS
 -- the extension is created again, its bars get their hours now.
 DO $do$
 BEGIN
-    IF price_bars_is_ready() THEN
-        PERFORM hour_bars_rebuild('-infinity', 'infinity');
+    IF tradebars_internal.price_bars_is_ready() THEN
+        PERFORM tradebars_internal.hour_bars_rebuild('-infinity', 'infinity');
     END IF;
 END
 $do$;

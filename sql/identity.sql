@@ -60,21 +60,23 @@ SELECT pg_extension_config_dump('bar_settings', '');
 SELECT pg_extension_config_dump('trade_coverage', '');
 SELECT pg_extension_config_dump('live_positions', '');
 
-CREATE FUNCTION bar_clock() RETURNS text
+CREATE OR REPLACE FUNCTION bar_clock() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
     RETURN coalesce((SELECT clock FROM bar_settings), 'ts_recv');
 COMMENT ON FUNCTION bar_clock() IS
     'tradebars: the clock that places trades in minutes: ts_recv (Databento''s OHLCV) or ts_event';
 
-CREATE FUNCTION set_bar_clock(clock text) RETURNS text
+CREATE OR REPLACE FUNCTION set_bar_clock(clock text) RETURNS text
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
-    IF clock IS NULL OR clock NOT IN ('ts_recv', 'ts_event') THEN
-        RAISE EXCEPTION 'set_bar_clock: clock must be ''ts_recv'' or ''ts_event'', not %',
-            coalesce(quote_literal(clock), 'NULL')
+    IF clock IS NULL THEN
+        RAISE EXCEPTION 'set_bar_clock: clock must not be NULL (''ts_recv'' or ''ts_event'')'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF clock NOT IN ('ts_recv', 'ts_event') THEN
+        RAISE EXCEPTION 'set_bar_clock: clock must be ''ts_recv'' or ''ts_event'', not %', quote_literal(clock)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
@@ -96,14 +98,16 @@ $fn$;
 COMMENT ON FUNCTION set_bar_clock(text) IS
     'tradebars: choose the bar clock; only while no trades bar exists';
 
-CREATE FUNCTION set_identity_retention(keep interval) RETURNS interval
+CREATE OR REPLACE FUNCTION set_identity_retention(keep interval) RETURNS interval
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
-    IF keep IS NULL OR keep < interval '1 hour' OR keep > interval '100 years' THEN
-        RAISE EXCEPTION 'set_identity_retention: keep must be from 1 hour to 100 years, not %',
-            coalesce(keep::text, 'NULL')
+    IF keep IS NULL THEN
+        RAISE EXCEPTION 'set_identity_retention: keep must not be NULL (from 1 hour to 100 years)'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF keep < interval '1 hour' OR keep > interval '100 years' THEN
+        RAISE EXCEPTION 'set_identity_retention: keep must be from 1 hour to 100 years, not %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     INSERT INTO bar_settings AS s (id, identity_retention) VALUES (1, keep)
@@ -119,9 +123,9 @@ COMMENT ON FUNCTION set_identity_retention(interval) IS
 -- is the newest), and moves the horizon: a later load before it is refused where trades bars
 -- exist. The newest trade is the newest plausible one, no later than a day past now (the
 -- rollup's own bound): one trade stamped in 2100 must not make every other trade old.
-CREATE FUNCTION prune_trade_identity() RETURNS bigint
+CREATE OR REPLACE FUNCTION prune_trade_identity() RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     keep interval := coalesce((SELECT identity_retention FROM bar_settings), interval '7 days');
@@ -146,9 +150,9 @@ $fn$;
 COMMENT ON FUNCTION prune_trade_identity() IS
     'tradebars: drop trade identity older than the retention; returns the rows dropped';
 
-CREATE FUNCTION identity_horizon() RETURNS timestamptz
+CREATE OR REPLACE FUNCTION identity_horizon() RETURNS timestamptz
     LANGUAGE sql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
     RETURN to_timestamp(coalesce((SELECT identity_horizon FROM bar_settings), 0) / 1e9);
 COMMENT ON FUNCTION identity_horizon() IS
     'tradebars: before this time trade identity is no longer known';
@@ -156,9 +160,9 @@ COMMENT ON FUNCTION identity_horizon() IS
 -- Why a load whose trades start at first_recv (ns) must not go ahead, or NULL: trade
 -- identity before the horizon is gone, so trades there that are already counted in a
 -- trades bar could not be told apart from new ones.
-CREATE FUNCTION identity_refusal(first_recv bigint) RETURNS text
+CREATE OR REPLACE FUNCTION tradebars_internal.identity_refusal(first_recv bigint) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     horizon bigint := coalesce((SELECT identity_horizon FROM bar_settings), 0);
@@ -180,5 +184,5 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
-COMMENT ON FUNCTION identity_refusal(bigint) IS
+COMMENT ON FUNCTION tradebars_internal.identity_refusal(bigint) IS
     'tradebars: why a load starting at this ts_recv (ns) is refused, or NULL (used by the feeder)';

@@ -3,18 +3,18 @@
 -- bar that is not held in the archive or a named backup table, unless the DBA confirms.
 
 -- The columns of price_bars that can be written, quoted, in table order.
-CREATE FUNCTION price_bars_columns(rel regclass DEFAULT 'price_bars') RETURNS text
+CREATE OR REPLACE FUNCTION tradebars_internal.price_bars_columns(rel regclass DEFAULT 'price_bars') RETURNS text
     LANGUAGE sql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
     FROM pg_attribute
     WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
 $fn$;
 
-CREATE FUNCTION soft_delete_legacy() RETURNS bigint
+CREATE OR REPLACE FUNCTION soft_delete_legacy() RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     n bigint;
@@ -30,9 +30,9 @@ $fn$;
 -- Refuses a backup table that is no real copy: it must be a permanent table (not a view,
 -- not temporary or unlogged), other than price_bars and its partitions, with every column
 -- price_bars has; so must every child or partition that holds its rows. (SQLSTATE 22023.)
-CREATE FUNCTION check_backup_table(caller text, backup regclass) RETURNS void
+CREATE OR REPLACE FUNCTION tradebars_internal.check_backup_table(caller text, backup regclass) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     rel record;
@@ -89,9 +89,9 @@ END
 $fn$;
 
 -- Whether `rel` passes check_backup_table: a permanent table of its own, with every column.
-CREATE FUNCTION is_real_copy(rel regclass) RETURNS boolean
+CREATE OR REPLACE FUNCTION tradebars_internal.is_real_copy(rel regclass) RETURNS boolean
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     PERFORM check_backup_table('is_real_copy', rel);
@@ -104,9 +104,9 @@ $fn$;
 -- How many of the legacy bars about to be deleted (soft-deleted before `deleted_before`, or
 -- all when it is NULL) are held whole, every column equal, in neither the archive
 -- (price_bars_legacy) nor `backup`. Names come from the catalog, quoted.
-CREATE FUNCTION legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
+CREATE OR REPLACE FUNCTION tradebars_internal.legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     cols text := price_bars_columns();
@@ -138,22 +138,26 @@ $fn$;
 
 -- Deletes legacy bars for good: those soft-deleted before `deleted_before`, or all of them
 -- when it is NULL. Refuses unless each is held in the archive or `backup`, or `confirm`.
-CREATE FUNCTION delete_legacy_bars(caller text, deleted_before timestamptz, backup regclass,
+CREATE OR REPLACE FUNCTION tradebars_internal.delete_legacy_bars(caller text, deleted_before timestamptz, backup regclass,
                                    confirm boolean) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     unprotected bigint;
     n bigint;
 BEGIN
+    IF confirm IS NULL THEN
+        RAISE EXCEPTION '%: confirm must not be NULL (true or false)', caller
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     PERFORM require_price_bars_ready(caller);
     IF backup IS NOT NULL THEN
         PERFORM check_backup_table(caller, backup);
     END IF;
     LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
     unprotected := legacy_bars_unprotected(deleted_before, backup);
-    IF unprotected > 0 AND NOT coalesce(confirm, false) THEN
+    IF unprotected > 0 AND NOT confirm THEN
         RAISE EXCEPTION '%: % legacy bars are held whole (every column equal) in no archive or backup table; nothing deleted', caller, unprotected
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
@@ -166,15 +170,15 @@ END
 $fn$;
 
 -- Option A's last step: soft-deleted legacy bars older than `older_than` go for good.
-CREATE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
+CREATE OR REPLACE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
                               confirm boolean DEFAULT false) RETURNS bigint
     LANGUAGE sql VOLATILE
-    SET search_path = @extschema@, pg_temp
-RETURN delete_legacy_bars('purge_deleted', now() - checked_age('older_than', older_than), backup_table, confirm);
+    SET search_path = @extschema@, tradebars_internal, pg_temp
+RETURN tradebars_internal.delete_legacy_bars('purge_deleted', now() - tradebars_internal.checked_age('purge_deleted: older_than', older_than), backup_table, confirm);
 
-CREATE FUNCTION archive_legacy() RETURNS bigint
+CREATE OR REPLACE FUNCTION archive_legacy() RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     cols text;
@@ -220,9 +224,9 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS bigint
+CREATE OR REPLACE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     cols text;
@@ -231,6 +235,10 @@ DECLARE
     missing bigint;
     undeleted bigint := 0;
 BEGIN
+    IF undelete IS NULL THEN
+        RAISE EXCEPTION 'restore_legacy: undelete must not be NULL (true or false)'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     PERFORM require_price_bars_ready('restore_legacy');
     LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
     IF to_regclass('price_bars_legacy') IS NOT NULL THEN
@@ -248,7 +256,7 @@ BEGIN
         END IF;
         DELETE FROM price_bars_legacy;
     END IF;
-    IF coalesce(undelete, true) THEN
+    IF undelete THEN
         UPDATE price_bars SET deleted_at = NULL WHERE is_legacy AND deleted_at IS NOT NULL;
         GET DIAGNOSTICS undeleted = ROW_COUNT;
     END IF;
@@ -258,19 +266,23 @@ END
 $fn$;
 
 -- Option C: every legacy bar goes for good.
-CREATE FUNCTION hard_delete_legacy(backup_table regclass DEFAULT NULL, confirm boolean DEFAULT false) RETURNS bigint
+CREATE OR REPLACE FUNCTION hard_delete_legacy(backup_table regclass DEFAULT NULL, confirm boolean DEFAULT false) RETURNS bigint
     LANGUAGE sql VOLATILE
-    SET search_path = @extschema@, pg_temp
-RETURN delete_legacy_bars('hard_delete_legacy', NULL, backup_table, confirm);
+    SET search_path = @extschema@, tradebars_internal, pg_temp
+RETURN tradebars_internal.delete_legacy_bars('hard_delete_legacy', NULL, backup_table, confirm);
 
 -- The plan's rollback: trades bars go, legacy bars stay exactly as they are.
-CREATE FUNCTION rollback_trades(include_staging boolean DEFAULT false) RETURNS bigint
+CREATE OR REPLACE FUNCTION rollback_trades(include_staging boolean DEFAULT false) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     n bigint;
 BEGIN
+    IF include_staging IS NULL THEN
+        RAISE EXCEPTION 'rollback_trades: include_staging must not be NULL (true or false)'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     PERFORM require_price_bars_ready('rollback_trades');
     PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
@@ -287,7 +299,7 @@ BEGIN
     END IF;
     -- Staged trades would become trades bars again after the rollback, and their identity
     -- goes with the ledger: roll them up first, or remove them with the bars.
-    IF NOT coalesce(include_staging, false) AND EXISTS (SELECT 1 FROM trades_staging) THEN
+    IF NOT include_staging AND EXISTS (SELECT 1 FROM trades_staging) THEN
         RAISE EXCEPTION 'rollback_trades: % trades are staged and not yet rolled up',
             (SELECT count(*) FROM trades_staging)
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -304,7 +316,7 @@ BEGIN
     DELETE FROM trade_coverage;
     -- No trades bar is left whose identity could be unknown: nothing before a horizon to refuse.
     UPDATE bar_settings SET identity_horizon = 0;
-    IF coalesce(include_staging, false) THEN
+    IF include_staging THEN
         TRUNCATE trades_staging_0, trades_staging_1, trades_rejected;
         RAISE NOTICE 'rollback_trades: removed % trades bars, staged trades, the ingest ledger and trade identity', n;
     ELSE

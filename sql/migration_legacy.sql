@@ -4,9 +4,9 @@
 
 -- Whether price_bars has what bars_rollup() writes (a table made by the old app does not
 -- until mark_legacy() runs).
-CREATE FUNCTION price_bars_is_ready() RETURNS boolean
+CREATE OR REPLACE FUNCTION tradebars_internal.price_bars_is_ready() RETURNS boolean
     LANGUAGE sql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
     SELECT to_regclass('price_bars') IS NOT NULL
        AND (SELECT count(*) FROM pg_attribute
@@ -24,9 +24,9 @@ AS $fn$
                         ORDER BY k.ord) = ARRAY['symbol', 'timestamp', 'data_source'])
 $fn$;
 
-CREATE FUNCTION require_price_bars_ready(caller text) RETURNS void
+CREATE OR REPLACE FUNCTION tradebars_internal.require_price_bars_ready(caller text) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF to_regclass('price_bars') IS NULL THEN
@@ -44,9 +44,9 @@ $fn$;
 -- Refuses to relabel a bar tradebars built as legacy or as another source: the plan's own
 -- phase 1 SQL, run again after mark_legacy(), would otherwise turn every trades bar into a
 -- legacy 'mbp-1' bar.
-CREATE FUNCTION protect_trades_bars() RETURNS trigger
+CREATE OR REPLACE FUNCTION tradebars_internal.protect_trades_bars() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     RAISE EXCEPTION 'price_bars: the bar of % at % is %; it cannot become legacy or another source',
@@ -61,9 +61,9 @@ $fn$;
 -- The trigger of protect_trades_bars() on price_bars, where missing: tradebars' trades bars
 -- and the official bars it loaded keep their source. Only updates of is_legacy or
 -- data_source can fire it: a rollup's merge and an official merge never do.
-CREATE FUNCTION guard_trades_bars() RETURNS void
+CREATE OR REPLACE FUNCTION tradebars_internal.guard_trades_bars() RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'price_bars'::regclass
@@ -86,9 +86,9 @@ $fn$;
 -- bigint; timestamp -> timestamptz read as UTC; bounded varchar -> text), and replaces a
 -- unique key on (symbol, timestamp) by one on (symbol, timestamp, data_source).
 -- Statements are built only from fixed column names and quoted catalog names.
-CREATE FUNCTION prepare_price_bars() RETURNS void
+CREATE OR REPLACE FUNCTION prepare_price_bars() RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
     SET extra_float_digits = 1
 AS $fn$
 DECLARE
@@ -182,17 +182,19 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION mark_legacy(source text DEFAULT 'mbp-1') RETURNS bigint
+CREATE OR REPLACE FUNCTION mark_legacy(source text DEFAULT 'mbp-1') RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     marked bigint;
     scanned bigint;
 BEGIN
-    IF source IS NULL OR source !~ '^[a-z0-9][a-z0-9._-]{0,19}$' THEN
-        RAISE EXCEPTION 'mark_legacy: source must be a short lowercase name such as ''mbp-1'' (got %)',
-            coalesce(quote_literal(source), 'NULL')
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'mark_legacy: source must not be NULL (a short lowercase name such as ''mbp-1'')'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF source !~ '^[a-z0-9][a-z0-9._-]{0,19}$' THEN
+        RAISE EXCEPTION 'mark_legacy: source must be a short lowercase name such as ''mbp-1'' (got %)', quote_literal(source)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF source IN ('trades', 'scanner', 'ohlcv-1m') THEN
@@ -241,8 +243,8 @@ COMMENT ON FUNCTION mark_legacy(text) IS
 
 DO $do$
 BEGIN
-    IF price_bars_is_ready() THEN
-        PERFORM guard_trades_bars();
+    IF tradebars_internal.price_bars_is_ready() THEN
+        PERFORM tradebars_internal.guard_trades_bars();
     END IF;
 END
 $do$;

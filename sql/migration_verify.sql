@@ -1,12 +1,12 @@
 -- Phases 5 and 6 of the plan: what is where, legacy against new coverage, and the plan's
 -- success criteria, each measured.
 
-CREATE FUNCTION migration_status()
+CREATE OR REPLACE FUNCTION migration_status()
 RETURNS TABLE (location text, data_source text, is_legacy boolean, soft_deleted boolean,
                bars bigint, total_volume numeric, first_bar timestamptz, last_bar timestamptz,
                bar_clock text)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     PERFORM require_price_bars_ready('migration_status');
@@ -26,14 +26,14 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION migration_coverage(since interval DEFAULT '1 day')
+CREATE OR REPLACE FUNCTION migration_coverage(since interval DEFAULT '1 day')
 RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint,
                official_bars bigint)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
-    cutoff timestamptz := now() - checked_age('since', since);
+    cutoff timestamptz := now() - checked_age('migration_coverage: since', since);
 BEGIN
     PERFORM require_price_bars_ready('migration_coverage');
     RETURN QUERY
@@ -49,10 +49,10 @@ END
 $fn$;
 
 -- One row per success criterion of the migration plan, with what was measured.
-CREATE FUNCTION migration_check()
+CREATE OR REPLACE FUNCTION migration_check()
 RETURNS TABLE (criterion text, passed boolean, measured text, expected text)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     new_bars bigint;

@@ -24,19 +24,21 @@ COMMENT ON TABLE official_bars_staging IS
 -- staging. Bars that cannot be stored are counted, not stored: no symbol mapping, not the
 -- start of a UTC minute, an undefined price or prices that contradict each other, a
 -- negative volume, an implausible time (before 1980, or more than a day ahead).
-CREATE FUNCTION official_bars_merge(schema text)
+CREATE OR REPLACE FUNCTION tradebars_internal.official_bars_merge(schema text)
 RETURNS TABLE (bars_written bigint, bars_rejected bigint)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     staged bigint;
     written bigint;
     twice record;
 BEGIN
-    IF schema IS DISTINCT FROM 'ohlcv-1m' THEN
-        RAISE EXCEPTION 'official_bars_merge: schema must be ''ohlcv-1m'' (price_bars holds minute bars), not %',
-            coalesce(quote_literal(schema), 'NULL')
+    IF schema IS NULL THEN
+        RAISE EXCEPTION 'official_bars_merge: schema must not be NULL (''ohlcv-1m'')'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF schema <> 'ohlcv-1m' THEN
+        RAISE EXCEPTION 'official_bars_merge: schema must be ''ohlcv-1m'' (price_bars holds minute bars), not %', quote_literal(schema)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM require_price_bars_ready('official_bars_merge');
@@ -77,5 +79,5 @@ BEGIN
     RETURN QUERY SELECT written, staged - written;
 END
 $fn$;
-COMMENT ON FUNCTION official_bars_merge(text) IS
+COMMENT ON FUNCTION tradebars_internal.official_bars_merge(text) IS
     'tradebars: merges staged official bars (ohlcv-1m) into price_bars; returns bars written and rejected';

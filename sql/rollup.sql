@@ -5,12 +5,12 @@
 -- Added in 0.2.0 (sql/tradebars--0.1.0--0.2.0.sql).
 -- SECURITY DEFINER (0.3.0): the feeder and reader roles may see how far it got without
 -- reading staging itself.
-CREATE FUNCTION rollup_status()
+CREATE OR REPLACE FUNCTION rollup_status()
 RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups bigint,
                trades_rolled_up bigint, bars_written bigint, trades_rejected bigint,
                last_rollup_at timestamptz)
     LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
     SELECT (SELECT count(*) FROM trades_staging),
            -- a trade without ts_recv (staged as -1) is waiting too, but says nothing of since when
@@ -22,9 +22,9 @@ $fn$;
 -- Raised from the rollup's merge when a bar it would merge into says 'trades' but tradebars
 -- did not build it: the old scanner's (no order of its open and close trades) or one made
 -- legacy. Merging would add to foreign volume and keep foreign open and close (0.3.0).
-CREATE FUNCTION foreign_trades_bar(symbol text, at timestamptz) RETURNS bigint
+CREATE OR REPLACE FUNCTION tradebars_internal.foreign_trades_bar(symbol text, at timestamptz) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     RAISE EXCEPTION 'bars_rollup: the bar of % at % says data_source ''trades'' but tradebars did not build it (another writer''s, or made legacy); nothing was rolled up',

@@ -1,5 +1,10 @@
 -- tradebars schema: where trades wait (staging), what was loaded (ledger), and the bars.
 
+-- The extension's internal helpers live here, out of the user's schema: only the documented
+-- API is in the schema the extension is created in.
+CREATE SCHEMA tradebars_internal;
+COMMENT ON SCHEMA tradebars_internal IS 'tradebars: internal helpers of the extension (not an API)';
+
 -- Staging has two slots. The feeder COPYs into the slot staging_slot() names; bars_rollup()
 -- moves the feeder to the other slot, rolls up the quiet one and TRUNCATEs it, so a rollup
 -- never waits for the feeder, the feeder never waits for a rollup, and consuming millions of

@@ -1,16 +1,16 @@
 -- Staging as the feeder sees it: which slot to COPY into, and fixed-point prices.
 
-CREATE FUNCTION fixed_to_numeric(fixed numeric) RETURNS numeric
+CREATE OR REPLACE FUNCTION tradebars_internal.fixed_to_numeric(fixed numeric) RETURNS numeric
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN trim_scale(fixed * 0.000000001);
-COMMENT ON FUNCTION fixed_to_numeric(numeric) IS
+COMMENT ON FUNCTION tradebars_internal.fixed_to_numeric(numeric) IS
     'tradebars: a Databento fixed-point price (units of 1e-9) as an exact numeric';
 
 -- The slot the feeder's next COPY goes to, schema-qualified. The feeder asks at the start of
 -- every batch transaction; bars_rollup() moves the answer to the other slot.
-CREATE FUNCTION staging_slot() RETURNS text
+CREATE OR REPLACE FUNCTION staging_slot() RETURNS text
     LANGUAGE sql VOLATILE PARALLEL UNSAFE
-    SET search_path = @extschema@, pg_temp
+    SET search_path = @extschema@, tradebars_internal, pg_temp
     RETURN (SELECT format('%I.%I', n.nspname, c.relname)
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.oid = (CASE (SELECT last_value FROM staging_epoch) % 2

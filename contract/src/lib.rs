@@ -35,6 +35,16 @@ pub const STAGING_COLUMNS: &str =
 /// The columns of `official_bars_staging` (Databento's own `ohlcv-1m` bars), in COPY order.
 pub const OFFICIAL_COLUMNS: &str = "symbol, ts_event, open, high, low, close, volume";
 
+/// The extension's internal helpers, out of the user's schema (sql/schema.sql creates it),
+/// and the two of them the feeder calls.
+pub mod internal {
+    pub const SCHEMA: &str = "tradebars_internal";
+    /// Why a load starting at a ts_recv must not go ahead (sql/identity.sql).
+    pub const IDENTITY_REFUSAL: &str = "tradebars_internal.identity_refusal";
+    /// Merges the staged official bars into price_bars (sql/official.sql).
+    pub const OFFICIAL_BARS_MERGE: &str = "tradebars_internal.official_bars_merge";
+}
+
 /// The channel each rollup that changes bars notifies, with its id.
 pub const BARS_CHANNEL: &str = "tradebars_bars";
 
@@ -55,18 +65,19 @@ mod sql_files_agree {
     use super::*;
     use std::path::Path;
 
-    /// The extension's SQL sources and the upgrade script still being written; the scripts
-    /// of released versions are frozen as they shipped.
+    /// The extension's SQL sources and the template of the upgrade script still being
+    /// written (sql/upgrade/); the scripts of released versions are frozen as they shipped.
     fn sql_files() -> Vec<(String, String)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("the extension's sql folder")
+        let mut files: Vec<_> = [dir.clone(), dir.join("upgrade")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).expect("the extension's sql folders"))
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "sql"))
             .filter(|p| {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 !name.starts_with("tradebars--")
-                    || name.ends_with(&format!("--{}.sql", env!("CARGO_PKG_VERSION")))
+                    || p.parent().is_some_and(|d| d.ends_with("upgrade"))
             })
             .map(|p| {
                 (
@@ -171,5 +182,26 @@ mod sql_files_agree {
             uses > 0,
             "the SQL files no longer divide by {spelled}: is this constant still used?"
         );
+    }
+
+    #[test]
+    fn the_internal_schema_and_the_helpers_the_feeder_calls_are_where_the_sql_puts_them() {
+        let files = sql_files();
+        let all: String = files.iter().map(|(_, text)| text.as_str()).collect();
+        assert!(
+            all.contains(&format!("CREATE SCHEMA {};", internal::SCHEMA)),
+            "no sql/ file creates the schema {}",
+            internal::SCHEMA
+        );
+        for helper in [internal::IDENTITY_REFUSAL, internal::OFFICIAL_BARS_MERGE] {
+            assert!(
+                helper.starts_with(&format!("{}.", internal::SCHEMA)),
+                "{helper}"
+            );
+            assert!(
+                all.contains(&format!("CREATE OR REPLACE FUNCTION {helper}(")),
+                "no sql/ file creates {helper}()"
+            );
+        }
     }
 }

@@ -37,7 +37,7 @@ pub fn age_problem(months: i32, days: i32, micros: i64) -> Option<String> {
 }
 
 /// `bars()`'s bucket, checked.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "tradebars_internal")]
 fn checked_bucket(bucket: Option<Interval>) -> Interval {
     let Some(b) = bucket else {
         ereport!(
@@ -57,7 +57,7 @@ fn checked_bucket(bucket: Option<Interval>) -> Interval {
 }
 
 /// A look-back or retention period, checked; `what` names the argument in the error.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "tradebars_internal")]
 fn checked_age(what: &str, age: Option<Interval>) -> Interval {
     let Some(a) = age else {
         ereport!(

@@ -15,6 +15,11 @@ pub mod rollup;
 pub mod staging;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "tradebars_schema", bootstrap);
+
+/// The schema of the internal helpers, named so that functions in Rust can be put there
+/// (`schema = "tradebars_internal"`); sql/schema.sql creates it, first.
+#[pgrx::pg_schema]
+mod tradebars_internal {}
 // Databento's official OHLCV-1m bars, loaded as history (the feeder's replay).
 pgrx::extension_sql_file!(
     "../../sql/official.sql",

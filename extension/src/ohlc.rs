@@ -203,7 +203,7 @@ unsafe fn state_mut(state: &mut Internal, fcinfo: pg_sys::FunctionCallInfo) -> &
     unsafe { state.get_mut::<Bar>() }.unwrap_or_else(|| pgrx::error!("ohlcv: null aggregate state"))
 }
 
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "tradebars_internal")]
 fn ohlcv_trans(
     mut state: Internal,
     ts_event: Option<i64>,
@@ -234,7 +234,7 @@ fn ohlcv_trans(
     state
 }
 
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "tradebars_internal")]
 fn ohlcv_combine(
     state: Option<Internal>,
     other: Option<Internal>,
@@ -255,7 +255,7 @@ fn ohlcv_combine(
     state
 }
 
-#[pg_extern(immutable, parallel_safe, strict)]
+#[pg_extern(immutable, parallel_safe, strict, schema = "tradebars_internal")]
 fn ohlcv_serialize(state: Internal) -> Vec<u8> {
     unsafe { state.get::<Bar>() }
         .copied()
@@ -263,7 +263,7 @@ fn ohlcv_serialize(state: Internal) -> Vec<u8> {
         .to_bytes()
 }
 
-#[pg_extern(immutable, parallel_safe, strict)]
+#[pg_extern(immutable, parallel_safe, strict, schema = "tradebars_internal")]
 fn ohlcv_deserialize(bytes: &[u8], _unused: Internal) -> Internal {
     match Bar::from_bytes(bytes) {
         Some(bar) => unsafe { palloc_bar(pg_sys::CurrentMemoryContext, bar) },
@@ -295,7 +295,12 @@ unsafe fn result_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc 
     }
 }
 
-#[pg_extern(immutable, parallel_safe, requires = ["ohlcv_bar_type"])]
+#[pg_extern(
+    immutable,
+    parallel_safe,
+    schema = "tradebars_internal",
+    requires = ["ohlcv_bar_type"]
+)]
 fn ohlcv_final(
     state: Internal,
     fcinfo: pg_sys::FunctionCallInfo,
@@ -345,13 +350,13 @@ pgrx::extension_sql!(
 -- ohlcv(ts_event, sequence, publisher_id, price, size): one bar from trades in any order.
 -- Parallel safe with combine/serialize functions, so parallel query and Citus push it down.
 CREATE AGGREGATE ohlcv(bigint, bigint, integer, bigint, bigint) (
-    SFUNC = ohlcv_trans,
+    SFUNC = tradebars_internal.ohlcv_trans,
     STYPE = internal,
     SSPACE = 144, -- size_of::<Bar>() + alignment: lets the planner size a hash aggregate
-    FINALFUNC = ohlcv_final,
-    COMBINEFUNC = ohlcv_combine,
-    SERIALFUNC = ohlcv_serialize,
-    DESERIALFUNC = ohlcv_deserialize,
+    FINALFUNC = tradebars_internal.ohlcv_final,
+    COMBINEFUNC = tradebars_internal.ohlcv_combine,
+    SERIALFUNC = tradebars_internal.ohlcv_serialize,
+    DESERIALFUNC = tradebars_internal.ohlcv_deserialize,
     PARALLEL = SAFE
 );
 "#,

@@ -9,7 +9,7 @@ use tokio_postgres::{GenericClient, Transaction};
 use crate::copy;
 use crate::error::FeederError;
 use crate::identity::{Changes, Instrument, Span, NS_PER_MINUTE};
-use tradebars_contract::lock;
+use tradebars_contract::{internal, lock};
 
 /// Advisory lock (class, key) held by every load while it reads and extends trade identity,
 /// so two loads never decide on the same stretch at once.
@@ -33,7 +33,10 @@ pub async fn refusal(
     first_recv: i64,
 ) -> Result<Option<String>, FeederError> {
     client
-        .query_one("SELECT identity_refusal($1)", &[&first_recv])
+        .query_one(
+            &format!("SELECT {}($1)", internal::IDENTITY_REFUSAL),
+            &[&first_recv],
+        )
         .await
         .map(|row| row.get(0))
         .map_err(|e| FeederError::db("checking the identity horizon", e))

@@ -13,6 +13,7 @@ use crate::coverage;
 use crate::error::FeederError;
 use crate::identity::{Changes, Identity};
 use crate::source::Summary;
+use tradebars_contract::internal;
 
 /// The staging table to COPY into, as the extension names it for this batch.
 async fn staging_slot(tx: &Transaction<'_>) -> Result<String, FeederError> {
@@ -233,7 +234,7 @@ where
     copy_into(&tx, &statement, rows).await?;
     let read = end.await?;
     let row = tx
-        .query_one("SELECT * FROM official_bars_merge($1)", &[&schema])
+        .query_one(&merge_statement(), &[&schema])
         .await
         .map_err(|e| FeederError::db("official_bars_merge()", e))?;
     tx.commit()
@@ -246,6 +247,10 @@ where
     Ok((loaded, read))
 }
 
+fn merge_statement() -> String {
+    format!("SELECT * FROM {}($1)", internal::OFFICIAL_BARS_MERGE)
+}
+
 /// Asks official_bars_merge() to merge nothing, and rolls back: the database refuses
 /// official bars of `schema` now (its clock, an unprepared price_bars) the way it would after
 /// a load.
@@ -254,7 +259,7 @@ pub async fn check_official(client: &mut Client, schema: &str) -> Result<(), Fee
         .transaction()
         .await
         .map_err(|e| FeederError::db("starting the check", e))?;
-    tx.query_one("SELECT * FROM official_bars_merge($1)", &[&schema])
+    tx.query_one(&merge_statement(), &[&schema])
         .await
         .map_err(|e| FeederError::db("official_bars_merge()", e))?;
     tx.rollback()

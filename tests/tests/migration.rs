@@ -48,7 +48,7 @@ fn the_old_apps_database_goes_through_every_phase_and_back() {
         error_of(&db, "SELECT mark_legacy('x''); DROP TABLE price_bars; --')")
             .contains("source must be")
     );
-    assert!(error_of(&db, "SELECT mark_legacy(NULL)").contains("source must be"));
+    assert!(error_of(&db, "SELECT mark_legacy(NULL)").contains("source must not be NULL"));
     let floats_after: Vec<(i32, f64, f64)> = connect(&db)
         .query(
             "SELECT id, open::float8, close::float8 FROM price_bars ORDER BY id",

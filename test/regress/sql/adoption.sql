@@ -13,9 +13,9 @@ CREATE TABLE price_bars (
 INSERT INTO price_bars (symbol, "timestamp", open, high, low, close, volume)
 VALUES ('M', '2025-11-03 14:30', 1.5, 1.75, 1.25, 1.5, 0);
 CREATE EXTENSION tradebars;
-SELECT price_bars_is_ready();
+SELECT tradebars_internal.price_bars_is_ready();
 SELECT mark_legacy();
-SELECT price_bars_is_ready();
+SELECT tradebars_internal.price_bars_is_ready();
 SELECT "timestamp", open, close, volume, trade_count, data_source, is_legacy
 FROM bars('M', '2025-11-03', '2025-11-04', include_legacy => true);
 DROP EXTENSION tradebars CASCADE;
