@@ -1,4 +1,5 @@
-//! Health and Prometheus metrics over a small HTTP endpoint: `GET /health`, `GET /metrics`.
+//! Health and Prometheus metrics over a small HTTP endpoint: `GET /health`, `GET /metrics`
+//! (another method: 405).
 //! The key and the database URL are never part of them.
 
 use std::fmt::{Display, Write};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -192,13 +193,25 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), Feeder
     Ok(())
 }
 
-/// `/metrics` and `/health` for every method, as the endpoint always answered; else 404.
+/// `GET` (and `HEAD`) `/metrics` and `/health`; another method there is 405 with the methods
+/// allowed, another path 404.
 fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/metrics", any(metrics_page))
-        .route("/health", any(health))
+        .route("/metrics", get(metrics_page).fallback(not_allowed))
+        .route("/health", get(health).fallback(not_allowed))
         .fallback(not_found)
         .with_state(metrics)
+}
+
+async fn not_allowed() -> Response {
+    let mut answer = plain_text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: GET or HEAD\n".to_string(),
+    );
+    answer
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    answer
 }
 
 async fn metrics_page(State(metrics): State<Arc<Metrics>>) -> Response {
@@ -383,6 +396,18 @@ mod tests {
             "{missing}"
         );
         assert!(missing.ends_with("\r\n\r\nnot found\n"), "{missing}");
+
+        let posted = exchange(
+            addr,
+            "POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(
+            posted.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{posted}"
+        );
+        assert!(posted.contains("allow: GET, HEAD\r\n"), "{posted}");
+        assert!(!posted.contains("tradebars_feeder_"), "{posted}");
 
         let taken = serve(addr, metrics)
             .await
