@@ -282,6 +282,8 @@ enum RollupError {
     },
     /// 25000: under REPEATABLE READ or SERIALIZABLE it would miss trades committed later.
     Isolation(String),
+    /// 25006: a read-only transaction (or a standby) cannot write bars.
+    ReadOnly,
     /// 55000: `price_bars` is another application's table until `mark_legacy()`.
     PriceBarsNotReady,
     /// XX000: `bar_settings` names a clock this library does not know.
@@ -300,6 +302,10 @@ impl std::fmt::Display for RollupError {
                 f,
                 "bars_rollup() needs READ COMMITTED isolation (this transaction is {level}): \
                  it must see every trade committed before it consumes staging"
+            ),
+            RollupError::ReadOnly => f.write_str(
+                "bars_rollup() writes bars and consumes staging: it cannot run in a read-only \
+                 transaction (or on a standby); call it read-write, on the primary",
             ),
             RollupError::PriceBarsNotReady => f.write_str(
                 "price_bars was made by another application and lacks the columns trades bars \
@@ -329,6 +335,7 @@ impl RollupError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
             RollupError::Isolation(_) => PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            RollupError::ReadOnly => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             RollupError::PriceBarsNotReady => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -395,6 +402,13 @@ fn check_preconditions(client: &mut Client<'_>) -> Step<()> {
     .unwrap_or_default();
     if isolation != "read committed" {
         return Err(RollupError::Isolation(isolation));
+    }
+    if flag(
+        client,
+        "SELECT current_setting('transaction_read_only')::boolean",
+        "reading whether the transaction is read-only",
+    )? {
+        return Err(RollupError::ReadOnly);
     }
     if !flag(
         client,

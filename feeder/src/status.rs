@@ -89,7 +89,11 @@ async fn print_status(client: &Client) -> Result<(), FeederError> {
         "Feeder",
         &format!(
             "SELECT pid, host, mode, started_at, last_seen, trades_received, trades_written, reconnects,
-                errors, coalesce(last_error, '') AS last_error,
+                errors,
+                -- an error of an earlier run stays until the next one: say so, with its time
+                CASE WHEN last_error IS NULL THEN ''
+                     WHEN last_error_at < started_at THEN 'before this run, at ' || last_error_at || ': ' || last_error
+                     ELSE last_error_at || ': ' || last_error END AS last_error,
                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
                    AND classid = {class} AND objid = {key} AND objsubid = 2
                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS running

@@ -43,4 +43,11 @@ DO $$ BEGIN
 END $$;
 SELECT staged_trades, oldest_staged_recv FROM rollup_status();
 SELECT * FROM bars_rollup();
+-- A rollup where it cannot write, or could miss trades, is refused before it touches anything.
+BEGIN READ ONLY;
+SELECT error_of($$SELECT * FROM bars_rollup()$$);
+ROLLBACK;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT error_of($$SELECT * FROM bars_rollup()$$);
+ROLLBACK;
 DROP EXTENSION tradebars;
