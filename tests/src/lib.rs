@@ -267,12 +267,11 @@ pub fn sample(name: &str) -> Option<PathBuf> {
 pub type BarKey = (String, i64);
 pub type BarVal = (i64, i64, i64, i64, i64, i64);
 
-/// A trade as the oracle sees it: the fields that place and weigh it.
+/// A trade as the oracle sees it: Databento's record header as decoded (instrument,
+/// publisher, ts_event) and the fields that place and weigh it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OracleTrade {
-    pub instrument_id: u32,
-    pub publisher_id: u16,
-    pub ts_event: u64,
+    pub hd: RecordHeader,
     pub ts_recv: u64,
     pub sequence: u32,
     pub price: i64,
@@ -312,9 +311,7 @@ pub fn trades_of(path: &Path) -> Vec<(String, OracleTrade)> {
         out.push((
             symbol,
             OracleTrade {
-                instrument_id: hd.instrument_id,
-                publisher_id: hd.publisher_id,
-                ts_event: hd.ts_event,
+                hd,
                 ts_recv,
                 sequence,
                 price,
@@ -340,7 +337,7 @@ pub fn oracle_of(trades: &[(String, OracleTrade)], clock: OracleClock) -> BTreeM
     let mut ordered: Vec<&(String, OracleTrade)> = trades.iter().collect();
     if clock == OracleClock::Event {
         // exchange order, as tradebars 0.2.0 built bars
-        ordered.sort_by_key(|(_, t)| (t.ts_event, t.sequence, t.publisher_id, t.price));
+        ordered.sort_by_key(|(_, t)| (t.hd.ts_event, t.sequence, t.hd.publisher_id, t.price));
     }
     for (symbol, t) in ordered {
         if t.price == i64::MAX || t.size == 0 || symbol.is_empty() {
@@ -348,7 +345,7 @@ pub fn oracle_of(trades: &[(String, OracleTrade)], clock: OracleClock) -> BTreeM
         }
         let at = match clock {
             OracleClock::Recv => t.ts_recv,
-            OracleClock::Event => t.ts_event,
+            OracleClock::Event => t.hd.ts_event,
         };
         let minute = (at / 60_000_000_000) as i64 * 60;
         bars.entry((symbol.clone(), minute))
@@ -427,7 +424,13 @@ pub fn stage_with_sql(db: &str, path: &Path) {
     for (symbol, t) in trades_of(path) {
         rows.push_str(&format!(
             "{symbol}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\tA\t0\n",
-            t.instrument_id, t.publisher_id, t.ts_event, t.ts_recv, t.sequence, t.price, t.size
+            t.hd.instrument_id,
+            t.hd.publisher_id,
+            t.hd.ts_event,
+            t.ts_recv,
+            t.sequence,
+            t.price,
+            t.size
         ));
     }
     let mut w = c
@@ -507,7 +510,7 @@ pub fn official_file(
     let of = trades_of(trades);
     let instrument: BTreeMap<String, (u32, u16)> = of
         .iter()
-        .map(|(s, t)| (s.clone(), (t.instrument_id, t.publisher_id)))
+        .map(|(s, t)| (s.clone(), (t.hd.instrument_id, t.hd.publisher_id)))
         .collect();
     let mut bars: Vec<((i64, u32), OhlcvMsg)> = oracle(trades)
         .into_iter()

@@ -324,7 +324,7 @@ fn trades_are_placed_by_receipt_and_by_exchange_time_under_the_event_clock() {
     let trades = trades_of(&file);
     let crossing = trades
         .iter()
-        .filter(|(_, t)| t.ts_event / 60_000_000_000 != t.ts_recv / 60_000_000_000)
+        .filter(|(_, t)| t.hd.ts_event / 60_000_000_000 != t.ts_recv / 60_000_000_000)
         .count();
     assert!(
         crossing > 0,
