@@ -99,43 +99,57 @@ pub async fn load(
 
 /// Writes `changes` in `tx`: the stretches merged away go, the merged ones come.
 pub async fn store(tx: &Transaction<'_>, changes: &Changes) -> Result<(), FeederError> {
-    if !changes.delete.is_empty() {
-        let publishers: Vec<i32> = changes
-            .delete
-            .iter()
-            .map(|(at, _)| i32::from(at.publisher))
-            .collect();
-        let instruments: Vec<i64> = changes
-            .delete
-            .iter()
-            .map(|(at, _)| i64::from(at.instrument))
-            .collect();
-        let firsts: Vec<i64> = changes.delete.iter().map(|(_, first)| *first).collect();
-        let minutes: Vec<i64> = firsts.iter().map(|f| f.div_euclid(NS_PER_MINUTE)).collect();
-        tx.execute(
-            "DELETE FROM trade_coverage c
-             USING unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[]) AS d(m, p, i, f)
-             WHERE c.minute = d.m AND c.publisher_id = d.p AND c.instrument_id = d.i
-               AND c.first_recv = d.f",
-            &[&minutes, &publishers, &instruments, &firsts],
-        )
-        .await
-        .map_err(|e| FeederError::db("updating trade identity (trade_coverage)", e))?;
-    }
-    if changes.insert.is_empty() {
+    delete_merged(tx, &changes.delete).await?;
+    insert_spans(tx, &changes.insert).await
+}
+
+/// Deletes the stretches `delete` names (their place and first ts_recv), in one statement.
+async fn delete_merged(
+    tx: &Transaction<'_>,
+    delete: &[(Instrument, i64)],
+) -> Result<(), FeederError> {
+    if delete.is_empty() {
         return Ok(());
     }
+    let publishers: Vec<i32> = delete
+        .iter()
+        .map(|(at, _)| i32::from(at.publisher))
+        .collect();
+    let instruments: Vec<i64> = delete
+        .iter()
+        .map(|(at, _)| i64::from(at.instrument))
+        .collect();
+    let firsts: Vec<i64> = delete.iter().map(|(_, first)| *first).collect();
+    let minutes: Vec<i64> = firsts.iter().map(|f| f.div_euclid(NS_PER_MINUTE)).collect();
+    tx.execute(
+        "DELETE FROM trade_coverage c
+         USING unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[]) AS d(m, p, i, f)
+         WHERE c.minute = d.m AND c.publisher_id = d.p AND c.instrument_id = d.i
+           AND c.first_recv = d.f",
+        &[&minutes, &publishers, &instruments, &firsts],
+    )
+    .await
+    .map_err(|e| FeederError::db("updating trade identity (trade_coverage)", e))?;
+    Ok(())
+}
+
+/// Writes `insert` by binary COPY, in pieces of 4096 rows.
+async fn insert_spans(tx: &Transaction<'_>, insert: &[Span]) -> Result<(), FeederError> {
+    if insert.is_empty() {
+        return Ok(());
+    }
+    let failed = |e| FeederError::db("writing trade identity (trade_coverage)", e);
     let sink = tx
         .copy_in::<_, Bytes>(
             "COPY trade_coverage (publisher_id, instrument_id, minute, first_recv, last_recv, \
              trades, digest, first_group, last_group, source) FROM STDIN (FORMAT binary)",
         )
         .await
-        .map_err(|e| FeederError::db("writing trade identity (trade_coverage)", e))?;
+        .map_err(failed)?;
     futures_util::pin_mut!(sink);
     // In the key's order: the rows append to the primary key's index instead of landing all
     // over it.
-    let mut spans: Vec<&Span> = changes.insert.iter().collect();
+    let mut spans: Vec<&Span> = insert.iter().collect();
     spans.sort_unstable_by_key(|s| (s.minute, s.at.publisher, s.at.instrument, s.first));
     let mut header = BytesMut::new();
     copy::encode_header(&mut header);
@@ -152,13 +166,9 @@ pub async fn store(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Feeder
         .chain(chunks)
         .chain(std::iter::once(trailer))
     {
-        sink.send(buf.freeze())
-            .await
-            .map_err(|e| FeederError::db("writing trade identity (trade_coverage)", e))?;
+        sink.send(buf.freeze()).await.map_err(failed)?;
     }
-    sink.finish()
-        .await
-        .map_err(|e| FeederError::db("writing trade identity (trade_coverage)", e))?;
+    sink.finish().await.map_err(failed)?;
     Ok(())
 }
 

@@ -250,6 +250,39 @@ fn serve(
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = BufWriter::new(stream.try_clone()?);
+    if !authenticate(&mut reader, &mut out, &plan.key)? {
+        return stream.shutdown(Shutdown::Both);
+    }
+    let Some(start) = read_subscription(&mut reader)? else {
+        return Ok(());
+    };
+    let enc = |e: dbn::Error| std::io::Error::other(e.to_string());
+    let mut records = begin_session(&mut out, feed, start)?;
+    if !send_trades(&mut records, feed, plan, cut, stop, &record, start)? {
+        return stream.shutdown(Shutdown::Both);
+    }
+    if let Ok(mut at) = record.all_at.lock() {
+        at.get_or_insert_with(Instant::now);
+    }
+    // Heartbeats carry the gateway's time, as Databento's do: here just past the last trade.
+    let now = feed.trades.last().map_or(0, |t| t.ts_recv + 1_000_000_000);
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(500));
+        records
+            .encode_record(&SystemMsg::heartbeat(now))
+            .map_err(enc)?;
+        records.flush().map_err(enc)?;
+    }
+    Ok(())
+}
+
+/// The CRAM exchange: the greeting and challenge, the client's answer, success or failure.
+/// Whether the client knew `key`.
+fn authenticate(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut BufWriter<TcpStream>,
+    key: &str,
+) -> std::io::Result<bool> {
     write!(out, "lsg_version=0.1.0\ncram={CHALLENGE}\n")?;
     out.flush()?;
     let mut line = String::new();
@@ -259,27 +292,43 @@ fn serve(
         .split('|')
         .find_map(|kv| kv.strip_prefix("auth="))
         .unwrap_or("");
-    if auth != expected_auth(&plan.key) {
+    if auth != expected_auth(key) {
         writeln!(out, "success=0|error=Authentication failed.")?;
         out.flush()?;
-        return stream.shutdown(Shutdown::Both);
+        return Ok(false);
     }
     writeln!(out, "success=1|session_id=42")?;
     out.flush()?;
+    Ok(true)
+}
+
+/// The subscription lines up to `start_session`: the replay start they ask for (0: none), or
+/// None where the client hung up first.
+fn read_subscription(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<u64>> {
     let mut start: u64 = 0;
+    let mut line = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let l = line.trim_end();
         if l == "start_session" {
-            break;
+            return Ok(Some(start));
         }
         if let Some(s) = l.split('|').find_map(|kv| kv.strip_prefix("start=")) {
             start = s.parse().unwrap_or(0);
         }
     }
+}
+
+/// The session's DBN metadata and symbol mappings; the encoder for what follows.
+fn begin_session<'w>(
+    out: &'w mut BufWriter<TcpStream>,
+    feed: &Feed,
+    start: u64,
+) -> std::io::Result<RecordEncoder<&'w mut BufWriter<TcpStream>>> {
+    let enc = |e: dbn::Error| std::io::Error::other(e.to_string());
     let metadata = Metadata::builder()
         .version(3)
         .dataset(feed.dataset.clone())
@@ -288,14 +337,28 @@ fn serve(
         .stype_in(Some(SType::RawSymbol))
         .stype_out(SType::InstrumentId)
         .build();
-    MetadataEncoder::new(&mut out)
+    MetadataEncoder::new(&mut *out)
         .encode(&metadata)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut records = RecordEncoder::new(&mut out);
-    let enc = |e: dbn::Error| std::io::Error::other(e.to_string());
+        .map_err(enc)?;
+    let mut records = RecordEncoder::new(out);
     for m in &feed.mappings {
         records.encode_record(m).map_err(enc)?;
     }
+    Ok(records)
+}
+
+/// Sends the plan's trades from `start` on (paced, if the plan says so), recording what went
+/// when. False where the connection is to end here: cut by the plan, or the gateway stopped.
+fn send_trades(
+    records: &mut RecordEncoder<&mut BufWriter<TcpStream>>,
+    feed: &Feed,
+    plan: &Plan,
+    cut: Option<usize>,
+    stop: &AtomicBool,
+    record: &Sent<'_>,
+    start: u64,
+) -> std::io::Result<bool> {
+    let enc = |e: dbn::Error| std::io::Error::other(e.to_string());
     let mut sent = 0usize;
     let edge = record.edge.load(Ordering::SeqCst);
     let first = match plan.missed_while_away {
@@ -313,7 +376,7 @@ fn serve(
     {
         if cut == Some(sent) {
             records.flush().map_err(enc)?;
-            return stream.shutdown(Shutdown::Both);
+            return Ok(false);
         }
         records.encode_record(t).map_err(enc)?;
         record.edge.fetch_max(i + 1, Ordering::SeqCst);
@@ -328,25 +391,13 @@ fn serve(
                 std::thread::sleep(pause);
                 // a stopped gateway ends its paced sessions too
                 if stop.load(Ordering::SeqCst) {
-                    return stream.shutdown(Shutdown::Both);
+                    return Ok(false);
                 }
             }
         }
     }
     records.flush().map_err(enc)?;
-    if let Ok(mut at) = record.all_at.lock() {
-        at.get_or_insert_with(Instant::now);
-    }
-    // Heartbeats carry the gateway's time, as Databento's do: here just past the last trade.
-    let now = feed.trades.last().map_or(0, |t| t.ts_recv + 1_000_000_000);
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(500));
-        records
-            .encode_record(&SystemMsg::heartbeat(now))
-            .map_err(enc)?;
-        records.flush().map_err(enc)?;
-    }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -109,7 +109,36 @@ impl FakeHistorical {
 fn answer(stream: TcpStream, feed: &Feed, auth: &str, cut: bool) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
-    let (mut length, mut authorized, mut request) = (0usize, false, String::new());
+    let (request, authorization, body) = read_request(&mut reader)?;
+    if authorization.as_deref() != Some(auth) {
+        let detail = br#"{"detail":"Authentication failed."}"#;
+        write!(out, "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", detail.len())?;
+        return out.write_all(detail);
+    }
+    if !request.contains("/v0/timeseries.get_range") {
+        return write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+    let dbn = get_range(feed, &String::from_utf8_lossy(&body))?;
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        dbn.len()
+    )?;
+    if cut {
+        out.write_all(&dbn[..dbn.len() / 2])?;
+        return out.shutdown(std::net::Shutdown::Both);
+    }
+    out.write_all(&dbn)
+}
+
+/// An HTTP/1.1 request: its request line, its Authorization header's value, its body.
+fn read_request(
+    reader: &mut BufReader<TcpStream>,
+) -> std::io::Result<(String, Option<String>, Vec<u8>)> {
+    let (mut length, mut authorization, mut request) = (0usize, None, String::new());
     reader.read_line(&mut request)?;
     loop {
         let mut line = String::new();
@@ -121,25 +150,19 @@ fn answer(stream: TcpStream, feed: &Feed, auth: &str, cut: bool) -> std::io::Res
         if let Some((name, value)) = line.split_once(':') {
             match name.to_ascii_lowercase().as_str() {
                 "content-length" => length = value.trim().parse().unwrap_or(0),
-                "authorization" => authorized = value.trim() == auth,
+                "authorization" => authorization = Some(value.trim().to_string()),
                 _ => {}
             }
         }
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
-    if !authorized {
-        let detail = br#"{"detail":"Authentication failed."}"#;
-        write!(out, "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", detail.len())?;
-        return out.write_all(detail);
-    }
-    if !request.contains("/v0/timeseries.get_range") {
-        return write!(
-            out,
-            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        );
-    }
-    let form = String::from_utf8_lossy(&body).to_string();
+    Ok((request, authorization, body))
+}
+
+/// The DBN (zstd) answer of timeseries.get_range for the request's `form`: the feed's trades
+/// (as MBP-1 book events with `schema=mbp-1`) or its bars (`schema=ohlcv-1m`) in [start, end).
+fn get_range(feed: &Feed, form: &str) -> std::io::Result<Vec<u8>> {
     let field = |name: &str| -> u64 {
         form.split('&')
             .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
@@ -156,41 +179,30 @@ fn answer(stream: TcpStream, feed: &Feed, auth: &str, cut: bool) -> std::io::Res
     }
     let err = |e: dbn::Error| std::io::Error::other(e.to_string());
     let mut dbn = Vec::new();
-    {
-        let mut encoder = Encoder::with_zstd(&mut dbn, &meta).map_err(err)?;
-        let bars = feed
-            .bars
-            .iter()
-            .filter(|b| as_bars && b.hd.ts_event >= start && b.hd.ts_event < end);
-        for b in bars {
-            encoder.encode_record(b).map_err(err)?;
-        }
-        for t in feed
-            .trades
-            .iter()
-            .filter(|t| !as_bars && t.ts_recv >= start && t.ts_recv < end)
-        // Databento cuts ranges on ts_recv
-        {
-            if as_mbp1 {
-                let quote = |action: u8| mbp1_of(t, action);
-                encoder.encode_record(&quote(b'A')).map_err(err)?;
-                encoder.encode_record(&quote(b'T')).map_err(err)?;
-            } else {
-                encoder.encode_record(t).map_err(err)?;
-            }
-        }
-        encoder.flush().map_err(err)?;
+    let mut encoder = Encoder::with_zstd(&mut dbn, &meta).map_err(err)?;
+    let bars = feed
+        .bars
+        .iter()
+        .filter(|b| as_bars && b.hd.ts_event >= start && b.hd.ts_event < end);
+    for b in bars {
+        encoder.encode_record(b).map_err(err)?;
     }
-    write!(
-        out,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        dbn.len()
-    )?;
-    if cut {
-        out.write_all(&dbn[..dbn.len() / 2])?;
-        return out.shutdown(std::net::Shutdown::Both);
+    // Databento cuts ranges on ts_recv
+    let trades = feed
+        .trades
+        .iter()
+        .filter(|t| !as_bars && t.ts_recv >= start && t.ts_recv < end);
+    for t in trades {
+        if as_mbp1 {
+            encoder.encode_record(&mbp1_of(t, b'A')).map_err(err)?;
+            encoder.encode_record(&mbp1_of(t, b'T')).map_err(err)?;
+        } else {
+            encoder.encode_record(t).map_err(err)?;
+        }
     }
-    out.write_all(&dbn)
+    encoder.flush().map_err(err)?;
+    drop(encoder);
+    Ok(dbn)
 }
 
 /// The MBP-1 record of a trade's book event (`action` 'T' for the trade itself, 'A' for an

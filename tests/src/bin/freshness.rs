@@ -28,43 +28,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting the feeder");
-    let mut visible_at: Vec<(i64, Instant)> = Vec::new();
-    let mut peak_rss_kb = 0u64;
-    let start = Instant::now();
-    loop {
-        let visible: i64 = db
-            .query_one(
-                "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
-                &[],
-            )
-            .expect("query")
-            .get(0);
-        visible_at.push((visible, Instant::now()));
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", feeder.id())) {
-            for line in status.lines().filter(|l| l.starts_with("VmHWM:")) {
-                let kb = line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                peak_rss_kb = peak_rss_kb.max(kb);
-            }
-        }
-        let done = gateway.all_sent_at.lock().ok().and_then(|t| *t).is_some();
-        let total = gateway
-            .sent_marks
-            .lock()
-            .map(|m| m.last().map(|x| x.0).unwrap_or(0))
-            .unwrap_or(0) as i64;
-        if done && visible >= total && total > 0 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            eprintln!("freshness: timed out");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (visible_at, peak_rss_kb) = watch(&gateway, &mut db, feeder.id());
     let _ = Command::new("kill")
         .args(["-TERM", &feeder.id().to_string()])
         .status();
@@ -74,16 +38,7 @@ fn main() {
         .lock()
         .map(|m| m.clone())
         .unwrap_or_default();
-    let mut delays: Vec<f64> = marks
-        .iter()
-        .filter_map(|(sent, at)| {
-            visible_at
-                .iter()
-                .find(|(v, t)| *v >= *sent as i64 && t >= at)
-                .map(|(_, t)| t.duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    delays.sort_by(|a, b| a.total_cmp(b));
+    let delays = delays_ms(&marks, &visible_at);
     let pct = |p: f64| {
         delays
             .get(((delays.len() as f64 - 1.0) * p).round() as usize)
@@ -103,4 +58,70 @@ fn main() {
         marks.last().map(|m| m.0).unwrap_or(0),
         achieved
     );
+}
+
+/// Polls price_bars every 5 ms until every trade sent is counted (or 10 minutes pass): when
+/// each count became visible, and the feeder's peak RSS (kB) seen meanwhile.
+fn watch(
+    gateway: &FakeGateway,
+    db: &mut postgres::Client,
+    feeder: u32,
+) -> (Vec<(i64, Instant)>, u64) {
+    let mut visible_at: Vec<(i64, Instant)> = Vec::new();
+    let mut peak_rss_kb = 0u64;
+    let start = Instant::now();
+    loop {
+        let visible: i64 = db
+            .query_one(
+                "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+                &[],
+            )
+            .expect("query")
+            .get(0);
+        visible_at.push((visible, Instant::now()));
+        peak_rss_kb = peak_rss_kb.max(peak_rss_of(feeder));
+        let done = gateway.all_sent_at.lock().ok().and_then(|t| *t).is_some();
+        let total = gateway
+            .sent_marks
+            .lock()
+            .map(|m| m.last().map(|x| x.0).unwrap_or(0))
+            .unwrap_or(0) as i64;
+        if done && visible >= total && total > 0 {
+            return (visible_at, peak_rss_kb);
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            eprintln!("freshness: timed out");
+            return (visible_at, peak_rss_kb);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A process's peak resident set (VmHWM, kB), 0 where it cannot be read.
+fn peak_rss_of(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .filter(|l| l.starts_with("VmHWM:"))
+        .filter_map(|line| line.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// For each block mark (trades sent so far, when), the time until a poll saw that many
+/// trades counted, in milliseconds, sorted.
+fn delays_ms(marks: &[(usize, Instant)], visible_at: &[(i64, Instant)]) -> Vec<f64> {
+    let mut delays: Vec<f64> = marks
+        .iter()
+        .filter_map(|(sent, at)| {
+            visible_at
+                .iter()
+                .find(|(v, t)| *v >= *sent as i64 && t >= at)
+                .map(|(_, t)| t.duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    delays.sort_by(|a, b| a.total_cmp(b));
+    delays
 }
