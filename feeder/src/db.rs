@@ -684,6 +684,17 @@ mod tests {
         None
     }
 
+    /// The mode as libpq names it, what it verifies, and what tokio-postgres is told.
+    fn assert_modes(
+        config: &Config,
+        tls: &TlsOptions,
+        (mode, verify, wire): (SslMode, Verify, tokio_postgres::config::SslMode),
+    ) {
+        assert_eq!(tls.mode, mode);
+        assert_eq!(tls.verify(), verify);
+        assert_eq!(config.get_ssl_mode(), wire);
+    }
+
     #[test]
     fn the_target_never_shows_the_password() {
         let config: Config = "postgres://app:s3cret@db.example:6543/bars"
@@ -697,12 +708,12 @@ mod tests {
     #[test]
     fn without_tls_settings_the_mode_is_prefer_and_nothing_is_verified() {
         let (config, tls) = parse("postgres://app@db.example/bars", &no_env).expect("parse");
-        assert_eq!(tls.mode, SslMode::Prefer);
-        assert_eq!(tls.verify(), Verify::Nothing);
-        assert_eq!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Prefer
+        let expected = (
+            SslMode::Prefer,
+            Verify::Nothing,
+            tokio_postgres::config::SslMode::Prefer,
         );
+        assert_modes(&config, &tls, expected);
     }
 
     #[test]
@@ -716,18 +727,18 @@ mod tests {
         );
         let (config, tls) = parse(&url, &no_env).expect("parse");
         std::fs::remove_file(&ca).ok();
-        assert_eq!(tls.mode, SslMode::VerifyFull);
+        let expected = (
+            SslMode::VerifyFull,
+            Verify::ChainAndHost,
+            tokio_postgres::config::SslMode::Require,
+        );
+        assert_modes(&config, &tls, expected);
         assert_eq!(tls.rootcert.as_deref(), Some(ca.as_path()));
-        assert_eq!(tls.verify(), Verify::ChainAndHost);
         assert_eq!(
             config.get_connect_timeout(),
             Some(&std::time::Duration::from_secs(7))
         );
         assert_eq!(config.get_password(), Some(&b"pw"[..]));
-        assert_eq!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        );
     }
 
     #[test]
@@ -739,12 +750,12 @@ mod tests {
         let (_, tls) = parse("postgres://db.example/bars?sslmode=disable", &env).expect("parse");
         assert_eq!(tls.mode, SslMode::Disable);
         let (config, tls) = parse("postgres://db.example/bars", &env).expect("parse");
-        assert_eq!(tls.mode, SslMode::Require);
-        assert_eq!(tls.verify(), Verify::Nothing);
-        assert_eq!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
+        let expected = (
+            SslMode::Require,
+            Verify::Nothing,
+            tokio_postgres::config::SslMode::Require,
         );
+        assert_modes(&config, &tls, expected);
     }
 
     #[test]
