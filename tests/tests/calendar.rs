@@ -244,64 +244,100 @@ fn a_session_makes_the_daily_bar_the_session_s_even_on_a_half_day() {
     );
 }
 
-#[test]
-fn fill_gives_every_empty_bucket_from_the_first_trade_on_and_never_before_it() {
-    let db = fresh_db("calendar_fill", "");
-    let m = |h, mi, p: i64, v| Minute {
+/// The gap-fill test's range: GAP from 14:30 to 14:40 UTC on 2025-10-24.
+const GAP_RANGE: &str = "'GAP', '2025-10-24 14:30+00', '2025-10-24 14:40+00'";
+
+/// 2025-10-24 14:`mi` UTC.
+fn gap_at(mi: u8) -> i64 {
+    utc(2025, 10, 24, 14, mi)
+}
+
+/// A minute bar of GAP at `h`:`mi` UTC: open `p`, high `p`+2, low `p`-1, close `p`+1.
+fn gap_minute(h: u8, mi: u8, p: i64, v: i64) -> Minute {
+    Minute {
         at: utc(2025, 10, 24, h, mi),
         open: p,
         high: p + 2,
         low: p - 1,
         close: p + 1,
         volume: v,
-    };
-    write(&db, "GAP", &[m(14, 32, 100, 5), m(14, 35, 110, 7)]);
-    let range = "'GAP', '2025-10-24 14:30+00', '2025-10-24 14:40+00'";
-    let prev = query(
+    }
+}
+
+/// A filled bucket at 14:`mi`: every price the previous close.
+fn gap_filled(mi: u8, close: i64) -> Row {
+    (
+        gap_at(mi),
+        Some(close),
+        Some(close),
+        Some(close),
+        Some(close),
+        0,
+        0,
+        true,
+    )
+}
+
+/// The bar of `gap_minute(14, mi, p, v)` as bars() returns it.
+fn gap_real(mi: u8, p: i64, v: i64) -> Row {
+    (
+        gap_at(mi),
+        Some(p),
+        Some(p + 2),
+        Some(p - 1),
+        Some(p + 1),
+        v,
+        1,
+        false,
+    )
+}
+
+/// bars() over GAP_RANGE with `args` after it (each starting with a comma).
+fn gap_bars(db: &str, args: &str) -> Vec<Row> {
+    query(db, &format!("SELECT * FROM bars({GAP_RANGE}{args})"))
+}
+
+#[test]
+fn fill_gives_every_empty_bucket_from_the_first_trade_on_and_never_before_it() {
+    let db = fresh_db("calendar_fill", "");
+    write(
         &db,
-        &format!("SELECT * FROM bars({range}, fill => 'previous')"),
+        "GAP",
+        &[gap_minute(14, 32, 100, 5), gap_minute(14, 35, 110, 7)],
     );
-    let at = |mi| utc(2025, 10, 24, 14, mi);
-    let filled = |mi, close| {
-        (
-            at(mi),
-            Some(close),
-            Some(close),
-            Some(close),
-            Some(close),
-            0,
-            0,
-            true,
-        )
-    };
-    let real = |mi, p: i64, v| {
-        (
-            at(mi),
-            Some(p),
-            Some(p + 2),
-            Some(p - 1),
-            Some(p + 1),
-            v,
-            1,
-            false,
-        )
-    };
+    let want = assert_fill_previous_starts_at_the_first_trade(&db);
+    assert_fill_null_and_none_keep_the_buckets(&db, &want);
+    // a bar before the range: its close fills the range's first buckets
+    write(&db, "GAP", &[gap_minute(13, 0, 90, 1)]);
+    let prev = gap_bars(&db, ", fill => 'previous'");
+    assert_eq!(&prev[..2], &[gap_filled(30, 91), gap_filled(31, 91)]);
+    assert_eq!(&prev[2..], &want[..]);
+    assert_five_minute_buckets_have_nothing_to_fill(&db);
+}
+
+/// fill => 'previous' from 14:32, GAP's first trade: returns the rows it gives.
+fn assert_fill_previous_starts_at_the_first_trade(db: &str) -> Vec<Row> {
+    let prev = gap_bars(db, ", fill => 'previous'");
     let want = vec![
-        real(32, 100, 5),
-        filled(33, 101),
-        filled(34, 101),
-        real(35, 110, 7),
-        filled(36, 111),
-        filled(37, 111),
-        filled(38, 111),
-        filled(39, 111),
+        gap_real(32, 100, 5),
+        gap_filled(33, 101),
+        gap_filled(34, 101),
+        gap_real(35, 110, 7),
+        gap_filled(36, 111),
+        gap_filled(37, 111),
+        gap_filled(38, 111),
+        gap_filled(39, 111),
     ];
     assert_eq!(prev, want, "no bar before 14:32, the symbol's first trade");
     for row in &prev {
         eprintln!("calendar | fill previous | {row:?}");
     }
+    want
+}
+
+fn assert_fill_null_and_none_keep_the_buckets(db: &str, want: &[Row]) {
     // 'null' leaves the prices empty, same buckets
-    let null = query(&db, &format!("SELECT * FROM bars({range}, fill => 'null')"));
+    let null = gap_bars(db, ", fill => 'null'");
     let null_want: Vec<Row> = want
         .iter()
         .map(|r| {
@@ -314,28 +350,17 @@ fn fill_gives_every_empty_bucket_from_the_first_trade_on_and_never_before_it() {
         .collect();
     assert_eq!(null, null_want);
     // 'none' (the default) only the bars
-    assert_eq!(
-        query(&db, &format!("SELECT * FROM bars({range})")),
-        vec![want[0], want[3]]
-    );
-    // a bar before the range: its close fills the range's first buckets
-    write(&db, "GAP", &[m(13, 0, 90, 1)]);
-    let prev = query(
-        &db,
-        &format!("SELECT * FROM bars({range}, fill => 'previous')"),
-    );
-    assert_eq!(&prev[..2], &[filled(30, 91), filled(31, 91)]);
-    assert_eq!(&prev[2..], &want[..]);
-    // 5-minute buckets: 14:30 holds the first bar, 14:35 the second; nothing to fill between
-    let five = query(
-        &db,
-        &format!("SELECT * FROM bars({range}, bucket => '5 minutes', fill => 'previous')"),
-    );
+    assert_eq!(gap_bars(db, ""), vec![want[0], want[3]]);
+}
+
+/// 5-minute buckets: 14:30 holds the first bar, 14:35 the second; nothing to fill between.
+fn assert_five_minute_buckets_have_nothing_to_fill(db: &str) {
+    let five = gap_bars(db, ", bucket => '5 minutes', fill => 'previous'");
     assert_eq!(
         five,
         vec![
             (
-                at(30),
+                gap_at(30),
                 Some(100),
                 Some(102),
                 Some(99),
@@ -345,7 +370,7 @@ fn fill_gives_every_empty_bucket_from_the_first_trade_on_and_never_before_it() {
                 false
             ),
             (
-                at(35),
+                gap_at(35),
                 Some(110),
                 Some(112),
                 Some(109),
@@ -392,12 +417,9 @@ fn an_origin_aligns_buckets_to_an_odd_local_time() {
     assert_eq!(rows, expected(&shifted, day_of));
 }
 
-#[test]
-fn bad_calendar_arguments_are_one_clear_error_each() {
-    let db = fresh_db("calendar_errors", "");
-    let mut c = connect(&db);
-    let range = "'X', '2025-10-24 00:00+00', '2025-10-25 00:00+00'";
-    for (args, state, says) in [
+/// Each bad argument of bars(), the SQLSTATE it raises and what its message says.
+fn bad_calendar_arguments() -> Vec<(&'static str, SqlState, &'static str)> {
+    vec![
         (
             "tz => 'Mars/Olympus'",
             SqlState::INVALID_PARAMETER_VALUE,
@@ -448,7 +470,15 @@ fn bad_calendar_arguments_are_one_clear_error_each() {
             SqlState::INVALID_PARAMETER_VALUE,
             "must divide a day",
         ),
-    ] {
+    ]
+}
+
+#[test]
+fn bad_calendar_arguments_are_one_clear_error_each() {
+    let db = fresh_db("calendar_errors", "");
+    let mut c = connect(&db);
+    let range = "'X', '2025-10-24 00:00+00', '2025-10-25 00:00+00'";
+    for (args, state, says) in bad_calendar_arguments() {
         let sql = format!("SELECT * FROM bars({range}, {args})");
         let err = c.batch_execute(&sql).expect_err(&sql);
         assert_eq!(err.code(), Some(&state), "{sql}: {err}");
@@ -481,54 +511,44 @@ fn write_at(db: &str, symbol: &str, instants: &[i64]) -> Vec<Minute> {
     minutes
 }
 
+/// Two days: `first` until `cut`, `second` from it.
+fn two_days(cut: i64, first: i64, second: i64) -> impl Fn(i64) -> i64 {
+    move |at: i64| if at < cut { first } else { second }
+}
+
 #[test]
 fn a_day_starts_when_the_local_clock_first_shows_its_start() {
     let db = fresh_db("calendar_ambiguous", "");
-    // New York falls back at 06:00 UTC on 2025-11-02: 01:30 comes at 05:30 and again at 06:30
-    let ny = write_at(
-        &db,
-        "NY",
-        &[
-            utc(2025, 11, 1, 12, 0),
-            utc(2025, 11, 2, 5, 40),
-            utc(2025, 11, 2, 6, 10),
-            utc(2025, 11, 2, 12, 0),
-        ],
-    );
-    let rows = query(
-        &db,
-        "SELECT * FROM bars('NY', '2025-11-01', '2025-11-03', bucket => '1 day', tz => 'America/New_York', origin => '01:30')",
-    );
-    // two days: `first` until `cut`, `second` from it
-    let days =
-        |cut: i64, first: i64, second: i64| move |at: i64| if at < cut { first } else { second };
-    let day_of = days(
-        utc(2025, 11, 2, 5, 30),
-        utc(2025, 11, 1, 5, 30),
-        utc(2025, 11, 2, 5, 30),
-    );
-    assert_eq!(rows, expected(&ny, day_of));
-    // Havana falls back from 01:00 to 00:00 (05:00 UTC): its 2025-11-02 starts at the first
-    // midnight, 04:00 UTC
-    let hav = write_at(
-        &db,
-        "HAV",
-        &[
-            utc(2025, 11, 2, 3, 50),
-            utc(2025, 11, 2, 4, 10),
-            utc(2025, 11, 2, 12, 0),
-        ],
-    );
-    let rows = query(
-        &db,
-        "SELECT * FROM bars('HAV', '2025-11-01 06:00+00', '2025-11-03', bucket => '1 day', tz => 'America/Havana')",
-    );
-    let day_of = days(
-        utc(2025, 11, 2, 4, 0),
-        utc(2025, 11, 1, 4, 0),
-        utc(2025, 11, 2, 4, 0),
-    );
-    assert_eq!(rows, expected(&hav, day_of));
+    for (symbol, instants, sql, (cut, first, second)) in [
+        // New York falls back at 06:00 UTC on 2025-11-02: 01:30 comes at 05:30 and again at 06:30
+        (
+            "NY",
+            vec![
+                utc(2025, 11, 1, 12, 0),
+                utc(2025, 11, 2, 5, 40),
+                utc(2025, 11, 2, 6, 10),
+                utc(2025, 11, 2, 12, 0),
+            ],
+            "SELECT * FROM bars('NY', '2025-11-01', '2025-11-03', bucket => '1 day', tz => 'America/New_York', origin => '01:30')",
+            (utc(2025, 11, 2, 5, 30), utc(2025, 11, 1, 5, 30), utc(2025, 11, 2, 5, 30)),
+        ),
+        // Havana falls back from 01:00 to 00:00 (05:00 UTC): its 2025-11-02 starts at the
+        // first midnight, 04:00 UTC
+        (
+            "HAV",
+            vec![
+                utc(2025, 11, 2, 3, 50),
+                utc(2025, 11, 2, 4, 10),
+                utc(2025, 11, 2, 12, 0),
+            ],
+            "SELECT * FROM bars('HAV', '2025-11-01 06:00+00', '2025-11-03', bucket => '1 day', tz => 'America/Havana')",
+            (utc(2025, 11, 2, 4, 0), utc(2025, 11, 1, 4, 0), utc(2025, 11, 2, 4, 0)),
+        ),
+    ] {
+        let minutes = write_at(&db, symbol, &instants);
+        let rows = query(&db, sql);
+        assert_eq!(rows, expected(&minutes, two_days(cut, first, second)));
+    }
     // New York springs forward at 07:00 UTC on 2025-03-09, past 02:30: a day from 02:30
     // starts at 07:00 UTC, when the clock jumps to 03:00
     let spring = write_at(&db, "SPR", &[utc(2025, 3, 9, 7, 10)]);
