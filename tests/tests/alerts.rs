@@ -210,31 +210,20 @@ fn rule_durations_read_in_seconds_only_where_they_are_durations() {
     );
 }
 
-#[test]
-fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
-    let started = Instant::now();
-    let db = fresh_db("alerts", "");
-    let file = generate("alerts.dbn", 20, 120_000, 81);
-    // 2,000 trades a second: the stream lasts a minute
-    let plan = Plan::new(KEY).paced(Duration::from_millis(500));
-    let gateway = FakeGateway::start(&file, plan.clone());
-    let gateway_addr = gateway.addr.clone();
-    let metrics_port = free_port();
-    let prometheus_port = free_port();
-    let dir: PathBuf = scratch("prometheus");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("prometheus folder");
-
+/// The live feeder against `gateway`, serving its metrics on `metrics_port`, logging to `dir`.
+fn start_feeder(gateway: &FakeGateway, db: &str, metrics_port: u16, dir: &Path) -> Killed {
     let feeder = gateway
-        .feeder_command(&feeder_bin(), &url(&db), KEY)
+        .feeder_command(&feeder_bin(), &url(db), KEY)
         .args(["--batch-ms", "50", "--rollup-ms", "200"])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("feeder.log")).expect("feeder log"))
         .spawn()
         .expect("starting the live feeder");
-    let mut feeder = Killed(feeder, "feeder");
-    let prometheus = start_prometheus(&dir, metrics_port, prometheus_port);
+    Killed(feeder, "feeder")
+}
+
+fn wait_until_prometheus_is_ready(prometheus_port: u16, dir: &Path) {
     let ready = Instant::now();
     while http_get(prometheus_port, "/-/ready").is_none() {
         assert!(
@@ -244,14 +233,12 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!(
-        "alerts: {} prometheus on 127.0.0.1:{prometheus_port} scrapes the feeder on :{metrics_port} every 1 s",
-        now_utc()
-    );
+}
 
-    // Prometheus applies its targets a few seconds after it starts: until the first scrape,
-    // `up` is absent and TradebarsFeederNotScraped (5 s here) may fire. Wait for the scrape and
-    // for that alert to resolve.
+/// Prometheus applies its targets a few seconds after it starts: until the first scrape,
+/// `up` is absent and TradebarsFeederNotScraped (5 s here) may fire. Waits for the scrape and
+/// for that alert to resolve.
+fn wait_until_the_feeder_is_scraped(prometheus_port: u16, feeder: &mut Killed, dir: &Path) {
     let scraped = Instant::now();
     loop {
         let up = http_get(
@@ -276,9 +263,11 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    eprintln!("alerts: {} the feeder is scraped (up == 1)", now_utc());
+}
 
-    // Trades flow: several seconds of scrapes and evaluations, and no rule fires.
+/// Trades flow: several seconds of scrapes and evaluations, and no rule fires. The trades
+/// written by then.
+fn no_rule_fires_while_trades_flow(prometheus_port: u16, metrics_port: u16) -> u64 {
     let flowing = Instant::now();
     while flowing.elapsed() < Duration::from_secs(8) {
         let now = firing(prometheus_port);
@@ -293,7 +282,16 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
     )
     .unwrap_or_default();
     assert!(up.contains("\"value\""), "the lock holder is scraped: {up}");
+    before_stop
+}
 
+/// Stops the gateway and waits for TradebarsNoTrades to fire; the trades written by then.
+fn stop_the_gateway_until_no_trades_fires(
+    gateway: FakeGateway,
+    before_stop: u64,
+    prometheus_port: u16,
+    metrics_port: u16,
+) -> u64 {
     drop(gateway);
     let stopped = Instant::now();
     eprintln!(
@@ -307,28 +305,30 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         fired - stopped
     );
     assert_eq!(alert_state(prometheus_port, ALERT), "firing");
-    let stalled = written(metrics_port);
+    written(metrics_port)
+}
 
-    let gateway = FakeGateway::start_at(&gateway_addr, &file, plan);
+/// Brings the gateway back on `addr` and waits for TradebarsNoTrades to clear.
+fn bring_the_gateway_back_until_no_trades_clears(
+    addr: &str,
+    file: &Path,
+    plan: Plan,
+    prometheus_port: u16,
+) -> FakeGateway {
+    let gateway = FakeGateway::start_at(addr, file, plan);
     let back = Instant::now();
-    eprintln!("alerts: {} gateway back on {gateway_addr}", now_utc());
+    eprintln!("alerts: {} gateway back on {addr}", now_utc());
     let cleared = wait_for_state(prometheus_port, ALERT, "inactive", Duration::from_secs(45));
     eprintln!(
         "alerts: {} {ALERT} CLEARED {:?} after the gateway came back",
         now_utc(),
         cleared - back
     );
-    let resumed = written(metrics_port);
-    assert!(
-        resumed > stalled,
-        "trades are written again after the gateway came back ({stalled} -> {resumed})"
-    );
-    eprintln!(
-        "alerts: trades written: {before_stop} before the stop, {stalled} while stopped, {resumed} after it came back; whole test {:?}",
-        started.elapsed()
-    );
+    gateway
+}
 
-    // The feeder gone: TradebarsFeederDown.
+/// The feeder gone: TradebarsFeederDown.
+fn kill_the_feeder_until_feeder_down_fires(feeder: Killed, prometheus_port: u16) {
     drop(feeder);
     let killed = Instant::now();
     let down = wait_for_state(
@@ -342,6 +342,49 @@ fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
         now_utc(),
         down - killed
     );
+}
+
+#[test]
+fn no_trades_fires_when_the_gateway_stops_and_clears_when_it_comes_back() {
+    let started = Instant::now();
+    let db = fresh_db("alerts", "");
+    let file = generate("alerts.dbn", 20, 120_000, 81);
+    // 2,000 trades a second: the stream lasts a minute
+    let plan = Plan::new(KEY).paced(Duration::from_millis(500));
+    let gateway = FakeGateway::start(&file, plan.clone());
+    let gateway_addr = gateway.addr.clone();
+    let metrics_port = free_port();
+    let prometheus_port = free_port();
+    let dir: PathBuf = scratch("prometheus");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("prometheus folder");
+
+    let mut feeder = start_feeder(&gateway, &db, metrics_port, &dir);
+    let prometheus = start_prometheus(&dir, metrics_port, prometheus_port);
+    wait_until_prometheus_is_ready(prometheus_port, &dir);
+    eprintln!(
+        "alerts: {} prometheus on 127.0.0.1:{prometheus_port} scrapes the feeder on :{metrics_port} every 1 s",
+        now_utc()
+    );
+    wait_until_the_feeder_is_scraped(prometheus_port, &mut feeder, &dir);
+    eprintln!("alerts: {} the feeder is scraped (up == 1)", now_utc());
+
+    let before_stop = no_rule_fires_while_trades_flow(prometheus_port, metrics_port);
+    let stalled =
+        stop_the_gateway_until_no_trades_fires(gateway, before_stop, prometheus_port, metrics_port);
+    let gateway =
+        bring_the_gateway_back_until_no_trades_clears(&gateway_addr, &file, plan, prometheus_port);
+    let resumed = written(metrics_port);
+    assert!(
+        resumed > stalled,
+        "trades are written again after the gateway came back ({stalled} -> {resumed})"
+    );
+    eprintln!(
+        "alerts: trades written: {before_stop} before the stop, {stalled} while stopped, {resumed} after it came back; whole test {:?}",
+        started.elapsed()
+    );
+
+    kill_the_feeder_until_feeder_down_fires(feeder, prometheus_port);
     drop(prometheus);
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);

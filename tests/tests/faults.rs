@@ -61,13 +61,7 @@ fn a_cancelled_or_killed_rollup_leaves_no_partial_bars() {
 fn a_feeder_killed_in_the_middle_of_its_copy_leaves_nothing_and_a_rerun_is_exact() {
     let db = fresh_db("sigkill", "");
     let file = generate("sigkill.dbn.zst", 50, 1000000, 42);
-    let mut child = Command::new(feeder_bin())
-        .args(["replay", &file.display().to_string()])
-        .env("DATABASE_URL", url(&db))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting the feeder");
+    let mut child = spawn_replay(&db, &file, &[], Stdio::null);
     wait_for(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'");
     assert!(
         child.try_wait().expect("status").is_none(),
@@ -110,15 +104,20 @@ fn stopped_with_0(mut child: std::process::Child) -> String {
     out
 }
 
-/// `replay` with `file` in `db`, its output captured.
-fn spawn_replay(db: &str, file: &std::path::Path, extra: &[&str]) -> std::process::Child {
+/// `replay` with `file` in `db`, its stdout and stderr each `output()` (captured or not).
+fn spawn_replay(
+    db: &str,
+    file: &std::path::Path,
+    extra: &[&str],
+    output: fn() -> Stdio,
+) -> std::process::Child {
     Command::new(feeder_bin())
         .arg("replay")
         .args(extra)
         .arg(file)
         .env("DATABASE_URL", url(db))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(output())
+        .stderr(output())
         .spawn()
         .expect("starting the feeder")
 }
@@ -146,7 +145,7 @@ fn sigterm_while_a_replay_stands_by_or_copies_exits_0_and_a_rerun_counts_each_tr
     holder
         .batch_execute("SELECT pg_advisory_lock(29794, 3)")
         .unwrap();
-    let child = spawn_replay(&db, &file, &["--standby"]);
+    let child = spawn_replay(&db, &file, &["--standby"], Stdio::piped);
     wait_for(
         &db,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tradebars-feeder'",
@@ -160,7 +159,7 @@ fn sigterm_while_a_replay_stands_by_or_copies_exits_0_and_a_rerun_counts_each_tr
         .unwrap();
 
     // Copying: the file's transaction goes with the connection.
-    let child = spawn_replay(&db, &file, &[]);
+    let child = spawn_replay(&db, &file, &[], Stdio::piped);
     wait_for(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %trades_staging%' AND state = 'active'");
     let out = stopped_with_0(child);
     assert!(out.contains("stopped during replay"), "{out}");
@@ -175,10 +174,9 @@ fn sigterm_while_a_replay_stands_by_or_copies_exits_0_and_a_rerun_counts_each_tr
     a_rerun_is_exact(&db, &file, 1_000_000);
 }
 
-#[test]
-fn each_role_can_do_its_job_and_nothing_more() {
-    let db = fresh_db("roles", "");
-    let mut admin = connect(&db);
+/// Login roles e2e_feeder and e2e_reader, members of the extension's two roles.
+fn create_login_roles(db: &str) {
+    let mut admin = connect(db);
     admin
         .batch_execute(&format!(
             "DO $$ BEGIN
@@ -190,13 +188,30 @@ fn each_role_can_do_its_job_and_nothing_more() {
              GRANT CONNECT ON DATABASE {db} TO e2e_feeder, e2e_reader"
         ))
         .expect("login roles");
-    let as_role = |role: &str| {
-        postgres::Client::connect(
-            &format!("postgres://{role}@127.0.0.1:{}/{db}", port()),
-            postgres::NoTls,
-        )
-        .expect("connecting as a role")
-    };
+}
+
+fn as_role(db: &str, role: &str) -> postgres::Client {
+    postgres::Client::connect(
+        &format!("postgres://{role}@127.0.0.1:{}/{db}", port()),
+        postgres::NoTls,
+    )
+    .expect("connecting as a role")
+}
+
+/// Each of `statements`, run by `client` (the `who` of the message), is refused.
+fn all_denied(client: &mut postgres::Client, who: &str, statements: &[&str]) {
+    for forbidden in statements {
+        assert!(
+            db_error(client.execute(*forbidden, &[])).contains("permission denied"),
+            "{who}: {forbidden}"
+        );
+    }
+}
+
+#[test]
+fn each_role_can_do_its_job_and_nothing_more() {
+    let db = fresh_db("roles", "");
+    create_login_roles(&db);
 
     // the feeder, as a least-privileged login, does the whole job
     let file = generate("roles.dbn", 5, 5000, 43);
@@ -214,23 +229,22 @@ fn each_role_can_do_its_job_and_nothing_more() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stored_bars(&db), oracle(&file));
 
-    let mut f = as_role("e2e_feeder");
-    for forbidden in [
-        "SELECT count(*) FROM price_bars",
-        "DELETE FROM price_bars",
-        "TRUNCATE trades_staging_0",
-        "SELECT count(*) FROM trades_staging_0",
-        "SELECT mark_legacy()",
-        "SELECT rollback_trades()",
-        "SELECT archive_legacy()",
-    ] {
-        assert!(
-            db_error(f.execute(forbidden, &[])).contains("permission denied"),
-            "feeder: {forbidden}"
-        );
-    }
+    let mut f = as_role(&db, "e2e_feeder");
+    all_denied(
+        &mut f,
+        "feeder",
+        &[
+            "SELECT count(*) FROM price_bars",
+            "DELETE FROM price_bars",
+            "TRUNCATE trades_staging_0",
+            "SELECT count(*) FROM trades_staging_0",
+            "SELECT mark_legacy()",
+            "SELECT rollback_trades()",
+            "SELECT archive_legacy()",
+        ],
+    );
 
-    let mut r = as_role("e2e_reader");
+    let mut r = as_role(&db, "e2e_reader");
     let rows = r
         .query(
             "SELECT * FROM bars('WGRX', '2025-10-24', '2025-10-25')",
@@ -238,18 +252,17 @@ fn each_role_can_do_its_job_and_nothing_more() {
         )
         .expect("the reader reads bars");
     assert!(!rows.is_empty());
-    for forbidden in [
-        "SELECT bars_rollup()",
-        "INSERT INTO trades_staging_0 VALUES ('X', 1, 1, 1, 1, 1, 1, 1, 'B', 0)",
-        "UPDATE price_bars SET volume = 0",
-        "SELECT hard_delete_legacy(confirm => true)",
-        "SELECT * FROM ingest_ledger",
-    ] {
-        assert!(
-            db_error(r.execute(forbidden, &[])).contains("permission denied"),
-            "reader: {forbidden}"
-        );
-    }
+    all_denied(
+        &mut r,
+        "reader",
+        &[
+            "SELECT bars_rollup()",
+            "INSERT INTO trades_staging_0 VALUES ('X', 1, 1, 1, 1, 1, 1, 1, 'B', 0)",
+            "UPDATE price_bars SET volume = 0",
+            "SELECT hard_delete_legacy(confirm => true)",
+            "SELECT * FROM ingest_ledger",
+        ],
+    );
     assert_eq!(
         stored_bars(&db),
         oracle(&file),

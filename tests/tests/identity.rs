@@ -124,6 +124,19 @@ fn a_file_and_a_part_of_it_in_another_schema_count_once_in_both_orders() {
     );
 }
 
+/// SIGTERM to the live feeder `child`, which must exit 0 within 15 s.
+fn stop_live(mut child: std::process::Child) {
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+fn trades_sent(gateway: &FakeGateway) -> usize {
+    gateway
+        .trades_sent
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn backfill(api: &FakeHistorical, db: &str, chunk_minutes: &str) -> String {
     let out = api.backfill(
         db,
@@ -163,18 +176,11 @@ fn a_backfill_over_a_period_a_live_session_covered_in_part_counts_each_trade_onc
         Plan::new(TEST_API_KEY).paced(Duration::from_millis(20)),
     );
     let db = fresh_db("live_backfill", "");
-    let mut live = gateway.spawn_feeder(&db, TEST_API_KEY, &[]);
+    let live = gateway.spawn_feeder(&db, TEST_API_KEY, &[]);
     wait_until("part of the day live", Duration::from_secs(60), || {
         stored_trades(&db) >= 8_000
     });
-    let sent_live = || {
-        gateway
-            .trades_sent
-            .load(std::sync::atomic::Ordering::SeqCst)
-    };
-    sigterm(&mut live);
-    let (code, out) = exit_within(live, Duration::from_secs(15));
-    assert_eq!(code, Some(0), "{out}");
+    stop_live(live);
     let live_trades = stored_in_bars(&db);
     assert!(live_trades < 30_000, "stopped mid-day ({live_trades})");
 
@@ -189,7 +195,7 @@ fn a_backfill_over_a_period_a_live_session_covered_in_part_counts_each_trade_onc
     check(
         &db,
         "live for part of the day, then a backfill of the whole day",
-        sent_live() + 30000,
+        trades_sent(&gateway) + 30000,
         &file,
     );
 }
@@ -203,23 +209,19 @@ fn a_live_restart_replaying_an_hour_counts_nothing_twice() {
         Plan::new(TEST_API_KEY).cut_after(vec![15_000, 8_000]),
     );
     let db = fresh_db("live_hour", "");
-    let mut live = gateway.spawn_feeder(&db, TEST_API_KEY, &["--replay-margin-secs", "3600"]);
+    let live = gateway.spawn_feeder(&db, TEST_API_KEY, &["--replay-margin-secs", "3600"]);
     wait_until("every trade in bars", Duration::from_secs(90), || {
         stored_in_bars(&db) >= 30_000
     });
     std::thread::sleep(Duration::from_millis(500)); // a late duplicate would show by now
-    sigterm(&mut live);
-    let (code, out) = exit_within(live, Duration::from_secs(15));
-    assert_eq!(code, Some(0), "{out}");
+    stop_live(live);
     assert!(
         gateway
             .connections
             .load(std::sync::atomic::Ordering::SeqCst)
             >= 3
     );
-    let sent = gateway
-        .trades_sent
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let sent = trades_sent(&gateway);
     assert!(sent > 35_000, "an hour replayed twice ({sent} sent)");
     check(
         &db,
@@ -229,15 +231,43 @@ fn a_live_restart_replaying_an_hour_counts_nothing_twice() {
     );
 }
 
-#[test]
-fn a_live_restart_with_its_symbols_in_another_order_loses_and_doubles_nothing() {
-    let file = generate("live-order.dbn.zst", 12, 30000, 86);
-    let mut symbols: Vec<String> = trades_of(&file).into_iter().map(|(s, _)| s).collect();
+/// The symbols of `file`, sorted and joined with commas: forward, and backward.
+fn symbols_both_ways(file: &Path) -> (String, String) {
+    let mut symbols: Vec<String> = trades_of(file).into_iter().map(|(s, _)| s).collect();
     symbols.sort();
     symbols.dedup();
     let forward = symbols.join(",");
     symbols.reverse();
-    let backward = symbols.join(",");
+    (forward, symbols.join(","))
+}
+
+/// The live feeder against `gateway` with `--symbols` `list`, in that order.
+fn spawn_live_with_symbols(gateway: &FakeGateway, db: &str, list: &str) -> std::process::Child {
+    let mut cmd = Command::new(feeder_bin());
+    cmd.args([
+        "live",
+        "--dataset",
+        "XNAS.ITCH",
+        "--symbols",
+        list,
+        "--gateway",
+        &gateway.addr,
+        "--batch-ms",
+        "50",
+        "--rollup-ms",
+        "200",
+    ])
+    .env("DATABASE_URL", url(db))
+    .env("DATABENTO_API_KEY", TEST_API_KEY)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    cmd.spawn().expect("starting the live feeder")
+}
+
+#[test]
+fn a_live_restart_with_its_symbols_in_another_order_loses_and_doubles_nothing() {
+    let file = generate("live-order.dbn.zst", 12, 30000, 86);
+    let (forward, backward) = symbols_both_ways(&file);
     // A fresh subscription starts at the live edge: 2,000 trades happen while none listens.
     let gateway = FakeGateway::start(
         &file,
@@ -246,48 +276,21 @@ fn a_live_restart_with_its_symbols_in_another_order_loses_and_doubles_nothing() 
             .live_edge(2000),
     );
     let db = fresh_db("live_order", "");
-    let run = |list: &str| {
-        let mut cmd = Command::new(feeder_bin());
-        cmd.args([
-            "live",
-            "--dataset",
-            "XNAS.ITCH",
-            "--symbols",
-            list,
-            "--gateway",
-            &gateway.addr,
-            "--batch-ms",
-            "50",
-            "--rollup-ms",
-            "200",
-        ])
-        .env("DATABASE_URL", url(&db))
-        .env("DATABENTO_API_KEY", TEST_API_KEY)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-        cmd.spawn().expect("starting the live feeder")
-    };
-    let mut first = run(&forward);
+    let first = spawn_live_with_symbols(&gateway, &db, &forward);
     wait_until("part of the day", Duration::from_secs(60), || {
         stored_trades(&db) >= 8_000
     });
-    sigterm(&mut first);
-    let (code, out) = exit_within(first, Duration::from_secs(15));
-    assert_eq!(code, Some(0), "{out}");
-    let mut second = run(&backward);
+    stop_live(first);
+    let second = spawn_live_with_symbols(&gateway, &db, &backward);
     wait_until("every trade in bars", Duration::from_secs(90), || {
         stored_in_bars(&db) >= 30_000
     });
     std::thread::sleep(Duration::from_millis(500));
-    sigterm(&mut second);
-    let (code, out) = exit_within(second, Duration::from_secs(15));
-    assert_eq!(code, Some(0), "{out}");
+    stop_live(second);
     check(
         &db,
         "live restarted with its --symbols reversed",
-        gateway
-            .trades_sent
-            .load(std::sync::atomic::Ordering::SeqCst),
+        trades_sent(&gateway),
         &file,
     );
 }
@@ -401,12 +404,7 @@ fn a_load_where_identity_was_pruned_is_refused_unless_forced() {
         err.code(),
         Some(&postgres::error::SqlState::INVALID_PARAMETER_VALUE)
     );
-    c.batch_execute("SELECT set_identity_retention('1 hour')")
-        .expect("retention");
-    let pruned: i64 = c
-        .query_one("SELECT prune_trade_identity()", &[])
-        .expect("prune")
-        .get(0);
+    let pruned = prune_keeping_an_hour(&mut c);
     assert!(
         pruned > 0,
         "the day is longer than an hour: {pruned} rows pruned"
@@ -435,4 +433,13 @@ fn a_load_where_identity_was_pruned_is_refused_unless_forced() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(count(&db, "SELECT count(*) FROM trades_staging") > 0);
+}
+
+/// The identity retention set to an hour, then pruned: the rows pruned.
+fn prune_keeping_an_hour(c: &mut postgres::Client) -> i64 {
+    c.batch_execute("SELECT set_identity_retention('1 hour')")
+        .expect("retention");
+    c.query_one("SELECT prune_trade_identity()", &[])
+        .expect("prune")
+        .get(0)
 }

@@ -43,6 +43,22 @@ fn rewrite(
     kept
 }
 
+/// The trades set aside in `db` for `reason`.
+fn rejected_for(db: &str, reason: &str) -> i64 {
+    count(
+        db,
+        &format!("SELECT count(*) FROM trades_rejected WHERE reason = '{reason}'"),
+    )
+}
+
+/// `out` says `n` trades were already counted.
+fn says_already_counted(out: &str, n: impl std::fmt::Display) {
+    assert!(
+        out.contains(&format!("{n} trades already counted")),
+        "{out}"
+    );
+}
+
 const DAY: u64 = 86_400_000_000_000;
 
 #[test]
@@ -66,10 +82,7 @@ fn a_file_whose_metadata_misstates_its_range_counts_each_trade_once() {
         |_| true,
     );
     let out = replay(&db, &later);
-    assert!(
-        out.contains(&format!("{n} trades already counted")),
-        "{out}"
-    );
+    says_already_counted(&out, n);
     assert_eq!(stored_bars(&db), oracle(&file));
     eprintln!(
         "edge | metadata a day late | sent {} | stored {} | bars = oracle",
@@ -83,10 +96,7 @@ fn a_file_whose_metadata_misstates_its_range_counts_each_trade_once() {
     let half = rewrite(&file, &early, |m| m.start = mid, |t| t.ts_recv < mid);
     replay(&db, &early);
     let out = replay(&db, &file);
-    assert!(
-        out.contains(&format!("{half} trades already counted")),
-        "{out}"
-    );
+    says_already_counted(&out, half);
     assert_eq!(stored_bars(&db), oracle(&file));
     eprintln!(
         "edge | trades before the declared start | sent {} | stored {} | bars = oracle",
@@ -103,13 +113,7 @@ fn trades_without_a_symbol_mapping_count_once_the_mapping_comes() {
     rewrite(&file, &unmapped, |m| m.mappings.clear(), |_| true);
     let db = fresh_db("edge_unmapped", "");
     replay(&db, &unmapped);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM trades_rejected WHERE reason = 'no symbol mapping'"
-        ),
-        n
-    );
+    assert_eq!(rejected_for(&db, "no symbol mapping"), n);
     assert_eq!(count(&db, "SELECT count(*) FROM price_bars"), 0);
     // the same trades with their mapping: every one counts
     let out = replay(&db, &file);
@@ -117,10 +121,7 @@ fn trades_without_a_symbol_mapping_count_once_the_mapping_comes() {
     assert_eq!(stored_bars(&db), oracle(&file));
     // and once counted, neither source counts them again
     let out = replay(&db, &file);
-    assert!(
-        out.contains(&format!("{n} trades already counted")),
-        "{out}"
-    );
+    says_already_counted(&out, n);
     replay(&db, &unmapped);
     assert_eq!(stored_bars(&db), oracle(&file));
     eprintln!(
@@ -336,13 +337,7 @@ fn a_trade_unmapped_in_one_source_keeps_its_place_among_those_sharing_its_ts_rec
     );
     let db = fresh_db("edge_place", "");
     replay(&db, &partial);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM trades_rejected WHERE reason = 'no symbol mapping'"
-        ),
-        1
-    );
+    assert_eq!(rejected_for(&db, "no symbol mapping"), 1);
     let out = replay(&db, &full);
     assert!(out.contains("2 trades already counted"), "{out}");
     assert_eq!(stored_bars(&db), oracle(&full));
@@ -364,13 +359,7 @@ fn a_trade_stamped_in_the_future_is_set_aside_and_kept_out_of_identity() {
     );
     let db = fresh_db("edge_future", "");
     replay(&db, &path);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM trades_rejected WHERE reason = 'ts_recv out of range'"
-        ),
-        1
-    );
+    assert_eq!(rejected_for(&db, "ts_recv out of range"), 1);
     assert_eq!(count(&db, "SELECT count(*) FROM trade_coverage"), 0);
     let out = replay(&db, &path);
     assert!(!out.contains("already counted"), "{out}");

@@ -10,17 +10,30 @@ fn start_live(gateway: &FakeGateway, db: &str, key: &str, extra: &[&str]) -> Chi
     gateway.spawn_feeder(db, key, extra)
 }
 
+/// The trades in bars, 0 while there are none.
+fn trades_in_bars(db: &str) -> i64 {
+    count(
+        db,
+        "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
+    )
+}
+
+/// SIGTERM to `child`, which must exit 0 within `secs`; its output.
+fn stopped_with_0(mut child: Child, secs: u64) -> String {
+    sigterm(&mut child);
+    let (code, out) = exit_within(child, Duration::from_secs(secs));
+    assert_eq!(code, Some(0), "{out}");
+    out
+}
+
 #[test]
 fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
     let db = fresh_db("live_cuts", "");
     let file = generate("live-cuts.dbn.zst", 12, 30000, 61);
     let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY).cut_after(vec![7_000, 9_000]));
-    let mut child = start_live(&gateway, &db, TEST_API_KEY, &[]);
+    let child = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("all 30000 trades in bars", Duration::from_secs(60), || {
-        count(
-            &db,
-            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
-        ) == 30_000
+        trades_in_bars(&db) == 30_000
     });
     let sent = gateway.all_sent_at.lock().ok().and_then(|t| *t);
     if let Some(sent) = sent {
@@ -35,9 +48,7 @@ fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
             .load(std::sync::atomic::Ordering::SeqCst)
             >= 3
     );
-    sigterm(&mut child);
-    let (code, out) = exit_within(child, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    stopped_with_0(child, 10);
     assert_eq!(stored_bars(&db), oracle(&file));
     let reconnects = count(&db, "SELECT reconnects FROM feeder_status");
     eprintln!(
@@ -68,13 +79,11 @@ fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
         &file,
         Plan::new(TEST_API_KEY).paced(Duration::from_millis(20)),
     );
-    let mut child = start_live(&gateway, &db, TEST_API_KEY, &[]);
+    let child = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("some trades staged", Duration::from_secs(60), || {
         stored_trades(&db) >= 5_000
     });
-    sigterm(&mut child);
-    let (code, out) = exit_within(child, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    stopped_with_0(child, 10);
     let ledger = count(&db, "SELECT trades FROM ingest_ledger");
     assert_eq!(
         stored_trades(&db),
@@ -90,15 +99,9 @@ fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
 
     let child = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("all 40000 trades in bars", Duration::from_secs(60), || {
-        count(
-            &db,
-            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
-        ) == 40_000
+        trades_in_bars(&db) == 40_000
     });
-    let mut child = child;
-    sigterm(&mut child);
-    let (code, out) = exit_within(child, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    stopped_with_0(child, 10);
     assert_eq!(stored_bars(&db), oracle(&file));
 }
 
@@ -128,17 +131,14 @@ fn metrics_and_health_are_served() {
     let file = generate("live-metrics.dbn", 12, 2000, 64);
     let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY));
     let port = 19187;
-    let mut child = start_live(
+    let child = start_live(
         &gateway,
         &db,
         TEST_API_KEY,
         &["--metrics-addr", &format!("127.0.0.1:{port}")],
     );
     wait_until("all trades in bars", Duration::from_secs(60), || {
-        count(
-            &db,
-            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
-        ) == 2_000
+        trades_in_bars(&db) == 2_000
     });
     let get = |path: &str| {
         use std::io::{Read, Write};
@@ -158,9 +158,7 @@ fn metrics_and_health_are_served() {
         "{metrics}"
     );
     assert!(!metrics.contains(TEST_API_KEY));
-    sigterm(&mut child);
-    let (code, out) = exit_within(child, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    stopped_with_0(child, 10);
 }
 
 #[test]
@@ -185,16 +183,11 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
     let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY).cut_after(cuts));
     // The margin must cover the longest event-to-receipt delay: the generator's late prints
     // take up to 3 s (intraday replay filters on ts_event).
-    let mut child = start_live(&gateway, &db, TEST_API_KEY, &["--replay-margin-secs", "5"]);
+    let child = start_live(&gateway, &db, TEST_API_KEY, &["--replay-margin-secs", "5"]);
     wait_until("every trade in a bar", Duration::from_secs(180), || {
-        count(
-            &db,
-            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
-        ) >= trades as i64
+        trades_in_bars(&db) >= trades as i64
     });
-    sigterm(&mut child);
-    let (code, out) = exit_within(child, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    stopped_with_0(child, 10);
     assert!(
         gateway
             .connections
@@ -216,7 +209,7 @@ fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
         &file,
         Plan::new(TEST_API_KEY).paced(Duration::from_millis(50)),
     );
-    let mut first = start_live(&gateway, &db, TEST_API_KEY, &[]);
+    let first = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("the first feeder staging", Duration::from_secs(60), || {
         stored_trades(&db) >= 5_000
     });
@@ -226,18 +219,11 @@ fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
         second.try_wait().expect("status").is_none(),
         "the second feeder stands by"
     );
-    sigterm(&mut first);
-    let (code, out) = exit_within(first, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    stopped_with_0(first, 10);
     wait_until("all 40000 trades in bars", Duration::from_secs(60), || {
-        count(
-            &db,
-            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
-        ) == 40_000
+        trades_in_bars(&db) == 40_000
     });
-    sigterm(&mut second);
-    let (code, out) = exit_within(second, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    let out = stopped_with_0(second, 10);
     assert!(out.contains("standing by"), "{out}");
     assert_eq!(stored_bars(&db), oracle(&file));
 }
@@ -281,22 +267,15 @@ fn sigterm_while_a_standby_waits_after_losing_its_connection_exits_0() {
         feeder.try_wait().expect("status").is_none(),
         "the feeder stands by"
     );
-    sigterm(&mut feeder);
-    let (code, out) = exit_within(feeder, Duration::from_secs(15));
-    assert_eq!(code, Some(0), "{out}");
+    let out = stopped_with_0(feeder, 15);
     assert!(out.contains("stopped while standing by"), "{out}");
     // nothing it committed is lost and nothing counts twice: once the other holder is gone,
     // a restart resumes and the day ends exactly as sent
     drop(other);
-    let mut again = start_live(&gateway, &db, TEST_API_KEY, &[]);
+    let again = start_live(&gateway, &db, TEST_API_KEY, &[]);
     wait_until("all 40000 trades in bars", Duration::from_secs(90), || {
-        count(
-            &db,
-            "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars",
-        ) == 40_000
+        trades_in_bars(&db) == 40_000
     });
-    sigterm(&mut again);
-    let (code, out) = exit_within(again, Duration::from_secs(10));
-    assert_eq!(code, Some(0), "{out}");
+    stopped_with_0(again, 10);
     assert_eq!(stored_bars(&db), oracle(&file));
 }

@@ -1,5 +1,8 @@
 //! DBN trades -> staging -> bars_rollup() -> price_bars, through the feeder binary.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 use tradebars_tests::*;
@@ -47,6 +50,47 @@ fn replaying_the_same_trades_again_counts_nothing_twice() {
     assert_eq!(first, oracle(&file));
 }
 
+/// `n` sessions calling bars_rollup() in a loop until `stop`, each counting itself into
+/// `started` after its first call; each returns how many calls it made.
+fn spawn_rollers(
+    db: &str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+    started: &Arc<AtomicUsize>,
+) -> Vec<thread::JoinHandle<i32>> {
+    (0..n)
+        .map(|_| {
+            let (db, stop, started) = (db.to_string(), stop.clone(), started.clone());
+            thread::spawn(move || {
+                let mut c = connect(&db);
+                let mut calls = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    c.execute("SELECT bars_rollup()", &[]).expect("bars_rollup");
+                    if calls == 0 {
+                        started.fetch_add(1, Ordering::Relaxed);
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect()
+}
+
+/// The bars of files whose trades are each their own: the merge of their oracles.
+fn merged_oracles(files: &[std::path::PathBuf]) -> BTreeMap<BarKey, BarVal> {
+    let mut expected = BTreeMap::new();
+    for f in files {
+        for (k, v) in oracle(f) {
+            expected
+                .entry(k)
+                .and_modify(|e: &mut BarVal| *e = merge(*e, v))
+                .or_insert(v);
+        }
+    }
+    expected
+}
+
 #[test]
 fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
     let db = fresh_db("concurrent", "");
@@ -56,54 +100,27 @@ fn rollups_running_while_the_feeder_writes_lose_and_double_nothing() {
             generate_on(&format!("part{i}.dbn.zst"), 40, 40000, 100 + i, &day)
         })
         .collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicUsize::new(0));
     // four sessions rolling up in a loop while the feeder loads four files
-    let rollers: Vec<_> = (0..4)
-        .map(|_| {
-            let (db, stop, started) = (db.clone(), stop.clone(), started.clone());
-            thread::spawn(move || {
-                let mut c = connect(&db);
-                let mut calls = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    c.execute("SELECT bars_rollup()", &[]).expect("bars_rollup");
-                    if calls == 0 {
-                        started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    calls += 1;
-                }
-                calls
-            })
-        })
-        .collect();
-    while started.load(std::sync::atomic::Ordering::Relaxed) < 4 {
+    let rollers = spawn_rollers(&db, 4, &stop, &started);
+    while started.load(Ordering::Relaxed) < 4 {
         thread::sleep(std::time::Duration::from_millis(5));
     }
     for f in &files {
         let out = feeder(&["replay", &f.display().to_string()], Some(&db));
         assert!(out.status.success(), "{}", text(&out));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let calls: i32 = rollers.into_iter().map(|h| h.join().expect("roller")).sum();
     assert!(calls >= 4, "all four rollup sessions ran ({calls} calls)");
     assert!(feeder(&["rollup"], Some(&db)).status.success());
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
-    // Each file's trades are its own, so the bars of all four are the merge of four oracles.
-    let mut expected = std::collections::BTreeMap::new();
-    for f in &files {
-        for (k, v) in oracle(f) {
-            expected
-                .entry(k)
-                .and_modify(|e: &mut BarVal| *e = merge(*e, v))
-                .or_insert(v);
-        }
-    }
+    let expected = merged_oracles(&files);
     let stored = stored_bars(&db);
     assert_eq!(stored.len(), expected.len());
-    let volume =
-        |m: &std::collections::BTreeMap<BarKey, BarVal>| m.values().map(|v| v.4).sum::<i64>();
-    let trades =
-        |m: &std::collections::BTreeMap<BarKey, BarVal>| m.values().map(|v| v.5).sum::<i64>();
+    let volume = |m: &BTreeMap<BarKey, BarVal>| m.values().map(|v| v.4).sum::<i64>();
+    let trades = |m: &BTreeMap<BarKey, BarVal>| m.values().map(|v| v.5).sum::<i64>();
     assert_eq!(trades(&stored), 160_000);
     assert_eq!(volume(&stored), volume(&expected));
     for (k, v) in &expected {
@@ -228,35 +245,39 @@ fn bad_files_fail_with_one_line_and_stage_nothing() {
     }
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 0);
-    {
-        // a refused schema anywhere in the list loads nothing, not even the good file before it
-        // (hourly official bars: only minute bars fit price_bars)
-        let ohlcv = scratch("refused.ohlcv-1h.dbn.zst");
-        let decoder =
-            dbn::decode::DynDecoder::from_file(&good, dbn::VersionUpgradePolicy::UpgradeToV3)
-                .expect("decoding");
-        let mut metadata = dbn::decode::DbnMetadata::metadata(&decoder).clone();
-        metadata.schema = Some(dbn::Schema::Ohlcv1H);
-        let file = std::fs::File::create(&ohlcv).expect("creating");
-        let mut encoder = dbn::encode::dbn::Encoder::with_zstd(file, &metadata).expect("encoder");
-        dbn::encode::EncodeRecord::flush(&mut encoder).expect("flushing");
-        drop(encoder);
-        let out = feeder(
-            &[
-                "replay",
-                &good.display().to_string(),
-                &ohlcv.display().to_string(),
-            ],
-            Some(&db),
-        );
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            text(&out).contains("schema ohlcv-1h carries no trade events"),
-            "{}",
-            text(&out)
-        );
-        assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
-    }
+    // a refused schema anywhere in the list loads nothing, not even the good file before it
+    // (hourly official bars: only minute bars fit price_bars)
+    let ohlcv = hourly_bars_file_like(&good);
+    let out = feeder(
+        &[
+            "replay",
+            &good.display().to_string(),
+            &ohlcv.display().to_string(),
+        ],
+        Some(&db),
+    );
+    refused_saying(&out, "schema ohlcv-1h carries no trade events");
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+}
+
+/// An empty file with the metadata of `good` but the schema ohlcv-1h.
+fn hourly_bars_file_like(good: &std::path::Path) -> std::path::PathBuf {
+    let ohlcv = scratch("refused.ohlcv-1h.dbn.zst");
+    let decoder = dbn::decode::DynDecoder::from_file(good, dbn::VersionUpgradePolicy::UpgradeToV3)
+        .expect("decoding");
+    let mut metadata = dbn::decode::DbnMetadata::metadata(&decoder).clone();
+    metadata.schema = Some(dbn::Schema::Ohlcv1H);
+    let file = std::fs::File::create(&ohlcv).expect("creating");
+    let mut encoder = dbn::encode::dbn::Encoder::with_zstd(file, &metadata).expect("encoder");
+    dbn::encode::EncodeRecord::flush(&mut encoder).expect("flushing");
+    drop(encoder);
+    ohlcv
+}
+
+/// The feeder exited 1, its output saying `says`.
+fn refused_saying(out: &std::process::Output, says: &str) {
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(out).contains(says), "{}", text(out));
 }
 
 #[test]
@@ -326,14 +347,12 @@ fn rollup_refuses_a_snapshot_that_could_miss_trades() {
     );
 }
 
-#[test]
-fn unmapped_instruments_and_hostile_symbols_are_kept_visible_and_harmless() {
+/// A TRADES file of four trades: instrument 1 maps to `hostile`, instrument 2 to nothing.
+fn hostile_file(hostile: &str) -> std::path::PathBuf {
     use dbn::encode::dbn::Encoder;
     use dbn::encode::EncodeRecord;
     use dbn::{MappingInterval, Metadata, RecordHeader, SType, Schema, SymbolMapping, TradeMsg};
 
-    // instrument 1 has a symbol holding SQL and a control character; instrument 2 has none
-    let hostile = "X'); DROP TABLE price_bars; --\u{7}";
     let day = time::macros::date!(2025 - 10 - 24);
     let metadata = Metadata::builder()
         .dataset("XNAS.ITCH".to_string())
@@ -351,28 +370,34 @@ fn unmapped_instruments_and_hostile_symbols_are_kept_visible_and_harmless() {
         }])
         .build();
     let path = scratch("hostile.dbn");
-    {
-        let file = std::fs::File::create(&path).expect("create");
-        let mut encoder = Encoder::new(file, &metadata).expect("encoder");
-        for (i, instrument) in [1u32, 2, 1, 2].into_iter().enumerate() {
-            let trade = TradeMsg {
-                hd: RecordHeader::new::<TradeMsg>(
-                    dbn::rtype::MBP_0,
-                    2,
-                    instrument,
-                    1_761_316_200_000_000_000 + i as u64,
-                ),
-                price: 10_000_000_000,
-                size: 5,
-                action: b'T' as std::ffi::c_char,
-                side: b'B' as std::ffi::c_char,
-                ts_recv: 1_761_316_200_000_001_000 + i as u64,
-                sequence: i as u32,
-                ..Default::default()
-            };
-            encoder.encode_record(&trade).expect("record");
-        }
+    let file = std::fs::File::create(&path).expect("create");
+    let mut encoder = Encoder::new(file, &metadata).expect("encoder");
+    for (i, instrument) in [1u32, 2, 1, 2].into_iter().enumerate() {
+        let trade = TradeMsg {
+            hd: RecordHeader::new::<TradeMsg>(
+                dbn::rtype::MBP_0,
+                2,
+                instrument,
+                1_761_316_200_000_000_000 + i as u64,
+            ),
+            price: 10_000_000_000,
+            size: 5,
+            action: b'T' as std::ffi::c_char,
+            side: b'B' as std::ffi::c_char,
+            ts_recv: 1_761_316_200_000_001_000 + i as u64,
+            sequence: i as u32,
+            ..Default::default()
+        };
+        encoder.encode_record(&trade).expect("record");
     }
+    path
+}
+
+#[test]
+fn unmapped_instruments_and_hostile_symbols_are_kept_visible_and_harmless() {
+    // instrument 1 has a symbol holding SQL and a control character; instrument 2 has none
+    let hostile = "X'); DROP TABLE price_bars; --\u{7}";
+    let path = hostile_file(hostile);
     let db = fresh_db("hostile", "");
     let out = feeder(
         &["replay", &path.display().to_string(), "--rollup"],

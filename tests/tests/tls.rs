@@ -206,20 +206,12 @@ fn make_ca(dir: &Path, name: &str, subject: &str) {
     );
 }
 
-fn start_cluster(name: &str, port_offset: u16) -> Cluster {
-    let base = std::env::temp_dir().join(format!("tradebars-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let certs = base.join("certs");
-    std::fs::create_dir_all(&certs).expect("creating the test's folder");
-    let cluster = Cluster {
-        dir: base.clone(),
-        port: free_port(port_offset),
-    };
-
-    make_ca(&certs, "ca", "/CN=tradebars test CA");
-    make_ca(&certs, "wrong-ca", "/CN=tradebars wrong CA");
+/// The CA, the wrong CA, the server's certificate and the two client certificates.
+fn make_certificates(certs: &Path) {
+    make_ca(certs, "ca", "/CN=tradebars test CA");
+    make_ca(certs, "wrong-ca", "/CN=tradebars wrong CA");
     issue(
-        &certs,
+        certs,
         "server",
         "/CN=localhost",
         "ca",
@@ -227,27 +219,29 @@ fn start_cluster(name: &str, port_offset: u16) -> Cluster {
     );
     let client_ext =
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n";
-    issue(&certs, "client", "/CN=certuser", "ca", client_ext);
+    issue(certs, "client", "/CN=certuser", "ca", client_ext);
     issue(
-        &certs,
+        certs,
         "rogue-client",
         "/CN=certuser",
         "wrong-ca",
         client_ext,
     );
+}
 
+/// The test's folder to the postgres user, when running as root.
+fn chown_to_postgres(base: &Path) {
     if is_root() {
         run(
             Command::new("chown").args(["-R", "postgres:postgres", &base.display().to_string()]),
             "chown",
         );
     }
-    for key in ["server.key", "client.key", "rogue-client.key"] {
-        run(
-            Command::new("chmod").args(["600", &cluster.file(key)]),
-            "chmod",
-        );
-    }
+}
+
+/// initdb, then pg_hba.conf and the TLS settings of postgresql.conf.
+fn init_pgdata(cluster: &Cluster) {
+    let base = &cluster.dir;
     run(
         as_postgres(&format!("{PG_BIN}/initdb")).args([
             "-D",
@@ -279,12 +273,11 @@ fn start_cluster(name: &str, port_offset: u16) -> Cluster {
     let mut pgconf = std::fs::read_to_string(base.join("pgdata/postgresql.conf")).expect("conf");
     pgconf.push_str(&conf);
     std::fs::write(base.join("pgdata/postgresql.conf"), pgconf).expect("postgresql.conf");
-    if is_root() {
-        run(
-            Command::new("chown").args(["-R", "postgres:postgres", &base.display().to_string()]),
-            "chown",
-        );
-    }
+}
+
+/// pg_ctl start, then a check that the server listens on both of its addresses.
+fn start_server(cluster: &Cluster) {
+    let base = &cluster.dir;
     run(
         as_postgres(&format!("{PG_BIN}/pg_ctl")).args([
             "-D",
@@ -307,6 +300,29 @@ fn start_cluster(name: &str, port_offset: u16) -> Cluster {
             cluster.port
         );
     }
+}
+
+fn start_cluster(name: &str, port_offset: u16) -> Cluster {
+    let base = std::env::temp_dir().join(format!("tradebars-tls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let certs = base.join("certs");
+    std::fs::create_dir_all(&certs).expect("creating the test's folder");
+    let cluster = Cluster {
+        dir: base.clone(),
+        port: free_port(port_offset),
+    };
+
+    make_certificates(&certs);
+    chown_to_postgres(&base);
+    for key in ["server.key", "client.key", "rogue-client.key"] {
+        run(
+            Command::new("chmod").args(["600", &cluster.file(key)]),
+            "chmod",
+        );
+    }
+    init_pgdata(&cluster);
+    chown_to_postgres(&base);
+    start_server(&cluster);
     cluster.psql(
         "postgres",
         &format!(
@@ -395,137 +411,174 @@ fn run_matrix(title: &str, cases: Vec<Case>) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn tls_modes_certificates_and_errors_behave_as_libpq() {
-    let started = Instant::now();
-    let c = start_cluster("matrix", 0);
-    let port = c.port;
-    let ca = c.file("ca.crt");
-    let wrong_ca = c.file("wrong-ca.crt");
-    let pw = |host: &str, params: &str| {
+/// The connection strings of the matrix, against the test's cluster.
+struct Urls<'a> {
+    cluster: &'a Cluster,
+    port: u16,
+    ca: String,
+    wrong_ca: String,
+}
+
+impl Urls<'_> {
+    /// pwuser with its password at `host`, with the query parameters `params`.
+    fn pw(&self, host: &str, params: &str) -> String {
+        let port = self.port;
         format!("postgres://pwuser:{PASSWORD}@{host}:{port}/tlsdb?connect_timeout=10&{params}")
-    };
-    let full =
-        |host: &str, root: &str| pw(host, &format!("sslmode=verify-full&sslrootcert={root}"));
-    let cert_url = |cert: &str, key: &str| {
+    }
+
+    fn full(&self, host: &str, root: &str) -> String {
+        self.pw(host, &format!("sslmode=verify-full&sslrootcert={root}"))
+    }
+
+    /// certuser over verify-full, with the client certificate `cert` and its key `key`.
+    fn cert_url(&self, cert: &str, key: &str) -> String {
+        let (port, ca) = (self.port, &self.ca);
         format!(
             "postgres://certuser@localhost:{port}/tlsdb?sslmode=verify-full&sslrootcert={ca}&sslcert={}&sslkey={}",
-            c.file(cert),
-            c.file(key)
+            self.cluster.file(cert),
+            self.cluster.file(key)
+        )
+    }
+}
+
+/// verify-full and verify-ca: the host name and the CA checked, or the chain only.
+fn verify_cases(u: &Urls) -> Vec<Case> {
+    let (ca, wrong_ca) = (&u.ca, &u.wrong_ca);
+    vec![
+        case(
+            "verify-full, host localhost",
+            u.full("localhost", ca),
+            Ok("TLS TLSv1.3"),
+        ),
+        case(
+            "verify-full, host 127.0.0.1 (named as IP)",
+            u.full("127.0.0.1", ca),
+            Ok("checked against the CA and the host name"),
+        ),
+        case(
+            "verify-full, host 127.0.0.2 (not named): wrong host",
+            u.full("127.0.0.2", ca),
+            Err("not valid for host 127.0.0.2"),
+        ),
+        case(
+            "verify-ca, host 127.0.0.2: chain only",
+            u.pw("127.0.0.2", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+            Ok("checked against the CA)"),
+        ),
+        case(
+            "verify-full, wrong CA",
+            u.full("localhost", wrong_ca),
+            Err("not signed by a CA of sslrootcert"),
+        ),
+        case(
+            "verify-ca, wrong CA",
+            u.pw(
+                "localhost",
+                &format!("sslmode=verify-ca&sslrootcert={wrong_ca}"),
+            ),
+            Err("not signed by a CA of sslrootcert"),
+        ),
+    ]
+}
+
+/// require, prefer and disable: what libpq checks when the mode does not ask for it.
+fn weaker_mode_cases(u: &Urls) -> Vec<Case> {
+    let (ca, wrong_ca) = (&u.ca, &u.wrong_ca);
+    vec![
+        case(
+            "require, no CA file, host 127.0.0.2: encrypted, unchecked",
+            u.pw("127.0.0.2", "sslmode=require"),
+            Ok("server certificate not checked"),
+        ),
+        case(
+            "require with the wrong CA file: checked as verify-ca",
+            u.pw(
+                "localhost",
+                &format!("sslmode=require&sslrootcert={wrong_ca}"),
+            ),
+            Err("not signed by a CA of sslrootcert"),
+        ),
+        case(
+            "require with the CA file, host 127.0.0.2",
+            u.pw("127.0.0.2", &format!("sslmode=require&sslrootcert={ca}")),
+            Ok("checked as verify-ca"),
+        ),
+        case(
+            "prefer (the default): TLS when offered",
+            u.pw("localhost", ""),
+            Ok("TLS TLSv1.3"),
+        ),
+        case(
+            "disable",
+            u.pw("localhost", "sslmode=disable"),
+            Ok("no TLS (sslmode=disable)"),
+        ),
+    ]
+}
+
+/// PGSSLMODE and PGSSLROOTCERT, and a URL's sslmode winning over PGSSLMODE.
+fn environment_cases(u: &Urls) -> Vec<Case> {
+    let env_verify_full = |name, root: &str, expect| Case {
+        env: vec![
+            ("PGSSLMODE", "verify-full".into()),
+            ("PGSSLROOTCERT", root.to_string()),
+        ],
+        ..case(name, u.pw("localhost", ""), expect)
+    };
+    let url_wins = Case {
+        env: vec![("PGSSLMODE", "verify-full".into())],
+        ..case(
+            "URL sslmode=disable over PGSSLMODE=verify-full",
+            u.pw("127.0.0.2", "sslmode=disable"),
+            Ok("no TLS (sslmode=disable)"),
         )
     };
-    let mut env_ok = case(
-        "PGSSLMODE=verify-full, PGSSLROOTCERT=CA, host localhost",
-        pw("localhost", ""),
-        Ok("checked against the CA and the host name"),
-    );
-    env_ok.env = vec![
-        ("PGSSLMODE", "verify-full".into()),
-        ("PGSSLROOTCERT", ca.clone()),
-    ];
-    let mut env_wrong = case(
-        "PGSSLMODE=verify-full, PGSSLROOTCERT=wrong CA",
-        pw("localhost", ""),
-        Err("not signed by a CA of sslrootcert"),
-    );
-    env_wrong.env = vec![
-        ("PGSSLMODE", "verify-full".into()),
-        ("PGSSLROOTCERT", wrong_ca.clone()),
-    ];
-    let mut url_wins = case(
-        "URL sslmode=disable over PGSSLMODE=verify-full",
-        pw("127.0.0.2", "sslmode=disable"),
-        Ok("no TLS (sslmode=disable)"),
-    );
-    url_wins.env = vec![("PGSSLMODE", "verify-full".into())];
+    vec![
+        env_verify_full(
+            "PGSSLMODE=verify-full, PGSSLROOTCERT=CA, host localhost",
+            &u.ca,
+            Ok("checked against the CA and the host name"),
+        ),
+        env_verify_full(
+            "PGSSLMODE=verify-full, PGSSLROOTCERT=wrong CA",
+            &u.wrong_ca,
+            Err("not signed by a CA of sslrootcert"),
+        ),
+        url_wins,
+    ]
+}
 
-    run_matrix(
-        "server ssl=on, certificate for DNS:localhost, IP:127.0.0.1",
-        vec![
-            case(
-                "verify-full, host localhost",
-                full("localhost", &ca),
-                Ok("TLS TLSv1.3"),
+/// Client certificates (hostssl ... cert) and a wrong password.
+fn client_cases(u: &Urls) -> Vec<Case> {
+    let (port, ca) = (u.port, &u.ca);
+    vec![
+        case(
+            "client certificate of the CA (hostssl ... cert)",
+            u.cert_url("client.crt", "client.key"),
+            Ok("client certificate /CN=certuser"),
+        ),
+        case(
+            "no client certificate where one is required",
+            format!("postgres://certuser@localhost:{port}/tlsdb?sslmode=verify-full&sslrootcert={ca}"),
+            Err("requires a valid client certificate"),
+        ),
+        case(
+            "client certificate of another CA",
+            u.cert_url("rogue-client.crt", "rogue-client.key"),
+            Err("the server refused the client certificate of sslcert"),
+        ),
+        case(
+            "verify-full, wrong password: refused, never printed",
+            format!(
+                "postgres://pwuser:{WRONG_PASSWORD}@localhost:{port}/tlsdb?sslmode=verify-full&sslrootcert={ca}"
             ),
-            case(
-                "verify-full, host 127.0.0.1 (named as IP)",
-                full("127.0.0.1", &ca),
-                Ok("checked against the CA and the host name"),
-            ),
-            case(
-                "verify-full, host 127.0.0.2 (not named): wrong host",
-                full("127.0.0.2", &ca),
-                Err("not valid for host 127.0.0.2"),
-            ),
-            case(
-                "verify-ca, host 127.0.0.2: chain only",
-                pw("127.0.0.2", &format!("sslmode=verify-ca&sslrootcert={ca}")),
-                Ok("checked against the CA)"),
-            ),
-            case(
-                "verify-full, wrong CA",
-                full("localhost", &wrong_ca),
-                Err("not signed by a CA of sslrootcert"),
-            ),
-            case(
-                "verify-ca, wrong CA",
-                pw("localhost", &format!("sslmode=verify-ca&sslrootcert={wrong_ca}")),
-                Err("not signed by a CA of sslrootcert"),
-            ),
-            case(
-                "require, no CA file, host 127.0.0.2: encrypted, unchecked",
-                pw("127.0.0.2", "sslmode=require"),
-                Ok("server certificate not checked"),
-            ),
-            case(
-                "require with the wrong CA file: checked as verify-ca",
-                pw("localhost", &format!("sslmode=require&sslrootcert={wrong_ca}")),
-                Err("not signed by a CA of sslrootcert"),
-            ),
-            case(
-                "require with the CA file, host 127.0.0.2",
-                pw("127.0.0.2", &format!("sslmode=require&sslrootcert={ca}")),
-                Ok("checked as verify-ca"),
-            ),
-            case(
-                "prefer (the default): TLS when offered",
-                pw("localhost", ""),
-                Ok("TLS TLSv1.3"),
-            ),
-            case(
-                "disable",
-                pw("localhost", "sslmode=disable"),
-                Ok("no TLS (sslmode=disable)"),
-            ),
-            env_ok,
-            env_wrong,
-            url_wins,
-            case(
-                "client certificate of the CA (hostssl ... cert)",
-                cert_url("client.crt", "client.key"),
-                Ok("client certificate /CN=certuser"),
-            ),
-            case(
-                "no client certificate where one is required",
-                format!("postgres://certuser@localhost:{port}/tlsdb?sslmode=verify-full&sslrootcert={ca}"),
-                Err("requires a valid client certificate"),
-            ),
-            case(
-                "client certificate of another CA",
-                cert_url("rogue-client.crt", "rogue-client.key"),
-                Err("the server refused the client certificate of sslcert"),
-            ),
-            case(
-                "verify-full, wrong password: refused, never printed",
-                format!(
-                    "postgres://pwuser:{WRONG_PASSWORD}@localhost:{port}/tlsdb?sslmode=verify-full&sslrootcert={ca}"
-                ),
-                Err("password authentication failed"),
-            ),
-        ],
-    );
+            Err("password authentication failed"),
+        ),
+    ]
+}
 
-    // The same server without TLS.
+/// The same server reloaded without TLS; returns once it says so.
+fn turn_ssl_off(c: &Cluster) {
     c.psql(
         "postgres",
         "ALTER SYSTEM SET ssl = off; SELECT pg_reload_conf()",
@@ -535,26 +588,52 @@ fn tls_modes_certificates_and_errors_behave_as_libpq() {
         assert!(Instant::now() < deadline, "ssl did not turn off");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn ssl_off_cases(u: &Urls) -> Vec<Case> {
+    vec![
+        case(
+            "require against a server without TLS",
+            u.pw("localhost", "sslmode=require"),
+            Err("does not accept TLS connections"),
+        ),
+        case(
+            "verify-full against a server without TLS",
+            u.full("localhost", &u.ca),
+            Err("does not accept TLS connections"),
+        ),
+        case(
+            "prefer against a server without TLS: plain",
+            u.pw("localhost", "sslmode=prefer"),
+            Ok("no TLS (sslmode=prefer)"),
+        ),
+    ]
+}
+
+#[test]
+fn tls_modes_certificates_and_errors_behave_as_libpq() {
+    let started = Instant::now();
+    let c = start_cluster("matrix", 0);
+    let u = Urls {
+        cluster: &c,
+        port: c.port,
+        ca: c.file("ca.crt"),
+        wrong_ca: c.file("wrong-ca.crt"),
+    };
     run_matrix(
-        "server ssl=off",
-        vec![
-            case(
-                "require against a server without TLS",
-                pw("localhost", "sslmode=require"),
-                Err("does not accept TLS connections"),
-            ),
-            case(
-                "verify-full against a server without TLS",
-                full("localhost", &ca),
-                Err("does not accept TLS connections"),
-            ),
-            case(
-                "prefer against a server without TLS: plain",
-                pw("localhost", "sslmode=prefer"),
-                Ok("no TLS (sslmode=prefer)"),
-            ),
-        ],
+        "server ssl=on, certificate for DNS:localhost, IP:127.0.0.1",
+        [
+            verify_cases(&u),
+            weaker_mode_cases(&u),
+            environment_cases(&u),
+            client_cases(&u),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
+    turn_ssl_off(&c);
+    run_matrix("server ssl=off", ssl_off_cases(&u));
     eprintln!("tls: whole test took {:?}", started.elapsed());
 }
 
