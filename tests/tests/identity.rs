@@ -124,6 +124,13 @@ fn a_file_and_a_part_of_it_in_another_schema_count_once_in_both_orders() {
     );
 }
 
+/// A generated day of 30,000 trades of 12 symbols, and a gateway serving it with `plan`.
+fn day_on_a_gateway(name: &str, seed: u64, plan: Plan) -> (PathBuf, FakeGateway) {
+    let file = generate(name, 12, 30000, seed);
+    let gateway = FakeGateway::start(&file, plan);
+    (file, gateway)
+}
+
 /// SIGTERM to the live feeder `child`, which must exit 0 within 15 s.
 fn stop_live(mut child: std::process::Child) {
     sigterm(&mut child);
@@ -170,9 +177,9 @@ fn a_backfill_rerun_with_another_chunk_size_counts_nothing_twice() {
 
 #[test]
 fn a_backfill_over_a_period_a_live_session_covered_in_part_counts_each_trade_once() {
-    let file = generate("live-then-backfill.dbn.zst", 12, 30000, 84);
-    let gateway = FakeGateway::start(
-        &file,
+    let (file, gateway) = day_on_a_gateway(
+        "live-then-backfill.dbn.zst",
+        84,
         Plan::new(TEST_API_KEY).paced(Duration::from_millis(20)),
     );
     let db = fresh_db("live_backfill", "");
@@ -202,10 +209,10 @@ fn a_backfill_over_a_period_a_live_session_covered_in_part_counts_each_trade_onc
 
 #[test]
 fn a_live_restart_replaying_an_hour_counts_nothing_twice() {
-    let file = generate("live-hour.dbn.zst", 12, 30000, 85);
     // cut after 15,000 trades, then again after 8,000 more sent (most of them replayed)
-    let gateway = FakeGateway::start(
-        &file,
+    let (file, gateway) = day_on_a_gateway(
+        "live-hour.dbn.zst",
+        85,
         Plan::new(TEST_API_KEY).cut_after(vec![15_000, 8_000]),
     );
     let db = fresh_db("live_hour", "");
@@ -266,15 +273,15 @@ fn spawn_live_with_symbols(gateway: &FakeGateway, db: &str, list: &str) -> std::
 
 #[test]
 fn a_live_restart_with_its_symbols_in_another_order_loses_and_doubles_nothing() {
-    let file = generate("live-order.dbn.zst", 12, 30000, 86);
-    let (forward, backward) = symbols_both_ways(&file);
     // A fresh subscription starts at the live edge: 2,000 trades happen while none listens.
-    let gateway = FakeGateway::start(
-        &file,
+    let (file, gateway) = day_on_a_gateway(
+        "live-order.dbn.zst",
+        86,
         Plan::new(TEST_API_KEY)
             .paced(Duration::from_millis(20))
             .live_edge(2000),
     );
+    let (forward, backward) = symbols_both_ways(&file);
     let db = fresh_db("live_order", "");
     let first = spawn_live_with_symbols(&gateway, &db, &forward);
     wait_until("part of the day", Duration::from_secs(60), || {

@@ -10,6 +10,19 @@ fn start_live(gateway: &FakeGateway, db: &str, key: &str, extra: &[&str]) -> Chi
     gateway.spawn_feeder(db, key, extra)
 }
 
+/// A gateway serving `file`, pausing `ms` milliseconds every 1,000 trades.
+fn paced_gateway(file: &std::path::Path, ms: u64) -> FakeGateway {
+    FakeGateway::start(
+        file,
+        Plan::new(TEST_API_KEY).paced(Duration::from_millis(ms)),
+    )
+}
+
+/// Waits up to 60 s for `n` trades staged or in bars (`what` names the wait).
+fn wait_for_staged(db: &str, what: &str, n: i64) {
+    wait_until(what, Duration::from_secs(60), || stored_trades(db) >= n);
+}
+
 /// The trades in bars, 0 while there are none.
 fn trades_in_bars(db: &str) -> i64 {
     count(
@@ -75,14 +88,9 @@ fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
 fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
     let db = fresh_db("live_sigterm", "");
     let file = generate("live-sigterm.dbn.zst", 12, 40000, 62);
-    let gateway = FakeGateway::start(
-        &file,
-        Plan::new(TEST_API_KEY).paced(Duration::from_millis(20)),
-    );
+    let gateway = paced_gateway(&file, 20);
     let child = start_live(&gateway, &db, TEST_API_KEY, &[]);
-    wait_until("some trades staged", Duration::from_secs(60), || {
-        stored_trades(&db) >= 5_000
-    });
+    wait_for_staged(&db, "some trades staged", 5_000);
     stopped_with_0(child, 10);
     let ledger = count(&db, "SELECT trades FROM ingest_ledger");
     assert_eq!(
@@ -205,14 +213,9 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
 fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
     let db = fresh_db("live_standby", "");
     let file = generate("live-standby.dbn.zst", 12, 40000, 67);
-    let gateway = FakeGateway::start(
-        &file,
-        Plan::new(TEST_API_KEY).paced(Duration::from_millis(50)),
-    );
+    let gateway = paced_gateway(&file, 50);
     let first = start_live(&gateway, &db, TEST_API_KEY, &[]);
-    wait_until("the first feeder staging", Duration::from_secs(60), || {
-        stored_trades(&db) >= 5_000
-    });
+    wait_for_staged(&db, "the first feeder staging", 5_000);
     let mut second = start_live(&gateway, &db, TEST_API_KEY, &["--standby"]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -232,14 +235,9 @@ fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
 fn sigterm_while_a_standby_waits_after_losing_its_connection_exits_0() {
     let db = fresh_db("live_standby_reconnect", "");
     let file = generate("live-standby-reconnect.dbn.zst", 8, 40000, 68);
-    let gateway = FakeGateway::start(
-        &file,
-        Plan::new(TEST_API_KEY).paced(Duration::from_millis(50)),
-    );
+    let gateway = paced_gateway(&file, 50);
     let mut feeder = start_live(&gateway, &db, TEST_API_KEY, &["--standby"]);
-    wait_until("the feeder staging", Duration::from_secs(60), || {
-        stored_trades(&db) >= 2_000
-    });
+    wait_for_staged(&db, "the feeder staging", 2_000);
     // Its sessions die; another holder takes the feeder lock before it is back, so on its
     // reconnect it stands by.
     let mut other = connect(&db);
