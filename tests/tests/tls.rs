@@ -138,24 +138,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A key and a certificate `name`.crt for `subject`, signed by `ca`, with extensions `ext`.
 fn issue(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).expect("writing the extensions");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            subject,
-        ],
-    );
+    new_key_request(dir, name, &format!("{name}.csr"), subject, &[]);
     openssl(
         dir,
         &[
@@ -178,26 +161,39 @@ fn issue(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
     );
 }
 
+/// `openssl req` making a P-256 key `name`.key for `subject`, writing `out`, with `extra`
+/// arguments (a request for a CA to sign, or with `-x509` a self-signed certificate).
+fn new_key_request(dir: &Path, name: &str, out: &str, subject: &str, extra: &[&str]) {
+    let key = format!("{name}.key");
+    let mut args = vec![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        out,
+        "-subj",
+        subject,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
+}
+
 fn make_ca(dir: &Path, name: &str, subject: &str) {
-    openssl(
+    new_key_request(
         dir,
+        name,
+        &format!("{name}.crt"),
+        subject,
         &[
-            "req",
             "-x509",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
             "-days",
             "2",
-            "-subj",
-            subject,
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
