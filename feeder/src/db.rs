@@ -679,20 +679,16 @@ fn spawn_connection<S, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::config::SslMode as WireMode;
 
     fn no_env(_: &str) -> Option<String> {
         None
     }
 
     /// The mode as libpq names it, what it verifies, and what tokio-postgres is told.
-    fn assert_modes(
-        config: &Config,
-        tls: &TlsOptions,
-        (mode, verify, wire): (SslMode, Verify, tokio_postgres::config::SslMode),
-    ) {
-        assert_eq!(tls.mode, mode);
-        assert_eq!(tls.verify(), verify);
-        assert_eq!(config.get_ssl_mode(), wire);
+    /// libpq's mode, what it verifies, and the mode tokio-postgres is told.
+    fn modes(config: &Config, tls: &TlsOptions) -> (SslMode, Verify, WireMode) {
+        (tls.mode, tls.verify(), config.get_ssl_mode())
     }
 
     #[test]
@@ -708,12 +704,10 @@ mod tests {
     #[test]
     fn without_tls_settings_the_mode_is_prefer_and_nothing_is_verified() {
         let (config, tls) = parse("postgres://app@db.example/bars", &no_env).expect("parse");
-        let expected = (
-            SslMode::Prefer,
-            Verify::Nothing,
-            tokio_postgres::config::SslMode::Prefer,
+        assert_eq!(
+            modes(&config, &tls),
+            (SslMode::Prefer, Verify::Nothing, WireMode::Prefer)
         );
-        assert_modes(&config, &tls, expected);
     }
 
     #[test]
@@ -727,12 +721,10 @@ mod tests {
         );
         let (config, tls) = parse(&url, &no_env).expect("parse");
         std::fs::remove_file(&ca).ok();
-        let expected = (
-            SslMode::VerifyFull,
-            Verify::ChainAndHost,
-            tokio_postgres::config::SslMode::Require,
+        assert_eq!(
+            modes(&config, &tls),
+            (SslMode::VerifyFull, Verify::ChainAndHost, WireMode::Require)
         );
-        assert_modes(&config, &tls, expected);
         assert_eq!(tls.rootcert.as_deref(), Some(ca.as_path()));
         assert_eq!(
             config.get_connect_timeout(),
@@ -750,12 +742,10 @@ mod tests {
         let (_, tls) = parse("postgres://db.example/bars?sslmode=disable", &env).expect("parse");
         assert_eq!(tls.mode, SslMode::Disable);
         let (config, tls) = parse("postgres://db.example/bars", &env).expect("parse");
-        let expected = (
-            SslMode::Require,
-            Verify::Nothing,
-            tokio_postgres::config::SslMode::Require,
+        assert_eq!(
+            modes(&config, &tls),
+            (SslMode::Require, Verify::Nothing, WireMode::Require)
         );
-        assert_modes(&config, &tls, expected);
     }
 
     #[test]

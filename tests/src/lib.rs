@@ -235,6 +235,19 @@ pub fn stored_trades(db: &str) -> i64 {
     )
 }
 
+/// `tradebars-feeder replay FILE` (with --rollup if asked) into `db`, which must succeed; what
+/// it printed.
+pub fn replay(db: &str, file: &Path, rollup: bool) -> String {
+    let file = file.display().to_string();
+    let mut args = vec!["replay", file.as_str()];
+    if rollup {
+        args.push("--rollup");
+    }
+    let out = feeder(&args, Some(db));
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",

@@ -6,22 +6,14 @@
 
 use tradebars_tests::*;
 
-/// The old app's table, its quote-built bars, the plan's phase 1 SQL exactly as written, and
-/// the scanner's phase 2 upserts: float bars from trades on (symbol, timestamp), overwriting
+/// The old app's table (the shared fixture, then its trade_count column, which lands right
+/// after volume as in the old app's own), its quote-built bars, the plan's phase 1 SQL exactly
+/// as written, and the scanner's phase 2 upserts: float bars from trades on (symbol, timestamp), overwriting
 /// the legacy bar of each minute it covers, the first one partial.
-const PLAN_TOUCHED: &str = r#"
-CREATE TABLE price_bars (
-    id          serial PRIMARY KEY,
-    symbol      varchar(10) NOT NULL,
-    "timestamp" timestamp NOT NULL,
-    open        double precision NOT NULL,
-    high        double precision NOT NULL,
-    low         double precision NOT NULL,
-    close       double precision NOT NULL,
-    volume      integer NOT NULL DEFAULT 0,
-    trade_count integer NOT NULL DEFAULT 0,
-    UNIQUE (symbol, "timestamp")
-);
+const PLAN_TOUCHED: &str = concat!(
+    include_str!("../../test/fixtures/old_app_schema.sql"),
+    r#"
+ALTER TABLE price_bars ADD COLUMN trade_count integer NOT NULL DEFAULT 0;
 INSERT INTO price_bars (symbol, "timestamp", open, high, low, close)
 SELECT s, timestamp '2025-10-24 14:30' + m * interval '1 minute',
        1.2 + m * 0.01, 1.25 + m * 0.01, 1.15 + m * 0.01, (0.1::float8 + 0.2::float8) + m
@@ -57,7 +49,8 @@ ON CONFLICT (symbol, "timestamp") DO UPDATE SET
     open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, trade_count = EXCLUDED.trade_count,
     is_legacy = false, data_source = 'trades';
-"#;
+"#
+);
 
 /// The old rows are those with an id up to this (the old app's 180 bars; new bars get ids
 /// from the same serial).
@@ -114,120 +107,185 @@ fn sqlstate_of(db: &str, sql: &str) -> (String, String) {
     (d.code().code().to_string(), d.message().to_string())
 }
 
-#[test]
-fn a_database_after_the_plans_phases_1_and_2_keeps_every_old_row_through_every_function() {
-    let db = fresh_db("adoption", PLAN_TOUCHED);
-    let (old, digest) = old_rows_digest(&db, &[]);
-    assert_eq!(old, 180);
-    let step = |name: &str, backups: &[&str], result: &str| {
-        let (after, d) = old_rows_digest(&db, backups);
+/// The old rows as the test found them; every step ends by checking they are all still there.
+struct Adoption {
+    db: String,
+    old: i64,
+    digest: String,
+}
+
+impl Adoption {
+    fn start() -> Adoption {
+        let db = fresh_db("adoption", PLAN_TOUCHED);
+        let (old, digest) = old_rows_digest(&db, &[]);
+        assert_eq!(old, 180);
+        Adoption { db, old, digest }
+    }
+
+    /// Prints the step's line and checks every old row is kept, in price_bars, the archive
+    /// or `backups`.
+    fn step(&self, name: &str, backups: &[&str], result: &str) {
+        let (db, old) = (&self.db, self.old);
+        let (after, d) = old_rows_digest(db, backups);
         eprintln!(
             "adoption | {name} | {old} | {after} | {} | {result}",
-            tradebars_rows(&db)
+            tradebars_rows(db)
         );
-        assert_eq!((after, d.as_str()), (old, digest.as_str()), "after {name}");
-    };
+        assert_eq!(
+            (after, d.as_str()),
+            (old, self.digest.as_str()),
+            "after {name}"
+        );
+    }
+}
 
-    // mark: the scanner's 30 bars set apart, the rest already legacy; columns kept
-    assert_eq!(count(&db, "SELECT mark_legacy()"), 0);
+/// Replays `file` with --rollup: the trades bars are the oracle's.
+fn replay_gives_the_oracle(db: &str, file: &std::path::Path) {
+    replay(db, file, true);
+    assert_eq!(stored_bars(db), oracle(file));
+}
+
+/// The data sources bars() answers for `symbol` over the old app's day, legacy included.
+fn sources_in_bars(db: &str, symbol: &str) -> String {
+    connect(db)
+        .query_one(
+            &format!("SELECT string_agg(DISTINCT data_source, ',' ORDER BY data_source) FROM bars('{symbol}', '2025-10-24 14:30+00', '2025-10-24 16:00+00', include_legacy => true)"),
+            &[],
+        )
+        .expect("bars")
+        .get(0)
+}
+
+#[test]
+fn a_database_after_the_plans_phases_1_and_2_keeps_every_old_row_through_every_function() {
+    let a = Adoption::start();
+    mark_legacy_sets_the_scanner_apart(&a);
+    // replay and roll up: new trades bars beside the scanner's, never merged into them
+    let file = generate("adoption.dbn.zst", 10, 20000, 91);
+    replay_gives_the_oracle(&a.db, &file);
+    a.step("replay + bars_rollup()", &[], "trades bars = oracle");
+    bars_read_trades_then_scanner_then_legacy(&a);
+    the_plans_phase_1_is_refused_once_trades_bars_exist(&a);
+    archive_restore_and_soft_delete_keep_the_old_rows(&a);
+    irreversible_deletes_refuse_what_is_no_copy(&a);
+    irreversible_deletes_with_a_real_copy_keep_the_old_rows(&a);
+
+    // the way back never touches what tradebars did not write
+    let db = &a.db;
+    let removed = count(db, "SELECT rollback_trades()");
+    assert!(removed > 0);
+    assert_eq!(tradebars_rows(db), 0);
     assert_eq!(
         count(
-            &db,
+            db,
+            "SELECT count(*) FROM price_bars WHERE data_source = 'scanner'"
+        ),
+        30
+    );
+    a.step(
+        "rollback_trades()",
+        &["price_bars_backup"],
+        "only tradebars' bars removed",
+    );
+    replay_gives_the_oracle(db, &file);
+    a.step(
+        "replay again",
+        &["price_bars_backup"],
+        "trades bars = oracle",
+    );
+}
+
+/// mark: the scanner's 30 bars set apart, the rest already legacy; columns kept; the plan's
+/// phase 1 SQL run again changes nothing before any trades bar exists.
+fn mark_legacy_sets_the_scanner_apart(a: &Adoption) {
+    let db = &a.db;
+    assert_eq!(count(db, "SELECT mark_legacy()"), 0);
+    assert_eq!(
+        count(
+            db,
             "SELECT count(*) FROM price_bars WHERE data_source = 'scanner' AND is_legacy"
         ),
         30
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'price_bars'::regclass AND attname = 'migrated_at'"),
+        count(db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'price_bars'::regclass AND attname = 'migrated_at'"),
         1
     );
-    step(
+    a.step(
         "mark_legacy()",
         &[],
         "30 scanner bars set apart as 'scanner'",
     );
-    // a second run of the plan's phase 1 SQL changes nothing before any trades bar exists
-    run(&db, "UPDATE price_bars SET is_legacy = true, data_source = 'mbp-1', migrated_at = NOW() WHERE is_legacy IS NULL OR is_legacy = false")
+    run(db, "UPDATE price_bars SET is_legacy = true, data_source = 'mbp-1', migrated_at = NOW() WHERE is_legacy IS NULL OR is_legacy = false")
         .expect("nothing to relabel yet");
-    step("plan's phase 1 again", &[], "no row changed");
+    a.step("plan's phase 1 again", &[], "no row changed");
+}
 
-    // replay and roll up: new trades bars beside the scanner's, never merged into them
-    let file = generate("adoption.dbn.zst", 10, 20000, 91);
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(stored_bars(&db), oracle(&file));
-    step("replay + bars_rollup()", &[], "trades bars = oracle");
-
-    // bars(): trades first, then the scanner, then legacy
-    let sources: String = connect(&db)
-        .query_one(
-            "SELECT string_agg(DISTINCT data_source, ',' ORDER BY data_source) FROM bars('WGRX', '2025-10-24 14:30+00', '2025-10-24 16:00+00', include_legacy => true)",
-            &[],
-        )
-        .expect("bars")
-        .get(0);
-    assert_eq!(sources, "trades");
-    let abcd: String = connect(&db)
-        .query_one(
-            "SELECT string_agg(DISTINCT data_source, ',' ORDER BY data_source) FROM bars('ABCD', '2025-10-24 14:30+00', '2025-10-24 16:00+00', include_legacy => true)",
-            &[],
-        )
-        .expect("bars")
-        .get(0);
+/// bars(): trades first, then the scanner, then legacy.
+fn bars_read_trades_then_scanner_then_legacy(a: &Adoption) {
+    let db = &a.db;
+    assert_eq!(sources_in_bars(db, "WGRX"), "trades");
+    let abcd = sources_in_bars(db, "ABCD");
     assert!(abcd.contains("mbp-1"), "{abcd}");
     // where no trades bar exists for a minute, the scanner's wins over the legacy bar
-    run(&db, "DELETE FROM price_bars WHERE symbol = 'WGRX' AND \"timestamp\" = '2025-10-24 15:31+00' AND data_source = 'trades'")
+    run(db, "DELETE FROM price_bars WHERE symbol = 'WGRX' AND \"timestamp\" = '2025-10-24 15:31+00' AND data_source = 'trades'")
         .expect("remove one trades bar");
-    let src: String = connect(&db)
+    let src: String = connect(db)
         .query_one("SELECT data_source FROM bars('WGRX', '2025-10-24 15:31+00', '2025-10-24 15:32+00', include_legacy => true)", &[])
         .expect("bars")
         .get(0);
     assert_eq!(src, "scanner");
-    step("bars()", &[], "trades, then scanner, then legacy");
+    a.step("bars()", &[], "trades, then scanner, then legacy");
+}
 
-    // the plan's phase 1 SQL again, now that trades bars exist: refused, nothing changed
-    let (state, msg) = sqlstate_of(&db, "UPDATE price_bars SET is_legacy = true, data_source = 'mbp-1' WHERE is_legacy IS NULL OR is_legacy = false");
+/// The plan's phase 1 SQL again, now that trades bars exist: refused, nothing changed; status
+/// and coverage name the scanner's bars.
+fn the_plans_phase_1_is_refused_once_trades_bars_exist(a: &Adoption) {
+    let db = &a.db;
+    let (state, msg) = sqlstate_of(db, "UPDATE price_bars SET is_legacy = true, data_source = 'mbp-1' WHERE is_legacy IS NULL OR is_legacy = false");
     assert_eq!(state, "55000", "{msg}");
     assert!(msg.contains("built by tradebars"), "{msg}");
-    step("plan's phase 1 again", &[], "refused (55000)");
+    a.step("plan's phase 1 again", &[], "refused (55000)");
 
-    // status and coverage name the scanner's bars
     assert_eq!(
         count(
-            &db,
+            db,
             "SELECT bars FROM migration_status() WHERE data_source = 'scanner'"
         ),
         30
     );
     assert_eq!(
         count(
-            &db,
+            db,
             "SELECT sum(scanner_bars)::bigint FROM migration_coverage('10 years')"
         ),
         30
     );
-    step(
+    a.step(
         "migration_status(), migration_coverage()",
         &[],
         "scanner shown apart",
     );
+}
 
-    run(&db, "SELECT archive_legacy()").expect("archive");
+fn archive_restore_and_soft_delete_keep_the_old_rows(a: &Adoption) {
+    let db = &a.db;
+    run(db, "SELECT archive_legacy()").expect("archive");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        count(db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
         0
     );
-    step("archive_legacy()", &[], "moved, verified");
-    run(&db, "SELECT restore_legacy()").expect("restore");
-    step("restore_legacy()", &[], "back");
-    run(&db, "SELECT soft_delete_legacy()").expect("soft delete");
-    step("soft_delete_legacy()", &[], "marked deleted");
+    a.step("archive_legacy()", &[], "moved, verified");
+    run(db, "SELECT restore_legacy()").expect("restore");
+    a.step("restore_legacy()", &[], "back");
+    run(db, "SELECT soft_delete_legacy()").expect("soft delete");
+    a.step("soft_delete_legacy()", &[], "marked deleted");
+}
 
-    // irreversible deletes take only a real copy
-    run(&db, "CREATE TABLE keys_only AS SELECT symbol, \"timestamp\", data_source FROM price_bars; \
+/// Irreversible deletes take only a real copy: each of 6 tables that is none is refused.
+fn irreversible_deletes_refuse_what_is_no_copy(a: &Adoption) {
+    let db = &a.db;
+    run(db, "CREATE TABLE keys_only AS SELECT symbol, \"timestamp\", data_source FROM price_bars; \
               CREATE VIEW bars_view AS SELECT * FROM price_bars; \
               CREATE TABLE one_missing AS SELECT * FROM price_bars; \
               DELETE FROM one_missing WHERE id = (SELECT min(id) FROM one_missing WHERE is_legacy); \
@@ -248,78 +306,55 @@ fn a_database_after_the_plans_phases_1_and_2_keeps_every_old_row_through_every_f
             ("one_changed", "55000", "1 legacy bars are held whole"),
         ] {
             let sql = format!("SELECT {}", f.replace("{t}", table));
-            let (state, msg) = sqlstate_of(&db, &sql);
+            let (state, msg) = sqlstate_of(db, &sql);
             assert_eq!(state, code, "{sql}: {msg}");
             assert!(msg.contains(says), "{sql}: {msg}");
         }
     }
-    step(
+    a.step(
         "deletes refused for 6 non-copies",
         &[],
         "refused, nothing deleted",
     );
+}
 
+/// purge_deleted() and hard_delete_legacy() with a real copy: the old rows live on in it,
+/// and are put back after each.
+fn irreversible_deletes_with_a_real_copy_keep_the_old_rows(a: &Adoption) {
+    let db = &a.db;
     run(
-        &db,
+        db,
         "CREATE TABLE price_bars_backup AS SELECT * FROM price_bars",
     )
     .expect("backup");
     run(
-        &db,
+        db,
         "SELECT purge_deleted('0 seconds', backup_table => 'price_bars_backup')",
     )
     .expect("purge");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
+        count(db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
         0
     );
-    step(
+    a.step(
         "purge_deleted() with a real copy",
         &["price_bars_backup"],
         "deleted, held in the copy",
     );
-    run(&db, "INSERT INTO price_bars SELECT * FROM price_bars_backup WHERE is_legacy; SELECT restore_legacy(); \
+    run(db, "INSERT INTO price_bars SELECT * FROM price_bars_backup WHERE is_legacy; SELECT restore_legacy(); \
               DROP TABLE price_bars_backup; CREATE TABLE price_bars_backup AS SELECT * FROM price_bars;")
         .expect("back from the copy, and a fresh copy");
-    run(&db, "SELECT hard_delete_legacy('price_bars_backup')").expect("hard delete");
-    step(
+    run(db, "SELECT hard_delete_legacy('price_bars_backup')").expect("hard delete");
+    a.step(
         "hard_delete_legacy() with a real copy",
         &["price_bars_backup"],
         "deleted, held in the copy",
     );
     run(
-        &db,
+        db,
         "INSERT INTO price_bars SELECT * FROM price_bars_backup WHERE is_legacy",
     )
     .expect("back");
-
-    // the way back never touches what tradebars did not write
-    let removed = count(&db, "SELECT rollback_trades()");
-    assert!(removed > 0);
-    assert_eq!(tradebars_rows(&db), 0);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM price_bars WHERE data_source = 'scanner'"
-        ),
-        30
-    );
-    step(
-        "rollback_trades()",
-        &["price_bars_backup"],
-        "only tradebars' bars removed",
-    );
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(stored_bars(&db), oracle(&file));
-    step(
-        "replay again",
-        &["price_bars_backup"],
-        "trades bars = oracle",
-    );
 }
 
 #[test]
@@ -337,10 +372,15 @@ fn sizes_beyond_databentos_u32_are_rejected_not_added() {
                 ('WGRX', 1, 1, 1761316200000000004, 1761316200000000005, 3, 83000000000, 7, 'A', 0)"
     ))
     .expect("staging");
+    // one trade rolled up, the two oversized ones rejected
     let row = c
-        .query_one("SELECT * FROM bars_rollup()", &[])
+        .query_one(
+            "SELECT trades_rolled_up, trades_rejected FROM bars_rollup()",
+            &[],
+        )
         .expect("rollup");
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(2)), (1, 2));
+    let (rolled_up, rejected): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((rolled_up, rejected), (1, 2));
     assert_eq!(
         count(
             &db,

@@ -198,6 +198,58 @@ fn a_backup_whose_rows_live_in_a_temporary_child_or_an_unlogged_partition_is_no_
     assert_eq!(n, 3);
 }
 
+/// The old scanner's bar of 14:35, every price and count of it as one text.
+const SCANNER_ROW: &str =
+    "SELECT open::text || high || low || close || volume || trade_count FROM price_bars
+     WHERE symbol = 'WGRX' AND \"timestamp\" = '2025-10-24 14:35+00'";
+
+/// The start of WGRX's 14:35 minute, in nanoseconds.
+const MINUTE_1435: i64 = T0 + 5 * 60_000_000_000;
+
+/// bars_rollup() refuses with 55000 and a message holding `says`; the one staged trade waits.
+fn rollup_refused(c: &mut postgres::Client, db: &str, says: &str) {
+    let err = c
+        .batch_execute("SELECT bars_rollup()")
+        .expect_err("merging into a bar the rollup did not make");
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    );
+    assert!(message(&err).contains(says), "{}", message(&err));
+    assert_eq!(
+        count(db, "SELECT count(*) FROM trades_staging"),
+        1,
+        "the trade waits"
+    );
+}
+
+/// After mark_legacy() the scanner's bar is set apart and the waiting trade makes a bar of its
+/// own beside it.
+fn mark_legacy_lets_the_trade_make_its_own_bar(c: &mut postgres::Client, db: &str) {
+    c.batch_execute("SELECT mark_legacy()")
+        .expect("mark_legacy");
+    let r = c
+        .query_one("SELECT * FROM bars_rollup()", &[])
+        .expect("rollup after mark_legacy");
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (1, 1));
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM price_bars WHERE \"timestamp\" = '2025-10-24 14:35+00' AND data_source = 'scanner'"
+        ),
+        1
+    );
+    let row = c
+        .query_one(
+            "SELECT open::text, volume FROM price_bars WHERE \"timestamp\" = '2025-10-24 14:35+00'
+             AND data_source = 'trades'",
+            &[],
+        )
+        .expect("trades bar");
+    let trades_bar: (String, i64) = (row.get(0), row.get(1));
+    assert_eq!(trades_bar, ("84".to_string(), 10));
+}
+
 #[test]
 fn the_rollup_never_merges_into_a_trades_bar_another_writer_made() {
     let db = legacy_db("guard_foreign");
@@ -209,56 +261,18 @@ fn the_rollup_never_merges_into_a_trades_bar_another_writer_made() {
          VALUES ('WGRX', '2025-10-24 14:35+00', 83.1, 83.2, 83.0, 83.15, 1000, 20, false, 'trades')",
     )
     .expect("a scanner bar");
-    let scanner_row =
-        "SELECT open::text || high || low || close || volume || trade_count FROM price_bars
-                       WHERE symbol = 'WGRX' AND \"timestamp\" = '2025-10-24 14:35+00'";
-    let before: String = c.query_one(scanner_row, &[]).expect("row").get(0);
-    let minute = T0 + 5 * 60_000_000_000;
-    stage(&mut c, "WGRX", minute + 1_000, minute + 500, 84_000_000_000);
-    let err = c
-        .batch_execute("SELECT bars_rollup()")
-        .expect_err("merging into the scanner's bar");
-    assert_eq!(
-        sqlstate(&err),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    let before: String = c.query_one(SCANNER_ROW, &[]).expect("row").get(0);
+    stage(
+        &mut c,
+        "WGRX",
+        MINUTE_1435 + 1_000,
+        MINUTE_1435 + 500,
+        84_000_000_000,
     );
-    assert!(
-        message(&err).contains("did not build it"),
-        "{}",
-        message(&err)
-    );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM trades_staging"),
-        1,
-        "the trade waits"
-    );
-    let after: String = c.query_one(scanner_row, &[]).expect("row").get(0);
+    rollup_refused(&mut c, &db, "did not build it");
+    let after: String = c.query_one(SCANNER_ROW, &[]).expect("row").get(0);
     assert_eq!(after, before);
-    // mark_legacy() sets it apart; the trade then makes a bar of its own
-    c.batch_execute("SELECT mark_legacy()")
-        .expect("mark_legacy");
-    let r = c
-        .query_one("SELECT * FROM bars_rollup()", &[])
-        .expect("rollup after mark_legacy");
-    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (1, 1));
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM price_bars WHERE \"timestamp\" = '2025-10-24 14:35+00' AND data_source = 'scanner'"
-        ),
-        1
-    );
-    let trades_bar: (String, i64) = {
-        let row = c
-            .query_one(
-                "SELECT open::text, volume FROM price_bars WHERE \"timestamp\" = '2025-10-24 14:35+00'
-                 AND data_source = 'trades'",
-                &[],
-            )
-            .expect("trades bar");
-        (row.get(0), row.get(1))
-    };
-    assert_eq!(trades_bar, ("84".to_string(), 10));
+    mark_legacy_lets_the_trade_make_its_own_bar(&mut c, &db);
 
     // a bar tradebars built, then made legacy behind the guard's back: not merged into either
     c.batch_execute(
@@ -270,18 +284,11 @@ fn the_rollup_never_merges_into_a_trades_bar_another_writer_made() {
     stage(
         &mut c,
         "WGRX",
-        minute + 2_000,
-        minute + 1_500,
+        MINUTE_1435 + 2_000,
+        MINUTE_1435 + 1_500,
         85_000_000_000,
     );
-    let err = c
-        .batch_execute("SELECT bars_rollup()")
-        .expect_err("merging into a legacy bar");
-    assert_eq!(
-        sqlstate(&err),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
-    );
-    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 1);
+    rollup_refused(&mut c, &db, "(another writer's, or made legacy)");
 }
 
 #[test]

@@ -5,7 +5,6 @@
 //! bars next to trades bars, a rollback, and bars deleted by hand until refresh_hour_bars().
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use dbn::Schema;
 use tradebars_tests::*;
@@ -127,16 +126,10 @@ fn hours_equal_minutes(db: &str) -> i64 {
     rows
 }
 
-fn replay(db: &str, file: &Path) {
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-}
-
-#[test]
-fn hour_bars_give_the_buckets_the_minutes_give_through_late_trades_official_bars_and_rollback() {
+/// A day of trades rolled up in three overlapping pieces (the last one's trades land in minutes
+/// and hours the others filled), then official bars of other symbols: the database, the trades'
+/// oracle bars and the official bars.
+fn late_trades_and_official_bars() -> (String, BTreeMap<BarKey, BarVal>, BTreeMap<BarKey, BarVal>) {
     let file = generate("hours-trades.dbn.zst", 4, 9000, 81);
     let other = generate("hours-other.dbn.zst", 4, 3000, 82);
     let (official, _) = official_file(
@@ -148,27 +141,72 @@ fn hour_bars_give_the_buckets_the_minutes_give_through_late_trades_official_bars
     let (start, end) = range_of(&file);
     let at = |f: f64| start + ((end - start) as f64 * f) as u64;
     let db = fresh_db("hours", "");
-    // three rollups; the last one's trades land in minutes and hours the others filled
     for (n, (from, to)) in [(0.0, 0.3), (0.6, 1.01), (0.2, 0.7)]
         .into_iter()
         .enumerate()
     {
         let piece = scratch(&format!("hours-piece-{n}.dbn.zst"));
         cut_file(&file, &piece, at(from), at(to), false);
-        replay(&db, &piece);
+        replay(&db, &piece, true);
     }
     let out = feeder(&["replay", &official.display().to_string()], Some(&db));
     assert!(out.status.success(), "{}", text(&out));
+    (db, oracle(&file), ohlcv_of(&oracle(&other)))
+}
 
-    let trades = oracle(&file);
-    let bars = ohlcv_of(&oracle(&other));
+/// The range DAY names, in epoch seconds.
+const DAY_SECONDS: (i64, i64) = (1761315420, 1761338580);
+
+/// WGRX's 16:00 hour as bars() reads it from its hour bar, and the sum of its minutes' volumes.
+fn wgrx_16h_volumes(c: &mut postgres::Client) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT (SELECT volume FROM bars('WGRX', '2025-10-24 16:00', '2025-10-24 17:00', bucket => '1 hour')),
+                    (SELECT sum(volume)::bigint FROM price_bars
+                     WHERE symbol = 'WGRX' AND \"timestamp\" >= '2025-10-24 16:00' AND \"timestamp\" < '2025-10-24 17:00')",
+            &[],
+        )
+        .expect("the hour");
+    (r.get(0), r.get(1))
+}
+
+/// Bars deleted by hand stay in their hour until refresh_hour_bars() sums it again.
+fn refresh_sums_an_hour_deleted_by_hand(db: &str) {
+    let mut c = connect(db);
+    c.batch_execute(
+        "DELETE FROM price_bars WHERE \"timestamp\" >= '2025-10-24 16:00' AND \"timestamp\" < '2025-10-24 16:30'",
+    )
+    .expect("deleting by hand");
+    let (stale, left) = wgrx_16h_volumes(&mut c);
+    assert!(
+        stale > left && left > 0,
+        "the hour bar is stale: {stale} vs {left}"
+    );
+    let written: i64 = c
+        .query_one(
+            "SELECT refresh_hour_bars('2025-10-24 16:00', '2025-10-24 17:00')",
+            &[],
+        )
+        .expect("refresh")
+        .get(0);
+    assert_eq!(
+        written,
+        count(db, "SELECT count(DISTINCT symbol) FROM price_bars WHERE \"timestamp\" >= '2025-10-24 16:00' AND \"timestamp\" < '2025-10-24 17:00'")
+    );
+    assert_eq!(wgrx_16h_volumes(&mut c), (left, left));
+    hours_equal_minutes(db);
+}
+
+#[test]
+fn hour_bars_give_the_buckets_the_minutes_give_through_late_trades_official_bars_and_rollback() {
+    let (db, trades, bars) = late_trades_and_official_bars();
     assert_eq!(stored_bars(&db), trades, "the trades bars themselves");
     let symbols: BTreeSet<String> = trades
         .keys()
         .chain(bars.keys())
         .map(|k| k.0.clone())
         .collect();
-    let (from, to) = (1761315420, 1761338580); // the range DAY names, in epoch seconds
+    let (from, to) = DAY_SECONDS;
     for (bucket, seconds) in [("1 hour", 3600), ("3 hours", 10800), ("1 day", 86400)] {
         let expected = buckets(&trades, &bars, from, to, seconds);
         assert!(
@@ -193,42 +231,7 @@ fn hour_bars_give_the_buckets_the_minutes_give_through_late_trades_official_bars
         buckets(&none, &bars, from, to, 3600)
     );
     hours_equal_minutes(&db);
-
-    // bars deleted by hand stay in their hour until refresh_hour_bars() sums it again
-    let mut c = connect(&db);
-    c.batch_execute(
-        "DELETE FROM price_bars WHERE \"timestamp\" >= '2025-10-24 16:00' AND \"timestamp\" < '2025-10-24 16:30'",
-    )
-    .expect("deleting by hand");
-    let volumes = |c: &mut postgres::Client| -> (i64, i64) {
-        let r = c
-            .query_one(
-                "SELECT (SELECT volume FROM bars('WGRX', '2025-10-24 16:00', '2025-10-24 17:00', bucket => '1 hour')),
-                        (SELECT sum(volume)::bigint FROM price_bars
-                         WHERE symbol = 'WGRX' AND \"timestamp\" >= '2025-10-24 16:00' AND \"timestamp\" < '2025-10-24 17:00')",
-                &[],
-            )
-            .expect("the hour");
-        (r.get(0), r.get(1))
-    };
-    let (stale, left) = volumes(&mut c);
-    assert!(
-        stale > left && left > 0,
-        "the hour bar is stale: {stale} vs {left}"
-    );
-    let written: i64 = c
-        .query_one(
-            "SELECT refresh_hour_bars('2025-10-24 16:00', '2025-10-24 17:00')",
-            &[],
-        )
-        .expect("refresh")
-        .get(0);
-    assert_eq!(
-        written,
-        count(&db, "SELECT count(DISTINCT symbol) FROM price_bars WHERE \"timestamp\" >= '2025-10-24 16:00' AND \"timestamp\" < '2025-10-24 17:00'")
-    );
-    assert_eq!(volumes(&mut c), (left, left));
-    hours_equal_minutes(&db);
+    refresh_sums_an_hour_deleted_by_hand(&db);
 }
 
 /// The official bars of an oracle: no trade count.
@@ -252,7 +255,7 @@ fn an_adopted_price_bars_gets_its_hours_back_when_the_extension_is_created_again
     c.batch_execute("SELECT mark_legacy()")
         .expect("mark_legacy");
     let file = generate("hours-adopted.dbn.zst", 3, 3000, 83);
-    replay(&db, &file);
+    replay(&db, &file, true);
     let other = generate_on("hours-adopted-other.dbn.zst", 3, 2000, 84, "2025-10-27");
     let (official, _) = official_file(
         &other,

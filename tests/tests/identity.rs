@@ -12,17 +12,6 @@ use tradebars_tests::gateway::{FakeGateway, Plan};
 use tradebars_tests::historical::FakeHistorical;
 use tradebars_tests::*;
 
-fn replay(db: &str, file: &Path, rollup: bool) -> String {
-    let f = file.display().to_string();
-    let mut args = vec!["replay", f.as_str()];
-    if rollup {
-        args.push("--rollup");
-    }
-    let out = feeder(&args, Some(db));
-    assert!(out.status.success(), "{}", text(&out));
-    text(&out)
-}
-
 /// The ts_recv a fraction of the way through a generated file's range.
 fn at(file: &Path, fraction: f64) -> u64 {
     let (start, end) = range_of(file);

@@ -10,15 +10,6 @@ use dbn::encode::EncodeRecord;
 use dbn::{Metadata, TradeMsg, VersionUpgradePolicy};
 use tradebars_tests::*;
 
-fn replay(db: &str, file: &Path) -> String {
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    text(&out)
-}
-
 /// Copies the trades of `src` that `keep` accepts to `dst`, with metadata changed by `meta`.
 fn rewrite(
     src: &Path,
@@ -70,7 +61,7 @@ fn a_file_whose_metadata_misstates_its_range_counts_each_trade_once() {
 
     // the whole file again, its metadata claiming the next day
     let db = fresh_db("edge_range_later", "");
-    replay(&db, &file);
+    replay(&db, &file, true);
     let later = scratch("edge-range-later.dbn.zst");
     rewrite(
         &file,
@@ -81,7 +72,7 @@ fn a_file_whose_metadata_misstates_its_range_counts_each_trade_once() {
         },
         |_| true,
     );
-    let out = replay(&db, &later);
+    let out = replay(&db, &later, true);
     says_already_counted(&out, n);
     assert_eq!(stored_bars(&db), oracle(&file));
     eprintln!(
@@ -94,8 +85,8 @@ fn a_file_whose_metadata_misstates_its_range_counts_each_trade_once() {
     let db = fresh_db("edge_range_early", "");
     let early = scratch("edge-range-early.dbn.zst");
     let half = rewrite(&file, &early, |m| m.start = mid, |t| t.ts_recv < mid);
-    replay(&db, &early);
-    let out = replay(&db, &file);
+    replay(&db, &early, true);
+    let out = replay(&db, &file, true);
     says_already_counted(&out, half);
     assert_eq!(stored_bars(&db), oracle(&file));
     eprintln!(
@@ -112,17 +103,17 @@ fn trades_without_a_symbol_mapping_count_once_the_mapping_comes() {
     let unmapped = scratch("edge-unmapped-nomap.dbn.zst");
     rewrite(&file, &unmapped, |m| m.mappings.clear(), |_| true);
     let db = fresh_db("edge_unmapped", "");
-    replay(&db, &unmapped);
+    replay(&db, &unmapped, true);
     assert_eq!(rejected_for(&db, "no symbol mapping"), n);
     assert_eq!(count(&db, "SELECT count(*) FROM price_bars"), 0);
     // the same trades with their mapping: every one counts
-    let out = replay(&db, &file);
+    let out = replay(&db, &file, true);
     assert!(!out.contains("already counted"), "{out}");
     assert_eq!(stored_bars(&db), oracle(&file));
     // and once counted, neither source counts them again
-    let out = replay(&db, &file);
+    let out = replay(&db, &file, true);
     says_already_counted(&out, n);
-    replay(&db, &unmapped);
+    replay(&db, &unmapped, true);
     assert_eq!(stored_bars(&db), oracle(&file));
     eprintln!(
         "edge | unmapped, then mapped, then both again | sent {} | stored {n} | bars = oracle",
@@ -223,14 +214,14 @@ fn trades_of_two_publishers_sharing_a_ts_recv_keep_the_stream_order() {
         ],
     );
     let db = fresh_db("edge_publishers", "");
-    replay(&db, &path);
+    replay(&db, &path, true);
     assert_eq!(stored_bars(&db), oracle(&path));
     assert_eq!(
         bar_at(&db, "XYZ", T0),
         Some((px(101), px(106), px(100), px(105), 15, 5)),
         "open: the first trade in the stream (publisher 2); close: the last (publisher 1)"
     );
-    let out = replay(&db, &path);
+    let out = replay(&db, &path, true);
     assert!(out.contains("5 trades already counted"), "{out}");
     assert_eq!(
         bar_at(&db, "XYZ", T0),
@@ -256,7 +247,7 @@ fn a_file_that_interleaves_instruments_out_of_overall_order_keeps_each_group_in_
         ],
     );
     let db = fresh_db("edge_interleaved", "");
-    replay(&db, &path);
+    replay(&db, &path, true);
     assert_eq!(stored_bars(&db), oracle(&path));
     assert_eq!(
         bar_at(&db, "AAA", T0),
@@ -299,13 +290,13 @@ fn a_trade_executed_before_midnight_and_received_after_takes_the_mapping_of_its_
         &trades,
     );
     let db = fresh_db("edge_midnight", "");
-    replay(&db, &day_file);
+    replay(&db, &day_file, true);
     assert_eq!(
         bar_at(&db, "NVDA", midnight),
         Some((px(100), px(102), px(100), px(102), 6, 3))
     );
     assert_eq!(count(&db, "SELECT count(*) FROM trades_rejected"), 0);
-    let out = replay(&db, &both_days);
+    let out = replay(&db, &both_days, true);
     assert!(out.contains("3 trades already counted"), "{out}");
     assert_eq!(
         bar_at(&db, "NVDA", midnight),
@@ -336,9 +327,9 @@ fn a_trade_unmapped_in_one_source_keeps_its_place_among_those_sharing_its_ts_rec
         &trades,
     );
     let db = fresh_db("edge_place", "");
-    replay(&db, &partial);
+    replay(&db, &partial, true);
     assert_eq!(rejected_for(&db, "no symbol mapping"), 1);
-    let out = replay(&db, &full);
+    let out = replay(&db, &full, true);
     assert!(out.contains("2 trades already counted"), "{out}");
     assert_eq!(stored_bars(&db), oracle(&full));
     assert_eq!(
@@ -358,9 +349,9 @@ fn a_trade_stamped_in_the_future_is_set_aside_and_kept_out_of_identity() {
         &[(1, 1, later - 1_000, later, 10_000, 1)],
     );
     let db = fresh_db("edge_future", "");
-    replay(&db, &path);
+    replay(&db, &path, true);
     assert_eq!(rejected_for(&db, "ts_recv out of range"), 1);
     assert_eq!(count(&db, "SELECT count(*) FROM trade_coverage"), 0);
-    let out = replay(&db, &path);
+    let out = replay(&db, &path, true);
     assert!(!out.contains("already counted"), "{out}");
 }

@@ -1,6 +1,8 @@
 //! The extension over time: upgraded from its first release, dumped and restored, watched.
 
+use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use tradebars_tests::*;
@@ -95,61 +97,64 @@ fn upgrading_from_0_1_0_gives_what_a_fresh_install_gives() {
     assert_same_objects(&old, &fresh);
 }
 
-#[test]
-fn upgrading_from_0_2_0_keeps_the_clock_its_bars_were_built_with() {
-    let day1 = generate("upgrade2-day1.dbn.zst", 8, 20000, 22);
-    let day2 = generate_on("upgrade2-day2.dbn.zst", 8, 10000, 23, "2025-10-27");
-    let event = |f: &std::path::Path| oracle_of(&trades_of(f), OracleClock::Event);
-    // the generated days hold trades whose ts_event and ts_recv minutes differ
-    assert_ne!(event(&day1), oracle(&day1));
-    let db = old_database("upgrade2", "0.2.0", &day1);
-    // a 0.2.0 live feeder's position, under the spelling of its --symbols
+/// The bars of `file` on the ts_event clock, as 0.2.0 made them.
+fn event_bars(file: &Path) -> BTreeMap<BarKey, BarVal> {
+    oracle_of(&trades_of(file), OracleClock::Event)
+}
+
+/// A 0.2.0 database with `day1` rolled up and a 0.2.0 live feeder's position, under the
+/// spelling of its --symbols, updated to the current version.
+fn upgraded_0_2_0_database(day1: &Path) -> String {
+    let db = old_database("upgrade2", "0.2.0", day1);
     connect(&db)
         .batch_execute(
             "INSERT INTO ingest_ledger (source, kind, position, last_ts_recv)
              VALUES ('live:XNAS.ITCH:trades:WGRX,DHB', 'live', 1, 1761317000000000000)",
         )
         .expect("a 0.2.0 ledger entry");
-    assert_eq!(stored_bars(&db), event(&day1));
-
+    assert_eq!(stored_bars(&db), event_bars(day1));
     update_to_current(&db);
+    db
+}
+
+/// The upgraded database has a fresh one's objects, keeps the ts_event clock (a fresh one has
+/// ts_recv) and keeps the live feeder's position per symbol.
+fn the_upgrade_keeps_the_clock_and_the_live_position(db: &str) {
     let fresh = fresh_db("fresh2", "");
-    assert_same_objects(&db, &fresh);
-    assert_eq!(one::<String>(&db, "SELECT bar_clock()"), "ts_event");
+    assert_same_objects(db, &fresh);
+    assert_eq!(one::<String>(db, "SELECT bar_clock()"), "ts_event");
     assert_eq!(one::<String>(&fresh, "SELECT bar_clock()"), "ts_recv");
     assert_eq!(
         one::<String>(
-            &db,
+            db,
             "SELECT bar_clock FROM migration_status() WHERE data_source = 'trades'"
         ),
         "ts_event"
     );
     assert_eq!(
         one::<String>(
-            &db,
+            db,
             "SELECT string_agg(symbol || '@' || last_ts_recv, ',' ORDER BY symbol) FROM live_positions"
         ),
         "DHB@1761317000000000000,WGRX@1761317000000000000"
     );
+}
 
-    // new trades go on in the same clock, loaded by the current feeder
-    let out = feeder(
-        &["replay", &day2.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let mut expected = event(&day1);
-    expected.extend(event(&day2));
-    assert_eq!(stored_bars(&db), expected);
+/// New trades go on in the ts_event clock, loaded by the current feeder; trades from before
+/// the upgrade have no identity, so loading them again is refused and stages nothing.
+fn new_trades_go_on_in_the_old_clock(db: &str, day1: &Path, day2: &Path) {
+    replay(db, day2, true);
+    let mut expected = event_bars(day1);
+    expected.extend(event_bars(day2));
+    assert_eq!(stored_bars(db), expected);
     assert_eq!(
         one::<String>(
-            &db,
+            db,
             "SELECT clock FROM bars('WGRX', '2025-10-27', '2025-10-28') LIMIT 1"
         ),
         "ts_event"
     );
-    // trades before the upgrade have no identity: loading them again is refused
-    let again = feeder(&["replay", &day1.display().to_string()], Some(&db));
+    let again = feeder(&["replay", &day1.display().to_string()], Some(db));
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     assert!(
         text(&again).contains("trade identity is no longer kept")
@@ -157,7 +162,18 @@ fn upgrading_from_0_2_0_keeps_the_clock_its_bars_were_built_with() {
         "{}",
         text(&again)
     );
-    assert_eq!(stored_bars(&db), expected, "nothing of it staged");
+    assert_eq!(stored_bars(db), expected, "nothing of it staged");
+}
+
+#[test]
+fn upgrading_from_0_2_0_keeps_the_clock_its_bars_were_built_with() {
+    let day1 = generate("upgrade2-day1.dbn.zst", 8, 20000, 22);
+    let day2 = generate_on("upgrade2-day2.dbn.zst", 8, 10000, 23, "2025-10-27");
+    // the generated days hold trades whose ts_event and ts_recv minutes differ
+    assert_ne!(event_bars(&day1), oracle(&day1));
+    let db = upgraded_0_2_0_database(&day1);
+    the_upgrade_keeps_the_clock_and_the_live_position(&db);
+    new_trades_go_on_in_the_old_clock(&db, &day1, &day2);
 
     // the DBA's way to Databento's clock: roll back the trades bars, set it, load again
     assert!(
@@ -168,34 +184,21 @@ fn upgrading_from_0_2_0_keeps_the_clock_its_bars_were_built_with() {
         .batch_execute("SELECT rollback_trades(); SELECT set_bar_clock('ts_recv');")
         .expect("rollback and switch");
     for f in [&day1, &day2] {
-        let out = feeder(&["replay", &f.display().to_string(), "--rollup"], Some(&db));
-        assert!(out.status.success(), "{}", text(&out));
+        replay(&db, f, true);
     }
     let mut expected = oracle(&day1);
     expected.extend(oracle(&day2));
     assert_eq!(stored_bars(&db), expected);
 }
 
-#[test]
-fn dump_and_restore_keep_bars_staging_and_the_ledger() {
-    let db = fresh_db("dump", "");
-    let rolled = generate("dump-rolled.dbn.zst", 8, 20000, 31);
-    let staged = generate_on("dump-staged.dbn.zst", 8, 5000, 32, "2025-10-27");
-    assert!(feeder(
-        &["replay", &rolled.display().to_string(), "--rollup"],
-        Some(&db)
-    )
-    .status
-    .success());
-    assert!(
-        feeder(&["replay", &staged.display().to_string()], Some(&db))
-            .status
-            .success()
-    );
-    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 5000);
-
+/// A database with a day rolled up (`rolled`) and another day's trades only staged (`staged`),
+/// dumped with pg_dump -Fc and restored with pg_restore into a new one: its name.
+fn dumped_and_restored(db: &str, rolled: &Path, staged: &Path) -> String {
+    replay(db, rolled, true);
+    replay(db, staged, false);
+    assert_eq!(count(db, "SELECT count(*) FROM trades_staging"), 5000);
     let dump = scratch("tradebars.dump");
-    let out = pg_tool("pg_dump", &["-Fc", "-f", &dump.display().to_string(), &db]);
+    let out = pg_tool("pg_dump", &["-Fc", "-f", &dump.display().to_string(), db]);
     assert!(out.status.success(), "{}", text(&out));
     let restored = empty_db("restored");
     let out = pg_tool(
@@ -208,6 +211,15 @@ fn dump_and_restore_keep_bars_staging_and_the_ledger() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
+    restored
+}
+
+#[test]
+fn dump_and_restore_keep_bars_staging_and_the_ledger() {
+    let db = fresh_db("dump", "");
+    let rolled = generate("dump-rolled.dbn.zst", 8, 20000, 31);
+    let staged = generate_on("dump-staged.dbn.zst", 8, 5000, 32, "2025-10-27");
+    let restored = dumped_and_restored(&db, &rolled, &staged);
 
     assert_eq!(stored_bars(&restored), stored_bars(&db));
     // and the hour bars bars() reads long buckets from
@@ -216,29 +228,18 @@ fn dump_and_restore_keep_bars_staging_and_the_ledger() {
                       bars(s.symbol, '2025-10-24', '2025-10-28', bucket => '1 hour') b";
     let one_text = |db: &str| -> String { connect(db).query_one(daily, &[]).expect("bars").get(0) };
     assert_eq!(one_text(&restored), one_text(&db));
-    assert_eq!(
-        count(&restored, "SELECT count(*) FROM hour_bars"),
-        count(&db, "SELECT count(*) FROM hour_bars")
-    );
+    for table in ["hour_bars", "trade_coverage"] {
+        let sql = format!("SELECT count(*) FROM {table}");
+        assert_eq!(count(&restored, &sql), count(&db, &sql), "{table}");
+    }
     assert_eq!(
         count(&restored, "SELECT count(*) FROM trades_staging"),
         5000
     );
     assert_eq!(count(&restored, "SELECT count(*) FROM ingest_ledger"), 2);
-    assert_eq!(
-        count(&restored, "SELECT count(*) FROM trade_coverage"),
-        count(&db, "SELECT count(*) FROM trade_coverage")
-    );
     // the restored database goes on: the staged trades roll up, trade identity survived
-    let again = feeder(
-        &["replay", &rolled.display().to_string(), "--rollup"],
-        Some(&restored),
-    );
-    assert!(
-        again.status.success() && text(&again).contains("20000 trades already counted"),
-        "{}",
-        text(&again)
-    );
+    let again = replay(&restored, &rolled, true);
+    assert!(again.contains("20000 trades already counted"), "{again}");
     let mut expected = oracle(&rolled);
     expected.extend(oracle(&staged));
     assert_eq!(stored_bars(&restored), expected);

@@ -14,18 +14,6 @@ use dbn::{OhlcvMsg, Schema, VersionUpgradePolicy};
 use tradebars_tests::historical::FakeHistorical;
 use tradebars_tests::*;
 
-fn replay(db: &str, file: &Path, rollup: bool) -> String {
-    let f = file.display().to_string();
-    let args: Vec<&str> = if rollup {
-        vec!["replay", &f, "--rollup"]
-    } else {
-        vec!["replay", &f]
-    };
-    let out = feeder(&args, Some(db));
-    assert!(out.status.success(), "{}", text(&out));
-    text(&out)
-}
-
 /// OHLCV only: official bars carry no trade count.
 fn ohlcv(bars: &BTreeMap<BarKey, BarVal>) -> Ohlcv {
     bars.iter()

@@ -11,14 +11,6 @@ use std::time::Duration;
 use postgres::fallible_iterator::FallibleIterator;
 use tradebars_tests::*;
 
-fn replay(db: &str, file: &Path) {
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-}
-
 /// The notifications that arrive within `wait`: their payloads.
 fn notifications(client: &mut postgres::Client, wait: Duration) -> Vec<String> {
     let mut out = Vec::new();
@@ -91,7 +83,7 @@ fn listen(db: &str) -> postgres::Client {
 /// A listener sees the one rollup of `first`; the rollup's id.
 fn the_first_rollup_notifies_once(db: &str, first: &Path) -> i64 {
     let mut listener = listen(db);
-    replay(db, first);
+    replay(db, first, true);
     let got = notifications(&mut listener, Duration::from_secs(5));
     assert_eq!(got.len(), 1, "one rollup, one notification: {got:?}");
     let n1: i64 = got[0].parse().expect("the payload is the rollup's id");
@@ -162,8 +154,8 @@ fn a_listener_that_misses_notifications_catches_up() {
 
     // The listener has gone away; two rollups change bars meanwhile (the second half of the
     // day merges into minutes the first half wrote), one changes nothing.
-    replay(&db, &second);
-    replay(&db, &next_day);
+    replay(&db, &second, true);
+    replay(&db, &next_day, true);
     let out = feeder(&["rollup"], Some(&db));
     assert!(out.status.success(), "{}", text(&out));
     let expected =
@@ -299,7 +291,7 @@ fn watch_prints_the_bars_of_its_symbols_as_they_change() {
         header,
         "rollup symbol minute open high low close volume trades vwap"
     );
-    replay(&db, &file);
+    replay(&db, &file, true);
 
     let expected: BTreeMap<BarKey, BarVal> = all
         .into_iter()

@@ -3,17 +3,7 @@
 SET TimeZone = 'UTC';
 
 -- the old app's table and its quote-built bars (volume 0), before the extension
-CREATE TABLE price_bars (
-    id          serial PRIMARY KEY,
-    symbol      varchar(10) NOT NULL,
-    "timestamp" timestamp NOT NULL,
-    open        double precision NOT NULL,
-    high        double precision NOT NULL,
-    low         double precision NOT NULL,
-    close       double precision NOT NULL,
-    volume      integer NOT NULL DEFAULT 0,
-    UNIQUE (symbol, "timestamp")
-);
+\i test/fixtures/old_app_schema.sql
 INSERT INTO price_bars (symbol, "timestamp", open, high, low, close)
 SELECT 'OLD', timestamp '2025-10-24 14:30' + m * interval '1 minute', 1.2 + m, 1.3 + m, 1.1 + m, 0.1::float8 + 0.2::float8 + m
 FROM generate_series(0, 4) AS m;
