@@ -162,6 +162,34 @@ BEGIN
 END
 $fn$;
 
+-- The filters and the precedence bars() applies to the bars of price_bars. SQL-standard
+-- bodies without a SET clause: bound when created, and inlined into bars()'s queries, so the
+-- index scans of bars() see plain expressions (a function with its own search_path would be
+-- called row by row, and the backward scan for the close before the range must stop at once).
+CREATE OR REPLACE FUNCTION tradebars_internal.bar_is_shown(is_legacy boolean, data_source text, is_deleted boolean,
+                                                           include_legacy boolean, include_deleted boolean)
+    RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (include_legacy OR (NOT is_legacy AND data_source IN ('trades', 'ohlcv-1m')))
+           AND (include_deleted OR NOT is_deleted);
+
+-- Whether `ts` is in the session [opens, closes) of the local day in `tz`; every time is when
+-- `opens` is NULL (no session asked for).
+CREATE OR REPLACE FUNCTION tradebars_internal.in_session(ts timestamptz, tz text, opens time, closes time)
+    RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN opens IS NULL
+           OR ((ts AT TIME ZONE tz)::time >= opens AND (ts AT TIME ZONE tz)::time < closes);
+
+-- Which of a minute's bars bars() shows, lowest first: trades bars, then Databento's official
+-- bars, then the old scanner's, then other legacy bars.
+CREATE OR REPLACE FUNCTION tradebars_internal.bar_precedence(is_legacy boolean, data_source text)
+    RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN NOT is_legacy AND data_source = 'trades' THEN 0
+                WHEN NOT is_legacy AND data_source = 'ohlcv-1m' THEN 1
+                WHEN data_source = 'scanner' THEN 2 ELSE 3 END;
+
 CREATE OR REPLACE FUNCTION bars(
     symbol text,
     start timestamptz,
@@ -254,32 +282,23 @@ BEGIN
                              TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 minute';
     IF bars.fill <> 'none' THEN
         -- the close before the range (in the session), carried into its first empty buckets;
-        -- without one, no empty bucket comes before the first bar. (The filter is the one of
-        -- minute_bars below, written out again: a helper function with its own search_path
-        -- would not be inlined, and this backward scan must stop at the first row.)
+        -- without one, no empty bucket comes before the first bar (the filter of minute_bars)
         -- the latest such minute by a backward scan of the index, then its bar by precedence
         -- (ordering by precedence in one step would sort the symbol's whole history)
         SELECT p."timestamp" INTO seed_at
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
-          AND (bars.include_legacy
-               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
-          AND (bars.include_deleted OR p.deleted_at IS NULL)
-          AND (hours.opens IS NULL
-               OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
-                   AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
+          AND bar_is_shown(p.is_legacy, p.data_source, p.deleted_at IS NOT NULL,
+                           bars.include_legacy, bars.include_deleted)
+          AND in_session(p."timestamp", bars.tz, hours.opens, hours.closes)
         ORDER BY p."timestamp" DESC
         LIMIT 1;
         SELECT p.close INTO seed
         FROM price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" = seed_at
-          AND (bars.include_legacy
-               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
-          AND (bars.include_deleted OR p.deleted_at IS NULL)
-        ORDER BY CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
-                      WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
-                      WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
-                 p.data_source
+          AND bar_is_shown(p.is_legacy, p.data_source, p.deleted_at IS NOT NULL,
+                           bars.include_legacy, bars.include_deleted)
+        ORDER BY bar_precedence(p.is_legacy, p.data_source), p.data_source
         LIMIT 1;
         IF seed IS NULL THEN
             -- No close to carry into the range: no empty bucket comes before its first bar
@@ -313,18 +332,10 @@ BEGIN
         FROM price_bars p
         WHERE p.symbol = bars.symbol
           AND p."timestamp" >= g.lo AND p."timestamp" < g.hi
-          AND (bars.include_legacy
-               OR (NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')))
-          AND (bars.include_deleted OR p.deleted_at IS NULL)
-          AND (hours.opens IS NULL
-               OR ((p."timestamp" AT TIME ZONE bars.tz)::time >= hours.opens
-                   AND (p."timestamp" AT TIME ZONE bars.tz)::time < hours.closes))
-        -- trades bars first, then Databento's official bars, then the old scanner's, then legacy
-        ORDER BY p."timestamp",
-                 CASE WHEN NOT p.is_legacy AND p.data_source = 'trades' THEN 0
-                      WHEN NOT p.is_legacy AND p.data_source = 'ohlcv-1m' THEN 1
-                      WHEN p.data_source = 'scanner' THEN 2 ELSE 3 END,
-                 p.data_source
+          AND bar_is_shown(p.is_legacy, p.data_source, p.deleted_at IS NOT NULL,
+                           bars.include_legacy, bars.include_deleted)
+          AND in_session(p."timestamp", bars.tz, hours.opens, hours.closes)
+        ORDER BY p."timestamp", bar_precedence(p.is_legacy, p.data_source), p.data_source
         ) m
     ),
     buckets AS (
@@ -355,9 +366,7 @@ BEGIN
               SELECT date_bin(interval '1 minute', bars."end" - interval '1 microsecond',
                               TIMESTAMPTZ '2000-01-01 00:00:00+00')) AS c(g)
         WHERE bars.fill <> 'none' AND g >= first_minute AND g < bars."end"
-          AND (hours.opens IS NULL
-               OR ((g AT TIME ZONE bars.tz)::time >= hours.opens
-                   AND (g AT TIME ZONE bars.tz)::time < hours.closes))
+          AND in_session(g, bars.tz, hours.opens, hours.closes)
         UNION  -- and every bucket that holds a bar, whatever the candidates found
         SELECT b.t FROM buckets b WHERE bars.fill <> 'none'
     ),

@@ -72,13 +72,8 @@ CREATE OR REPLACE FUNCTION set_bar_clock(clock text) RETURNS text
     SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
-    IF clock IS NULL THEN
-        RAISE EXCEPTION 'set_bar_clock: clock must not be NULL (''ts_recv'' or ''ts_event'')'
-            USING ERRCODE = 'null_value_not_allowed';
-    ELSIF clock NOT IN ('ts_recv', 'ts_event') THEN
-        RAISE EXCEPTION 'set_bar_clock: clock must be ''ts_recv'' or ''ts_event'', not %', quote_literal(clock)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM require_argument('set_bar_clock', 'clock', quote_literal(clock), clock IN ('ts_recv', 'ts_event'),
+                             '''ts_recv'' or ''ts_event''');
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
     IF clock = bar_clock() THEN
         RETURN clock;
@@ -103,13 +98,8 @@ CREATE OR REPLACE FUNCTION set_identity_retention(keep interval) RETURNS interva
     SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
-    IF keep IS NULL THEN
-        RAISE EXCEPTION 'set_identity_retention: keep must not be NULL (from 1 hour to 100 years)'
-            USING ERRCODE = 'null_value_not_allowed';
-    ELSIF keep < interval '1 hour' OR keep > interval '100 years' THEN
-        RAISE EXCEPTION 'set_identity_retention: keep must be from 1 hour to 100 years, not %', keep
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM require_argument('set_identity_retention', 'keep', keep::text,
+                             keep BETWEEN interval '1 hour' AND interval '100 years', 'from 1 hour to 100 years');
     INSERT INTO bar_settings AS s (id, identity_retention) VALUES (1, keep)
         ON CONFLICT (id) DO UPDATE SET identity_retention = EXCLUDED.identity_retention;
     RETURN keep;

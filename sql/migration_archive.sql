@@ -27,15 +27,16 @@ BEGIN
 END
 $fn$;
 
--- Refuses a backup table that is no real copy: it must be a permanent table (not a view,
--- not temporary or unlogged), other than price_bars and its partitions, with every column
--- price_bars has; so must every child or partition that holds its rows. (SQLSTATE 22023.)
-CREATE OR REPLACE FUNCTION tradebars_internal.check_backup_table(caller text, backup regclass) RETURNS void
+-- What makes `backup` no real copy, or NULL: it must be a permanent table (not a view, not
+-- temporary or unlogged), other than price_bars and its partitions, with every column
+-- price_bars has; so must every child or partition that holds its rows.
+CREATE OR REPLACE FUNCTION tradebars_internal.backup_table_flaw(backup regclass) RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     rel record;
+    held_in text;
     missing text;
 BEGIN
     -- The table and every table its rows may live in: its inheritance children and
@@ -50,6 +51,7 @@ BEGIN
         FROM tree t JOIN pg_class c ON c.oid = t.oid
         ORDER BY c.oid <> backup::oid, c.oid
     LOOP
+        held_in := CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END;
         -- price_bars, its partitions and inheritance children: DELETE FROM price_bars
         -- deletes their rows too
         IF rel.name IN (WITH RECURSIVE bars(oid) AS (
@@ -57,22 +59,14 @@ BEGIN
                             UNION
                             SELECT i.inhrelid FROM pg_inherits i JOIN bars b ON i.inhparent = b.oid)
                         SELECT oid::regclass FROM bars) THEN
-            RAISE EXCEPTION '%: backup_table % % price_bars itself (or a partition or child of it), not a copy', caller, backup,
-                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF rel.kind NOT IN ('r', 'p') THEN
-            RAISE EXCEPTION '%: backup_table % % a %, not a table holding a copy', caller, backup,
-                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
+            RETURN format('%s price_bars itself (or a partition or child of it), not a copy', held_in);
+        ELSIF rel.kind NOT IN ('r', 'p') THEN
+            RETURN format('%s a %s, not a table holding a copy', held_in,
                 CASE rel.kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
-                              ELSE 'relation of kind ' || rel.kind::text END
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF rel.persistence <> 'p' THEN
-            RAISE EXCEPTION '%: backup_table % % %: it would not survive a crash or the session', caller, backup,
-                CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END,
-                CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END
-                USING ERRCODE = 'invalid_parameter_value';
+                              ELSE 'relation of kind ' || rel.kind::text END);
+        ELSIF rel.persistence <> 'p' THEN
+            RETURN format('%s %s: it would not survive a crash or the session', held_in,
+                CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END);
         END IF;
     END LOOP;
     SELECT string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO missing
@@ -80,24 +74,25 @@ BEGIN
     WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
       AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
                       AND b.attnum > 0 AND NOT b.attisdropped);
-    IF missing IS NOT NULL THEN
-        RAISE EXCEPTION '%: backup_table % lacks columns of price_bars: %', caller, backup, missing
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
-    END IF;
+    RETURN 'lacks columns of price_bars: ' || missing;  -- NULL when none is missing
 END
 $fn$;
 
--- Whether `rel` passes check_backup_table: a permanent table of its own, with every column.
-CREATE OR REPLACE FUNCTION tradebars_internal.is_real_copy(rel regclass) RETURNS boolean
+-- Refuses a backup table that is no real copy (see backup_table_flaw). (SQLSTATE 22023.)
+CREATE OR REPLACE FUNCTION tradebars_internal.check_backup_table(caller text, backup regclass) RETURNS void
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
+DECLARE
+    flaw text := backup_table_flaw(backup);
 BEGIN
-    PERFORM check_backup_table('is_real_copy', rel);
-    RETURN true;
-EXCEPTION WHEN invalid_parameter_value THEN
-    RETURN false;
+    IF flaw LIKE 'lacks columns%' THEN
+        RAISE EXCEPTION '%: backup_table % %', caller, backup, flaw
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
+    ELSIF flaw IS NOT NULL THEN
+        RAISE EXCEPTION '%: backup_table % %', caller, backup, flaw USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 END
 $fn$;
 
@@ -118,7 +113,7 @@ BEGIN
     FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('price_bars_legacy'), backup], NULL) LOOP
         -- the archive may predate a column; then it holds no bar whole; and one that is no
         -- permanent table of its own (a view, temporary, unlogged) holds none for good
-        IF is_real_copy(copy) AND NOT EXISTS (SELECT 1 FROM pg_attribute p
+        IF backup_table_flaw(copy) IS NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute p
                        WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
                          AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = copy
                                          AND b.attname = p.attname AND NOT b.attisdropped)) THEN

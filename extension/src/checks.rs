@@ -2,6 +2,13 @@
 
 use pgrx::prelude::*;
 
+// The checks written in SQL (`require_argument`).
+pgrx::extension_sql_file!(
+    "../../sql/checks.sql",
+    name = "argument_checks",
+    requires = ["tradebars_schema"],
+);
+
 const MINUTE_US: i64 = 60_000_000;
 const DAY_US: i64 = 24 * 60 * MINUTE_US;
 

@@ -40,7 +40,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../../sql/identity.sql",
     name = "tradebars_identity",
-    requires = ["tradebars_schema", "migration_legacy"]
+    requires = ["tradebars_schema", "migration_legacy", "argument_checks"]
 );
 
 /// Required by `cargo pgrx test`.

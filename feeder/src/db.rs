@@ -685,10 +685,20 @@ mod tests {
         None
     }
 
-    /// The mode as libpq names it, what it verifies, and what tokio-postgres is told.
-    /// libpq's mode, what it verifies, and the mode tokio-postgres is told.
-    fn modes(config: &Config, tls: &TlsOptions) -> (SslMode, Verify, WireMode) {
-        (tls.mode, tls.verify(), config.get_ssl_mode())
+    /// Parses `url` and checks libpq's mode, what it verifies, and the mode tokio-postgres is
+    /// told; returns the parse for further checks.
+    fn parsed_with_modes(
+        url: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        want: (SslMode, Verify, WireMode),
+    ) -> (Config, TlsOptions) {
+        let (config, tls) = parse(url, env).expect("parse");
+        assert_eq!(
+            (tls.mode, tls.verify(), config.get_ssl_mode()),
+            want,
+            "{url}"
+        );
+        (config, tls)
     }
 
     #[test]
@@ -703,10 +713,10 @@ mod tests {
 
     #[test]
     fn without_tls_settings_the_mode_is_prefer_and_nothing_is_verified() {
-        let (config, tls) = parse("postgres://app@db.example/bars", &no_env).expect("parse");
-        assert_eq!(
-            modes(&config, &tls),
-            (SslMode::Prefer, Verify::Nothing, WireMode::Prefer)
+        parsed_with_modes(
+            "postgres://app@db.example/bars",
+            &no_env,
+            (SslMode::Prefer, Verify::Nothing, WireMode::Prefer),
         );
     }
 
@@ -719,12 +729,9 @@ mod tests {
             "postgres://app:pw@db.example:6543/bars?connect_timeout=7&sslmode=verify-full&sslrootcert={}",
             ca.display().to_string().replace('/', "%2F")
         );
-        let (config, tls) = parse(&url, &no_env).expect("parse");
+        let want = (SslMode::VerifyFull, Verify::ChainAndHost, WireMode::Require);
+        let (config, tls) = parsed_with_modes(&url, &no_env, want);
         std::fs::remove_file(&ca).ok();
-        assert_eq!(
-            modes(&config, &tls),
-            (SslMode::VerifyFull, Verify::ChainAndHost, WireMode::Require)
-        );
         assert_eq!(tls.rootcert.as_deref(), Some(ca.as_path()));
         assert_eq!(
             config.get_connect_timeout(),
@@ -741,10 +748,10 @@ mod tests {
         };
         let (_, tls) = parse("postgres://db.example/bars?sslmode=disable", &env).expect("parse");
         assert_eq!(tls.mode, SslMode::Disable);
-        let (config, tls) = parse("postgres://db.example/bars", &env).expect("parse");
-        assert_eq!(
-            modes(&config, &tls),
-            (SslMode::Require, Verify::Nothing, WireMode::Require)
+        parsed_with_modes(
+            "postgres://db.example/bars",
+            &env,
+            (SslMode::Require, Verify::Nothing, WireMode::Require),
         );
     }
 

@@ -76,6 +76,7 @@ ALTER FUNCTION ohlcv_deserialize(bytea, internal) SET SCHEMA tradebars_internal;
 -- The rollup (a function in Rust) finds them there.
 ALTER FUNCTION bars_rollup() SET search_path = @extschema@, tradebars_internal, pg_temp;
 
+--@include checks.sql
 --@include staging.sql
 --@include migration_legacy.sql
 --@include identity.sql
