@@ -166,26 +166,29 @@ long_rows=$(psql_ -d "$long_db" -F, -v runs="$RUNS_LONG" -f scripts/bench/long-r
 fi
 
 {
-  echo "measure,value,unit"
-  echo "ingest_feeder_replay,$ingest_rate,trades/s"
-  echo "ingest_server_copy_limit,$copy_rate,trades/s"
-  echo "ingest_row_inserts,$insert_rate,trades/s"
-  echo "ingest_vs_copy_limit,$(ratio "$ingest_rate" "$copy_rate"),x"
-  echo "ingest_vs_inserts,$(ratio "$ingest_rate" "$insert_rate"),x"
-  echo "rollup_bars_rollup,$rollup,s"
-  echo "rollup_plain_sql,$sqlr,s"
-  echo "rollup_bare_scan,$scan,s"
-  echo "rollup_group_by_floor,$group,s"
-  echo "rollup_speedup_vs_plain_sql,$(ratio "$sqlr" "$rollup"),x"
-  echo "rollup_vs_bare_scan,$(ratio "$rollup" "$scan"),x"
-  echo "rollup_vs_group_by_floor,$(ratio "$rollup" "$group"),x"
-  echo "overlap_half_replay,$overlap_replay,s"
-  echo "overlap_half_replay_rate,$(rate "$TRADES" "$overlap_replay"),trades read/s"
-  echo "overlap_half_rollup,$overlap_rollup,s"
-  echo "freshness_rate,$fresh_rate,trades/s"
-  echo "freshness_p50,$fresh_p50,ms"
-  echo "freshness_p99,$fresh_p99,ms"
-  echo "feeder_peak_rss,$fresh_rss,MB"
+  # the measures of every run, one CSV row each
+  cat <<CSV
+measure,value,unit
+ingest_feeder_replay,$ingest_rate,trades/s
+ingest_server_copy_limit,$copy_rate,trades/s
+ingest_row_inserts,$insert_rate,trades/s
+ingest_vs_copy_limit,$(ratio "$ingest_rate" "$copy_rate"),x
+ingest_vs_inserts,$(ratio "$ingest_rate" "$insert_rate"),x
+rollup_bars_rollup,$rollup,s
+rollup_plain_sql,$sqlr,s
+rollup_bare_scan,$scan,s
+rollup_group_by_floor,$group,s
+rollup_speedup_vs_plain_sql,$(ratio "$sqlr" "$rollup"),x
+rollup_vs_bare_scan,$(ratio "$rollup" "$scan"),x
+rollup_vs_group_by_floor,$(ratio "$rollup" "$group"),x
+overlap_half_replay,$overlap_replay,s
+overlap_half_replay_rate,$(rate "$TRADES" "$overlap_replay"),trades read/s
+overlap_half_rollup,$overlap_rollup,s
+freshness_rate,$fresh_rate,trades/s
+freshness_p50,$fresh_p50,ms
+freshness_p99,$fresh_p99,ms
+feeder_peak_rss,$fresh_rss,MB
+CSV
   if [ -n "$long_rows" ]; then
   echo "long_range_minute_bars,$long_minute_bars,bars"
   echo "long_range_hour_bars,$long_hour_bars,bars"

@@ -177,7 +177,7 @@ CREATE OR REPLACE FUNCTION tradebars_internal.bar_is_shown(is_legacy boolean, da
 -- `opens` is NULL (no session asked for).
 CREATE OR REPLACE FUNCTION tradebars_internal.in_session(ts timestamptz, tz text, opens time, closes time)
     RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN opens IS NULL
            OR ((ts AT TIME ZONE tz)::time >= opens AND (ts AT TIME ZONE tz)::time < closes);
 

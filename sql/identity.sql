@@ -93,18 +93,18 @@ $fn$;
 COMMENT ON FUNCTION set_bar_clock(text) IS
     'tradebars: choose the bar clock; only while no trades bar exists';
 
+-- (A SQL-standard body, bound when created: names outside the extension's schema are
+-- written out.)
 CREATE OR REPLACE FUNCTION set_identity_retention(keep interval) RETURNS interval
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE sql VOLATILE
     SET search_path = @extschema@, tradebars_internal, pg_temp
-AS $fn$
-BEGIN
-    PERFORM require_argument('set_identity_retention', 'keep', keep::text,
-                             keep BETWEEN interval '1 hour' AND interval '100 years', 'from 1 hour to 100 years');
+BEGIN ATOMIC
+    SELECT tradebars_internal.require_argument('set_identity_retention', 'keep', keep::text,
+        keep BETWEEN interval '1 hour' AND interval '100 years', 'from 1 hour to 100 years');
     INSERT INTO bar_settings AS s (id, identity_retention) VALUES (1, keep)
-        ON CONFLICT (id) DO UPDATE SET identity_retention = EXCLUDED.identity_retention;
-    RETURN keep;
-END
-$fn$;
+        ON CONFLICT (id) DO UPDATE SET identity_retention = EXCLUDED.identity_retention
+        RETURNING s.identity_retention;
+END;
 COMMENT ON FUNCTION set_identity_retention(interval) IS
     'tradebars: how long trade identity is kept before the newest trade (default 7 days); prune_trade_identity() applies it';
 

@@ -17,10 +17,11 @@ CREATE OR REPLACE FUNCTION soft_delete_legacy() RETURNS bigint
     SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
+    marked_at timestamptz := now();  -- one instant for every bar of this call
     n bigint;
 BEGIN
     PERFORM require_price_bars_ready('soft_delete_legacy');
-    UPDATE price_bars SET deleted_at = now() WHERE is_legacy AND deleted_at IS NULL;
+    UPDATE price_bars SET deleted_at = marked_at WHERE is_legacy AND deleted_at IS NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RAISE NOTICE 'soft_delete_legacy: % legacy bars marked deleted; restore_legacy() brings them back', n;
     RETURN n;
@@ -29,15 +30,17 @@ $fn$;
 
 -- What makes `backup` no real copy, or NULL: it must be a permanent table (not a view, not
 -- temporary or unlogged), other than price_bars and its partitions, with every column
--- price_bars has; so must every child or partition that holds its rows.
-CREATE OR REPLACE FUNCTION tradebars_internal.backup_table_flaw(backup regclass) RETURNS text
+-- price_bars has; so must every child or partition that holds its rows. With `refuse_for`
+-- (the caller's name), a flaw is raised instead (SQLSTATE 22023).
+CREATE OR REPLACE FUNCTION tradebars_internal.backup_table_flaw(backup regclass, refuse_for text DEFAULT NULL)
+    RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     rel record;
     held_in text;
-    missing text;
+    flaw text;
 BEGIN
     -- The table and every table its rows may live in: its inheritance children and
     -- partitions, at any depth (a permanent parent can hold its rows in a TEMP child).
@@ -52,47 +55,39 @@ BEGIN
         ORDER BY c.oid <> backup::oid, c.oid
     LOOP
         held_in := CASE WHEN rel.is_backup THEN 'is' ELSE format('holds rows in %s, which is', rel.name) END;
-        -- price_bars, its partitions and inheritance children: DELETE FROM price_bars
-        -- deletes their rows too
-        IF rel.name IN (WITH RECURSIVE bars(oid) AS (
-                            SELECT 'price_bars'::regclass::oid
-                            UNION
-                            SELECT i.inhrelid FROM pg_inherits i JOIN bars b ON i.inhparent = b.oid)
-                        SELECT oid::regclass FROM bars) THEN
-            RETURN format('%s price_bars itself (or a partition or child of it), not a copy', held_in);
-        ELSIF rel.kind NOT IN ('r', 'p') THEN
-            RETURN format('%s a %s, not a table holding a copy', held_in,
-                CASE rel.kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
-                              ELSE 'relation of kind ' || rel.kind::text END);
-        ELSIF rel.persistence <> 'p' THEN
-            RETURN format('%s %s: it would not survive a crash or the session', held_in,
-                CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END);
-        END IF;
+        flaw := CASE
+            -- price_bars, its partitions and inheritance children: DELETE FROM price_bars
+            -- deletes their rows too
+            WHEN rel.name IN (WITH RECURSIVE bars(oid) AS (
+                                  SELECT 'price_bars'::regclass::oid
+                                  UNION
+                                  SELECT i.inhrelid FROM pg_inherits i JOIN bars b ON i.inhparent = b.oid)
+                              SELECT oid::regclass FROM bars)
+            THEN format('%s price_bars itself (or a partition or child of it), not a copy', held_in)
+            WHEN rel.kind NOT IN ('r', 'p')
+            THEN format('%s a %s, not a table holding a copy', held_in,
+                        CASE rel.kind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                      WHEN 'f' THEN 'foreign table' ELSE 'relation of kind ' || rel.kind::text END)
+            WHEN rel.persistence <> 'p'
+            THEN format('%s %s: it would not survive a crash or the session', held_in,
+                        CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END) END;
+        EXIT WHEN flaw IS NOT NULL;
     END LOOP;
-    SELECT string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO missing
-    FROM pg_attribute p
-    WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
-      AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
-                      AND b.attnum > 0 AND NOT b.attisdropped);
-    RETURN 'lacks columns of price_bars: ' || missing;  -- NULL when none is missing
-END
-$fn$;
-
--- Refuses a backup table that is no real copy (see backup_table_flaw). (SQLSTATE 22023.)
-CREATE OR REPLACE FUNCTION tradebars_internal.check_backup_table(caller text, backup regclass) RETURNS void
-    LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
-AS $fn$
-DECLARE
-    flaw text := backup_table_flaw(backup);
-BEGIN
-    IF flaw LIKE 'lacks columns%' THEN
-        RAISE EXCEPTION '%: backup_table % %', caller, backup, flaw
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
-    ELSIF flaw IS NOT NULL THEN
-        RAISE EXCEPTION '%: backup_table % %', caller, backup, flaw USING ERRCODE = 'invalid_parameter_value';
+    IF flaw IS NULL THEN
+        SELECT 'lacks columns of price_bars: ' || string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO flaw
+        FROM pg_attribute p
+        WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+          AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
+                          AND b.attnum > 0 AND NOT b.attisdropped);
+        IF flaw IS NOT NULL AND refuse_for IS NOT NULL THEN
+            RAISE EXCEPTION '%: backup_table % %', refuse_for, backup, flaw
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
+        END IF;
+    ELSIF refuse_for IS NOT NULL THEN
+        RAISE EXCEPTION '%: backup_table % %', refuse_for, backup, flaw USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    RETURN flaw;
 END
 $fn$;
 
@@ -142,13 +137,10 @@ DECLARE
     unprotected bigint;
     n bigint;
 BEGIN
-    IF confirm IS NULL THEN
-        RAISE EXCEPTION '%: confirm must not be NULL (true or false)', caller
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    PERFORM require_argument(caller, 'confirm', confirm::text, true, 'true or false');
     PERFORM require_price_bars_ready(caller);
     IF backup IS NOT NULL THEN
-        PERFORM check_backup_table(caller, backup);
+        PERFORM backup_table_flaw(backup, refuse_for => caller);
     END IF;
     LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
     unprotected := legacy_bars_unprotected(deleted_before, backup);
@@ -191,7 +183,7 @@ BEGIN
         COMMENT ON TABLE price_bars_legacy IS 'tradebars: legacy bars moved out of price_bars by archive_legacy()';
     END IF;
     -- bars moved into a view, a temporary or an unlogged table would not be kept for good
-    PERFORM check_backup_table('archive_legacy', 'price_bars_legacy'::regclass);
+    PERFORM backup_table_flaw('price_bars_legacy'::regclass, refuse_for => 'archive_legacy');
     cols := price_bars_columns();
     IF EXISTS (SELECT unnest(string_to_array(cols, ', '))
                EXCEPT SELECT unnest(string_to_array(price_bars_columns('price_bars_legacy'), ', '))) THEN
@@ -224,16 +216,13 @@ CREATE OR REPLACE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS
     SET search_path = @extschema@, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
-    cols text;
     archived bigint := 0;
     restored bigint := 0;
-    missing bigint;
     undeleted bigint := 0;
+    missing bigint;
+    cols text;
 BEGIN
-    IF undelete IS NULL THEN
-        RAISE EXCEPTION 'restore_legacy: undelete must not be NULL (true or false)'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    PERFORM require_argument('restore_legacy', 'undelete', undelete::text, true, 'true or false');
     PERFORM require_price_bars_ready('restore_legacy');
     LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
     IF to_regclass('price_bars_legacy') IS NOT NULL THEN
@@ -274,10 +263,7 @@ AS $fn$
 DECLARE
     n bigint;
 BEGIN
-    IF include_staging IS NULL THEN
-        RAISE EXCEPTION 'rollback_trades: include_staging must not be NULL (true or false)'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    PERFORM require_argument('rollback_trades', 'include_staging', include_staging::text, true, 'true or false');
     PERFORM require_price_bars_ready('rollback_trades');
     PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)

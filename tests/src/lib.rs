@@ -508,6 +508,11 @@ pub fn db_error<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> Strin
     }
 }
 
+/// The oracle's bars of `trades` as an ohlcv-1m file, untouched: its path and bar count.
+pub fn official_bars_file(trades: &Path, name: &str) -> (PathBuf, usize) {
+    official_file(trades, name, Schema::Ohlcv1M, |_| {})
+}
+
 /// Writes the oracle's bars of `trades` as an ohlcv-1m file with the trades file's
 /// symbology; `tamper` may change each record before it is written.
 pub fn official_file(

@@ -4,6 +4,7 @@
 //! for a trade without a ts_recv, and progress visible to the feeder and reader roles.
 
 use postgres::error::SqlState;
+use postgres::GenericClient;
 use tradebars_tests::*;
 
 /// A trade of `symbol` into the slot the feeder would write, with SQL (as the feeder does
@@ -24,14 +25,16 @@ fn stage(c: &mut postgres::Client, symbol: &str, ts_recv: i64, ts_event: i64, pr
     .expect("staging a trade");
 }
 
-fn sqlstate(e: &postgres::Error) -> Option<&SqlState> {
-    e.code()
-}
-
-fn message(e: &postgres::Error) -> String {
-    e.as_db_error()
+/// `sql` fails on `c` with SQLSTATE `state` and a message holding `says`; the message.
+fn refused(c: &mut impl GenericClient, sql: &str, state: SqlState, says: &str) -> String {
+    let err = c.batch_execute(sql).expect_err(sql);
+    let msg = err
+        .as_db_error()
         .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
+        .unwrap_or_else(|| err.to_string());
+    assert_eq!(err.code(), Some(&state), "{sql}: {msg}");
+    assert!(msg.contains(says), "{sql}: {msg}");
+    msg
 }
 
 /// 2025-10-24 14:30 UTC in ns.
@@ -41,11 +44,7 @@ const T0: i64 = 1_761_316_200_000_000_000;
 fn rollback_is_refused_while_a_feeder_holds_the_database() {
     let file = generate("guard-rollback.dbn.zst", 3, 2000, 101);
     let db = fresh_db("guard_rollback", "");
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    replay(&db, &file, true);
     let bars = count(&db, "SELECT count(*) FROM price_bars");
     // a feeder (live, replay or backfill) holds this advisory lock while it runs
     let mut running = connect(&db);
@@ -53,17 +52,11 @@ fn rollback_is_refused_while_a_feeder_holds_the_database() {
         .batch_execute("SELECT pg_advisory_lock(29794, 3)")
         .expect("holding the feeder lock");
     let mut dba = connect(&db);
-    let err = dba
-        .batch_execute("SELECT rollback_trades()")
-        .expect_err("a rollback under a running feeder");
-    assert_eq!(
-        sqlstate(&err),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
-    );
-    assert!(
-        message(&err).contains("a feeder is running"),
-        "{}",
-        message(&err)
+    refused(
+        &mut dba,
+        "SELECT rollback_trades()",
+        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "a feeder is running",
     );
     assert_eq!(count(&db, "SELECT count(*) FROM price_bars"), bars);
     assert!(count(&db, "SELECT count(*) FROM trade_coverage") > 0);
@@ -82,11 +75,7 @@ fn rollback_is_refused_while_a_feeder_holds_the_database() {
 fn one_trade_stamped_in_2100_does_not_make_pruning_forget_everything() {
     let file = generate("guard-prune.dbn.zst", 3, 3000, 102);
     let db = fresh_db("guard_prune", "");
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    replay(&db, &file, true);
     let mut c = connect(&db);
     let (start, end) = range_of(&file);
     let newest_minute = count(&db, "SELECT max(minute) FROM trade_coverage");
@@ -123,11 +112,12 @@ fn one_trade_stamped_in_2100_does_not_make_pruning_forget_everything() {
     assert_eq!(horizon, (newest_minute - 60) * 60_000_000_000);
     assert!(horizon > start as i64 && horizon < end as i64);
     // a retention the arithmetic cannot hold is refused, not an overflow inside pruning
-    let err = c
-        .batch_execute("SELECT set_identity_retention('1000000 years')")
-        .expect_err("a million years");
-    assert_eq!(sqlstate(&err), Some(&SqlState::INVALID_PARAMETER_VALUE));
-    assert!(message(&err).contains("100 years"), "{}", message(&err));
+    refused(
+        &mut c,
+        "SELECT set_identity_retention('1000000 years')",
+        SqlState::INVALID_PARAMETER_VALUE,
+        "100 years",
+    );
 }
 
 /// A database whose price_bars holds 3 legacy bars (the old app's, marked).
@@ -170,17 +160,8 @@ fn a_backup_whose_rows_live_in_a_temporary_child_or_an_unlogged_partition_is_no_
             format!("SELECT soft_delete_legacy(); SELECT purge_deleted('0 seconds', '{backup}')"),
         ] {
             let mut tx = c.transaction().expect("tx");
-            let err = tx.batch_execute(&call).expect_err(&call);
-            assert_eq!(
-                sqlstate(&err),
-                Some(&SqlState::INVALID_PARAMETER_VALUE),
-                "{call}"
-            );
-            let msg = message(&err);
-            assert!(
-                msg.contains(&format!("holds rows in {holder}, which is {kind}")),
-                "{call}: {msg}"
-            );
+            let says = format!("holds rows in {holder}, which is {kind}");
+            refused(&mut tx, &call, SqlState::INVALID_PARAMETER_VALUE, &says);
             tx.rollback().expect("rollback");
         }
     }
@@ -208,14 +189,8 @@ const MINUTE_1435: i64 = T0 + 5 * 60_000_000_000;
 
 /// bars_rollup() refuses with 55000 and a message holding `says`; the one staged trade waits.
 fn rollup_refused(c: &mut postgres::Client, db: &str, says: &str) {
-    let err = c
-        .batch_execute("SELECT bars_rollup()")
-        .expect_err("merging into a bar the rollup did not make");
-    assert_eq!(
-        sqlstate(&err),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
-    );
-    assert!(message(&err).contains(says), "{}", message(&err));
+    let state = SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE;
+    refused(c, "SELECT bars_rollup()", state, says);
     assert_eq!(
         count(db, "SELECT count(*) FROM trades_staging"),
         1,
@@ -353,7 +328,7 @@ fn the_feeder_and_reader_roles_see_the_rollup_status() {
     let refused = tx
         .query_one("SELECT staged_trades FROM rollup_status()", &[])
         .expect_err("PUBLIC may not call rollup_status()");
-    assert_eq!(sqlstate(&refused), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_eq!(refused.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
     tx.rollback().expect("rollback");
     c.batch_execute("DROP ROLE guard_status_nobody")
         .expect("dropping the role");
@@ -385,30 +360,13 @@ fn an_archive_that_is_no_permanent_table_of_its_own_protects_nothing() {
             "SELECT purge_deleted('0 seconds')",
         ] {
             let mut tx = c.transaction().expect("tx");
-            let err = tx.batch_execute(call).expect_err(call);
-            assert_eq!(
-                sqlstate(&err),
-                Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
-                "{kind}: {call}: {}",
-                message(&err)
-            );
-            assert!(
-                message(&err).contains("3 legacy bars are held whole"),
-                "{}",
-                message(&err)
-            );
+            let state = SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE;
+            refused(&mut tx, call, state, "3 legacy bars are held whole");
             tx.rollback().expect("rollback");
         }
         // and archive_legacy() does not move bars into it
-        let err = c
-            .batch_execute("SELECT archive_legacy()")
-            .expect_err("archiving into it");
-        assert_eq!(
-            sqlstate(&err),
-            Some(&SqlState::INVALID_PARAMETER_VALUE),
-            "{kind}"
-        );
-        assert!(message(&err).contains(kind), "{kind}: {}", message(&err));
+        let state = SqlState::INVALID_PARAMETER_VALUE;
+        refused(&mut c, "SELECT archive_legacy()", state, kind);
         assert_eq!(
             count(&db, "SELECT count(*) FROM ONLY price_bars WHERE is_legacy"),
             3,
@@ -423,14 +381,11 @@ fn a_backup_that_is_a_child_of_price_bars_is_no_copy() {
     let mut c = connect(&db);
     c.batch_execute("CREATE TABLE bk () INHERITS (price_bars)")
         .expect("child");
-    let err = c
-        .batch_execute("SELECT hard_delete_legacy('bk')")
-        .expect_err("a child of price_bars");
-    assert_eq!(sqlstate(&err), Some(&SqlState::INVALID_PARAMETER_VALUE));
-    assert!(
-        message(&err).contains("price_bars itself"),
-        "{}",
-        message(&err)
+    refused(
+        &mut c,
+        "SELECT hard_delete_legacy('bk')",
+        SqlState::INVALID_PARAMETER_VALUE,
+        "price_bars itself",
     );
     assert_eq!(
         count(&db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
@@ -442,34 +397,38 @@ fn a_backup_that_is_a_child_of_price_bars_is_no_copy() {
 fn argument_errors_carry_their_sqlstate() {
     let db = legacy_db("guard_args");
     let mut c = connect(&db);
-    for (call, state) in [
+    let null = SqlState::NULL_VALUE_NOT_ALLOWED;
+    let invalid = SqlState::INVALID_PARAMETER_VALUE;
+    let bars = "SELECT * FROM bars('WGRX', now() - interval '1 day', now(), bucket =>";
+    for (call, state, says) in [
         (
-            "SELECT purge_deleted(NULL)",
-            SqlState::NULL_VALUE_NOT_ALLOWED,
+            "SELECT purge_deleted(NULL)".to_string(),
+            null.clone(),
+            "older_than must not be NULL",
         ),
         (
-            "SELECT purge_deleted('-1 day')",
-            SqlState::INVALID_PARAMETER_VALUE,
+            "SELECT purge_deleted('-1 day')".into(),
+            invalid.clone(),
+            "older_than must not be negative",
         ),
         (
-            "SELECT * FROM migration_coverage(NULL)",
-            SqlState::NULL_VALUE_NOT_ALLOWED,
+            "SELECT * FROM migration_coverage(NULL)".into(),
+            null.clone(),
+            "since must not be NULL",
         ),
         (
-            "SELECT * FROM migration_coverage('-1 day')",
-            SqlState::INVALID_PARAMETER_VALUE,
+            "SELECT * FROM migration_coverage('-1 day')".into(),
+            invalid.clone(),
+            "since must not be negative",
         ),
         (
-            "SELECT * FROM bars('WGRX', now() - interval '1 day', now(), bucket => '7 seconds')",
-            SqlState::INVALID_PARAMETER_VALUE,
+            format!("{bars} '7 seconds')"),
+            invalid,
+            "bucket must be at least 1 minute",
         ),
-        (
-            "SELECT * FROM bars('WGRX', now() - interval '1 day', now(), bucket => NULL)",
-            SqlState::NULL_VALUE_NOT_ALLOWED,
-        ),
+        (format!("{bars} NULL)"), null, "bucket must not be NULL"),
     ] {
-        let err = c.batch_execute(call).expect_err(call);
-        assert_eq!(sqlstate(&err), Some(&state), "{call}: {}", message(&err));
+        refused(&mut c, &call, state, says);
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dbn::Schema;
 use tradebars_tests::*;
 
 const DAY: &str = "'2025-10-24 14:17', '2025-10-24 20:43'";
@@ -132,12 +131,7 @@ fn hours_equal_minutes(db: &str) -> i64 {
 fn late_trades_and_official_bars() -> (String, BTreeMap<BarKey, BarVal>, BTreeMap<BarKey, BarVal>) {
     let file = generate("hours-trades.dbn.zst", 4, 9000, 81);
     let other = generate("hours-other.dbn.zst", 4, 3000, 82);
-    let (official, _) = official_file(
-        &other,
-        "hours-other.ohlcv-1m.dbn.zst",
-        Schema::Ohlcv1M,
-        |_| {},
-    );
+    let (official, _) = official_bars_file(&other, "hours-other.ohlcv-1m.dbn.zst");
     let (start, end) = range_of(&file);
     let at = |f: f64| start + ((end - start) as f64 * f) as u64;
     let db = fresh_db("hours", "");
@@ -257,12 +251,7 @@ fn an_adopted_price_bars_gets_its_hours_back_when_the_extension_is_created_again
     let file = generate("hours-adopted.dbn.zst", 3, 3000, 83);
     replay(&db, &file, true);
     let other = generate_on("hours-adopted-other.dbn.zst", 3, 2000, 84, "2025-10-27");
-    let (official, _) = official_file(
-        &other,
-        "hours-adopted.ohlcv-1m.dbn.zst",
-        Schema::Ohlcv1M,
-        |_| {},
-    );
+    let (official, _) = official_bars_file(&other, "hours-adopted.ohlcv-1m.dbn.zst");
     let out = feeder(&["replay", &official.display().to_string()], Some(&db));
     assert!(out.status.success(), "{}", text(&out));
     let daily = "SELECT string_agg(b::text, ';' ORDER BY b.\"timestamp\")

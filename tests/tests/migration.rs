@@ -106,11 +106,7 @@ fn phase_1_marks_every_bar_legacy_as_the_same_doubles(db: &str, floats_before: &
 fn phases_2_to_5_put_trades_bars_beside_the_legacy_ones(db: &str) {
     let file = scratch("old_app.dbn.zst");
     generate_into(&file, 5, 20000, &[]);
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    replay(db, &file, true);
     assert_eq!(
         one::<i64>(
             db,
@@ -199,12 +195,7 @@ fn bars_buckets_roll_minutes_up_exactly() {
     let db = fresh_db("buckets", "");
     let file = scratch("buckets.dbn.zst");
     generate_into(&file, 3, 30000, &[]);
-    assert!(feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db)
-    )
-    .status
-    .success());
+    replay(&db, &file, true);
     an_hour_bucket_equals_its_minute_bars(&db);
     bars_refuses_a_bucket_or_range_it_cannot_make(&db);
     // a symbol holding SQL is just a symbol that has no bars

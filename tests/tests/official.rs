@@ -58,12 +58,7 @@ fn requests(api: &FakeHistorical) -> usize {
 #[test]
 fn official_bars_equal_the_trades_bars_of_the_same_minutes() {
     let trades = generate("official-day.dbn.zst", 6, 12000, 71);
-    let (official, n) = official_file(
-        &trades,
-        "official-day.ohlcv-1m.dbn.zst",
-        Schema::Ohlcv1M,
-        |_| {},
-    );
+    let (official, n) = official_bars_file(&trades, "official-day.ohlcv-1m.dbn.zst");
     let db = fresh_db("official_equal", "");
     replay(&db, &trades, true);
     let out = replay(&db, &official, false);
@@ -268,12 +263,7 @@ fn the_real_ohlcv_1m_sample_loads_as_it_is() {
 #[test]
 fn a_backfill_of_official_bars_loads_each_chunk_once_whatever_the_chunks() {
     let trades = generate("official-backfill.dbn.zst", 5, 8000, 73);
-    let (official, n) = official_file(
-        &trades,
-        "official-backfill.ohlcv-1m.dbn.zst",
-        Schema::Ohlcv1M,
-        |_| {},
-    );
+    let (official, n) = official_bars_file(&trades, "official-backfill.ohlcv-1m.dbn.zst");
     let expected = ohlcv(&oracle(&trades));
     assert_eq!(expected.len(), n);
     let api = FakeHistorical::start(&official, TEST_API_KEY, vec![]);

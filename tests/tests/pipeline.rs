@@ -11,12 +11,8 @@ use tradebars_tests::*;
 fn generated_trades_give_exactly_the_oracles_bars() {
     let db = fresh_db("oracle", "");
     let file = generate("oracle.dbn.zst", 30, 60000, 11);
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("60000 trades staged"), "{}", text(&out));
+    let out = replay(&db, &file, true);
+    assert!(out.contains("60000 trades staged"), "{out}");
     let expected = oracle(&file);
     assert!(expected.len() > 1000, "the sample should make many bars");
     assert_eq!(stored_bars(&db), expected);
@@ -141,12 +137,7 @@ fn real_cme_mbo_trades_give_the_oracles_bars_and_fills_are_not_counted() {
         return;
     };
     let db = fresh_db("esh4", "");
-    let out = feeder(
-        &["replay", &file.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let t = text(&out);
+    let t = replay(&db, &file, true);
     assert!(t.contains("68792 records read, 2973 trades staged"), "{t}");
     assert!(t.contains("6371 fills"), "{t}");
     assert_eq!(stored_bars(&db), oracle(&file));
@@ -399,17 +390,12 @@ fn unmapped_instruments_and_hostile_symbols_are_kept_visible_and_harmless() {
     let hostile = "X'); DROP TABLE price_bars; --\u{7}";
     let path = hostile_file(hostile);
     let db = fresh_db("hostile", "");
-    let out = feeder(
-        &["replay", &path.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let out = replay(&db, &path, true);
     assert!(
-        text(&out).contains("4 trades staged (2 without a symbol mapping)"),
-        "{}",
-        text(&out)
+        out.contains("4 trades staged (2 without a symbol mapping)"),
+        "{out}"
     );
-    assert!(text(&out).contains("2 trades rejected"), "{}", text(&out));
+    assert!(out.contains("2 trades rejected"), "{out}");
     assert_eq!(
         count(&db, "SELECT count(*) FROM trades_rejected WHERE reason = 'no symbol mapping' AND instrument_id = 2"),
         2

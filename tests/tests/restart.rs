@@ -18,12 +18,7 @@ fn a_postgres_crash_mid_copy_loses_nothing_committed_and_stages_nothing_half() {
     ] {
         generate_into(file, 50, trades, &["--seed", seed, "--date", date]);
     }
-    assert!(feeder(
-        &["replay", &first.display().to_string(), "--rollup"],
-        Some(&db)
-    )
-    .status
-    .success());
+    replay(&db, &first, true);
 
     let child = Command::new(feeder_bin())
         .args(["replay", &second.display().to_string()])
@@ -56,11 +51,7 @@ fn a_postgres_crash_mid_copy_loses_nothing_committed_and_stages_nothing_half() {
     );
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM ingest_ledger"), 1);
-    let out = feeder(
-        &["replay", &second.display().to_string(), "--rollup"],
-        Some(&db),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    replay(&db, &second, true);
     assert_eq!(
         count(&db, "SELECT sum(trade_count)::bigint FROM price_bars"),
         1_020_000
