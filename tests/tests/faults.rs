@@ -84,7 +84,7 @@ fn a_feeder_killed_in_the_middle_of_its_copy_leaves_nothing_and_a_rerun_is_exact
 /// `replay --rollup` of `file` again: it succeeds, and the bars hold its `trades` once, equal
 /// to the oracle's.
 fn a_rerun_is_exact(db: &str, file: &std::path::Path, trades: i64) {
-    replay(db, &file, true);
+    replay(db, file, true);
     assert_eq!(
         count(db, "SELECT sum(trade_count)::bigint FROM price_bars"),
         trades
