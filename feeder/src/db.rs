@@ -366,6 +366,22 @@ struct LibpqVerifier {
     provider: Arc<CryptoProvider>,
 }
 
+/// The trait's TLS 1.2 and 1.3 signature checks, which differ only in the function of rustls
+/// they call (of the same name), with the provider's algorithms.
+macro_rules! handshake_signature_check {
+    ($check:ident) => {
+        fn $check(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.provider.signature_verification_algorithms;
+            rustls::crypto::$check(message, cert, dss, algorithms)
+        }
+    };
+}
+
 impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
@@ -386,25 +402,8 @@ impl ServerCertVerifier for LibpqVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
+    handshake_signature_check!(verify_tls12_signature);
+    handshake_signature_check!(verify_tls13_signature);
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider
@@ -792,12 +791,11 @@ mod tests {
 
     #[test]
     fn key_value_strings_keep_their_other_settings() {
-        let (config, tls) = parse(
+        let (config, _) = parsed_with_modes(
             "host=db.example port=6543 user=app password='a b\\'c' sslmode=require dbname=bars",
             &no_env,
-        )
-        .expect("parse");
-        assert_eq!(tls.mode, SslMode::Require);
+            (SslMode::Require, Verify::Nothing, WireMode::Require),
+        );
         assert_eq!(config.get_password(), Some(&b"a b'c"[..]));
         assert_eq!(config.get_dbname(), Some("bars"));
         assert_eq!(config.get_ports(), &[6543]);
@@ -839,15 +837,10 @@ mod tests {
 
     #[test]
     fn tls_does_not_apply_to_unix_sockets() {
-        let (config, tls) = parse(
+        parsed_with_modes(
             "host=/var/run/postgresql dbname=bars sslmode=require",
             &no_env,
-        )
-        .expect("parse");
-        assert_eq!(tls.mode, SslMode::Require);
-        assert_eq!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable
+            (SslMode::Require, Verify::Nothing, WireMode::Disable),
         );
     }
 }

@@ -23,15 +23,15 @@ const CHALLENGE: &str = "t7kNhwj4xqR0QYjzFKtBEG2ec2pXJ4FK";
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     /// The key it accepts.
-    pub key: String,
+    key: String,
     /// Connection i is cut after sending `cuts[i]` trades; connections past the list are not.
-    pub cuts: Vec<usize>,
+    cuts: Vec<usize>,
     /// Pause this long after every 1,000 trades (a paced stream).
-    pub pace: Option<Duration>,
+    pace: Option<Duration>,
     /// A subscription without replay starts at the live edge, as Databento's does: past
     /// every trade an earlier connection was sent, and this many more that happened while
     /// nobody listened. `None`: from the first trade.
-    pub missed_while_away: Option<usize>,
+    missed_while_away: Option<usize>,
 }
 
 impl Plan {

@@ -122,9 +122,14 @@ impl Adoption {
         Adoption { db, old, digest }
     }
 
+    /// Prints the step's line and checks every old row is kept, in price_bars or the archive.
+    fn step(&self, name: &str, result: &str) {
+        self.step_keeping(name, &[], result);
+    }
+
     /// Prints the step's line and checks every old row is kept, in price_bars, the archive
     /// or `backups`.
-    fn step(&self, name: &str, backups: &[&str], result: &str) {
+    fn step_keeping(&self, name: &str, backups: &[&str], result: &str) {
         let (db, old) = (&self.db, self.old);
         let (after, d) = old_rows_digest(db, backups);
         eprintln!(
@@ -163,7 +168,7 @@ fn a_database_after_the_plans_phases_1_and_2_keeps_every_old_row_through_every_f
     // replay and roll up: new trades bars beside the scanner's, never merged into them
     let file = generate("adoption.dbn.zst", 10, 20000, 91);
     replay_gives_the_oracle(&a.db, &file);
-    a.step("replay + bars_rollup()", &[], "trades bars = oracle");
+    a.step("replay + bars_rollup()", "trades bars = oracle");
     bars_read_trades_then_scanner_then_legacy(&a);
     the_plans_phase_1_is_refused_once_trades_bars_exist(&a);
     archive_restore_and_soft_delete_keep_the_old_rows(&a);
@@ -182,13 +187,13 @@ fn a_database_after_the_plans_phases_1_and_2_keeps_every_old_row_through_every_f
         ),
         30
     );
-    a.step(
+    a.step_keeping(
         "rollback_trades()",
         &["price_bars_backup"],
         "only tradebars' bars removed",
     );
     replay_gives_the_oracle(db, &file);
-    a.step(
+    a.step_keeping(
         "replay again",
         &["price_bars_backup"],
         "trades bars = oracle",
@@ -211,14 +216,10 @@ fn mark_legacy_sets_the_scanner_apart(a: &Adoption) {
         count(db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'price_bars'::regclass AND attname = 'migrated_at'"),
         1
     );
-    a.step(
-        "mark_legacy()",
-        &[],
-        "30 scanner bars set apart as 'scanner'",
-    );
+    a.step("mark_legacy()", "30 scanner bars set apart as 'scanner'");
     run(db, "UPDATE price_bars SET is_legacy = true, data_source = 'mbp-1', migrated_at = NOW() WHERE is_legacy IS NULL OR is_legacy = false")
         .expect("nothing to relabel yet");
-    a.step("plan's phase 1 again", &[], "no row changed");
+    a.step("plan's phase 1 again", "no row changed");
 }
 
 /// bars(): trades first, then the scanner, then legacy.
@@ -235,7 +236,7 @@ fn bars_read_trades_then_scanner_then_legacy(a: &Adoption) {
         .expect("bars")
         .get(0);
     assert_eq!(src, "scanner");
-    a.step("bars()", &[], "trades, then scanner, then legacy");
+    a.step("bars()", "trades, then scanner, then legacy");
 }
 
 /// The plan's phase 1 SQL again, now that trades bars exist: refused, nothing changed; status
@@ -245,7 +246,7 @@ fn the_plans_phase_1_is_refused_once_trades_bars_exist(a: &Adoption) {
     let (state, msg) = sqlstate_of(db, "UPDATE price_bars SET is_legacy = true, data_source = 'mbp-1' WHERE is_legacy IS NULL OR is_legacy = false");
     assert_eq!(state, "55000", "{msg}");
     assert!(msg.contains("built by tradebars"), "{msg}");
-    a.step("plan's phase 1 again", &[], "refused (55000)");
+    a.step("plan's phase 1 again", "refused (55000)");
 
     assert_eq!(
         count(
@@ -263,7 +264,6 @@ fn the_plans_phase_1_is_refused_once_trades_bars_exist(a: &Adoption) {
     );
     a.step(
         "migration_status(), migration_coverage()",
-        &[],
         "scanner shown apart",
     );
 }
@@ -275,11 +275,11 @@ fn archive_restore_and_soft_delete_keep_the_old_rows(a: &Adoption) {
         count(db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
         0
     );
-    a.step("archive_legacy()", &[], "moved, verified");
+    a.step("archive_legacy()", "moved, verified");
     run(db, "SELECT restore_legacy()").expect("restore");
-    a.step("restore_legacy()", &[], "back");
+    a.step("restore_legacy()", "back");
     run(db, "SELECT soft_delete_legacy()").expect("soft delete");
-    a.step("soft_delete_legacy()", &[], "marked deleted");
+    a.step("soft_delete_legacy()", "marked deleted");
 }
 
 /// Irreversible deletes take only a real copy: each of 6 tables that is none is refused.
@@ -313,7 +313,6 @@ fn irreversible_deletes_refuse_what_is_no_copy(a: &Adoption) {
     }
     a.step(
         "deletes refused for 6 non-copies",
-        &[],
         "refused, nothing deleted",
     );
 }
@@ -336,7 +335,7 @@ fn irreversible_deletes_with_a_real_copy_keep_the_old_rows(a: &Adoption) {
         count(db, "SELECT count(*) FROM price_bars WHERE is_legacy"),
         0
     );
-    a.step(
+    a.step_keeping(
         "purge_deleted() with a real copy",
         &["price_bars_backup"],
         "deleted, held in the copy",
@@ -345,7 +344,7 @@ fn irreversible_deletes_with_a_real_copy_keep_the_old_rows(a: &Adoption) {
               DROP TABLE price_bars_backup; CREATE TABLE price_bars_backup AS SELECT * FROM price_bars;")
         .expect("back from the copy, and a fresh copy");
     run(db, "SELECT hard_delete_legacy('price_bars_backup')").expect("hard delete");
-    a.step(
+    a.step_keeping(
         "hard_delete_legacy() with a real copy",
         &["price_bars_backup"],
         "deleted, held in the copy",

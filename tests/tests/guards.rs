@@ -92,10 +92,7 @@ fn one_trade_stamped_in_2100_does_not_make_pruning_forget_everything() {
     );
     c.batch_execute("SELECT set_identity_retention('1 hour')")
         .expect("retention");
-    let pruned: i64 = c
-        .query_one("SELECT prune_trade_identity()", &[])
-        .expect("prune")
-        .get(0);
+    let pruned: i64 = one(&db, "SELECT prune_trade_identity()");
     assert!(pruned > 0, "the file spans more than an hour");
     // the hour before the newest plausible trade keeps its identity, and so does 2100's row
     assert_eq!(
@@ -172,10 +169,7 @@ fn a_backup_whose_rows_live_in_a_temporary_child_or_an_unlogged_partition_is_no_
     // the same rows in a permanent table are a copy
     c.batch_execute("CREATE TABLE bk_real AS SELECT * FROM price_bars")
         .expect("copy");
-    let n: i64 = c
-        .query_one("SELECT hard_delete_legacy('bk_real')", &[])
-        .expect("a real copy")
-        .get(0);
+    let n: i64 = one(&db, "SELECT hard_delete_legacy('bk_real')");
     assert_eq!(n, 3);
 }
 

@@ -4,6 +4,7 @@
 //! Each test compares the bars with an oracle computed from the distinct trades (the whole
 //! generated file), and prints a line `overlap | scenario | sent | stored | bars = oracle`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -344,12 +345,19 @@ fn trades_are_placed_by_receipt_and_by_exchange_time_under_the_event_clock() {
     );
 }
 
+/// A generated file `name` (5 symbols, 5,000 trades) replayed with --rollup into a database
+/// of that name: the file, the database and its bars.
+fn a_rolled_up_file(name: &str, seed: u64) -> (PathBuf, String, BTreeMap<BarKey, BarVal>) {
+    let file = generate(&format!("{name}.dbn.zst"), 5, 5000, seed);
+    let db = fresh_db(name, "");
+    replay(&db, &file, true);
+    let bars = stored_bars(&db);
+    (file, db, bars)
+}
+
 #[test]
 fn a_source_that_disagrees_with_what_is_stored_stages_nothing() {
-    let full = generate("corrupt.dbn.zst", 5, 5000, 89);
-    let db = fresh_db("corrupt", "");
-    replay(&db, &full, true);
-    let before = stored_bars(&db);
+    let (full, db, before) = a_rolled_up_file("corrupt", 89);
     // the same period with one trade's price changed
     let changed = scratch("corrupt-changed.dbn.zst");
     rewrite_one_price(&full, &changed, 2500);
@@ -388,10 +396,7 @@ fn rewrite_one_price(src: &Path, dst: &Path, index: usize) {
 
 #[test]
 fn a_load_where_identity_was_pruned_is_refused_unless_forced() {
-    let file = generate("pruned.dbn.zst", 5, 5000, 90);
-    let db = fresh_db("pruned", "");
-    replay(&db, &file, true);
-    let before = stored_bars(&db);
+    let (file, db, before) = a_rolled_up_file("pruned", 90);
     let mut c = connect(&db);
     let err = c
         .batch_execute("SELECT set_identity_retention('10 minutes')")

@@ -194,6 +194,30 @@ fn bar_at(db: &str, symbol: &str, ts: u64) -> Option<BarVal> {
         .copied()
 }
 
+/// Replaying `path` (again, or another source of the same trades) finds its `n` trades
+/// already counted and leaves the bar of (symbol, minute of `ts`) as it was.
+fn replayed_again_unchanged(db: &str, path: &std::path::Path, n: usize, (symbol, ts): (&str, u64)) {
+    let before = bar_at(db, symbol, ts);
+    assert!(
+        before.is_some(),
+        "no bar of {symbol} at {ts} before the replay"
+    );
+    says_already_counted(&replay(db, path, true), n);
+    assert_eq!(bar_at(db, symbol, ts), before);
+}
+
+/// The stored bars are the oracle's of `path`, and the bar of (symbol, minute of `ts`) is
+/// `bar`, computed by hand.
+fn bars_are_the_oracles(db: &str, path: &std::path::Path, (symbol, ts): (&str, u64), bar: BarVal) {
+    assert_eq!(stored_bars(db), oracle(path));
+    assert_eq!(bar_at(db, symbol, ts), Some(bar), "{symbol} at {ts}");
+}
+
+/// (symbol, instrument) mapped for DAY0 only, as a day file maps it.
+fn on_day0(symbol: &str, instrument: u32) -> (&str, u32, time::Date, time::Date) {
+    (symbol, instrument, DAY0, day_after(DAY0))
+}
+
 /// Dollars as the oracle's fixed-point prices.
 fn px(dollars: i64) -> i64 {
     dollars * 1_000_000_000
@@ -201,32 +225,20 @@ fn px(dollars: i64) -> i64 {
 
 #[test]
 fn trades_of_two_publishers_sharing_a_ts_recv_keep_the_stream_order() {
-    // at both shared ts_recv the stream puts the higher publisher first
-    let path = made_file(
-        "edge-publishers.dbn",
-        &[("XYZ", 1, DAY0, day_after(DAY0))],
-        &[
-            (2, 1, T0 + 500, T0 + 1_000, 10_100, 1),
-            (1, 1, T0 + 500, T0 + 1_000, 10_000, 2),
-            (1, 1, T0 + 4_500, T0 + 5_000, 10_300, 5),
-            (2, 1, T0 + 8_500, T0 + 9_000, 10_600, 3),
-            (1, 1, T0 + 8_500, T0 + 9_000, 10_500, 4),
-        ],
-    );
+    // at both shared ts_recv the stream puts the higher publisher first; one line per ts_recv
+    #[rustfmt::skip]
+    let trades: [Made; 5] = [
+        (2, 1, T0 + 500, T0 + 1_000, 10_100, 1), (1, 1, T0 + 500, T0 + 1_000, 10_000, 2),
+        (1, 1, T0 + 4_500, T0 + 5_000, 10_300, 5),
+        (2, 1, T0 + 8_500, T0 + 9_000, 10_600, 3), (1, 1, T0 + 8_500, T0 + 9_000, 10_500, 4),
+    ];
+    let path = made_file("edge-publishers.dbn", &[on_day0("XYZ", 1)], &trades);
     let db = fresh_db("edge_publishers", "");
     replay(&db, &path, true);
-    assert_eq!(stored_bars(&db), oracle(&path));
-    assert_eq!(
-        bar_at(&db, "XYZ", T0),
-        Some((px(101), px(106), px(100), px(105), 15, 5)),
-        "open: the first trade in the stream (publisher 2); close: the last (publisher 1)"
-    );
-    let out = replay(&db, &path, true);
-    assert!(out.contains("5 trades already counted"), "{out}");
-    assert_eq!(
-        bar_at(&db, "XYZ", T0),
-        Some((px(101), px(106), px(100), px(105), 15, 5))
-    );
+    // open: the first trade in the stream (publisher 2); close: the last (publisher 1)
+    let bar = (px(101), px(106), px(100), px(105), 15, 5);
+    bars_are_the_oracles(&db, &path, ("XYZ", T0), bar);
+    replayed_again_unchanged(&db, &path, 5, ("XYZ", T0));
 }
 
 #[test]
@@ -235,10 +247,7 @@ fn a_file_that_interleaves_instruments_out_of_overall_order_keeps_each_group_in_
     // ts_recv order, the file as a whole is not
     let path = made_file(
         "edge-interleaved.dbn",
-        &[
-            ("AAA", 1, DAY0, day_after(DAY0)),
-            ("BBB", 2, DAY0, day_after(DAY0)),
-        ],
+        &[on_day0("AAA", 1), on_day0("BBB", 2)],
         &[
             (1, 1, T0 + 4_000, T0 + 5_000, 10_500, 1),
             (1, 2, T0 + 2_000, T0 + 3_000, 5_000, 1),
@@ -248,11 +257,8 @@ fn a_file_that_interleaves_instruments_out_of_overall_order_keeps_each_group_in_
     );
     let db = fresh_db("edge_interleaved", "");
     replay(&db, &path, true);
-    assert_eq!(stored_bars(&db), oracle(&path));
-    assert_eq!(
-        bar_at(&db, "AAA", T0),
-        Some((px(105), px(105), px(100), px(102), 6, 3))
-    );
+    let bar = (px(105), px(105), px(100), px(102), 6, 3);
+    bars_are_the_oracles(&db, &path, ("AAA", T0), bar);
 }
 
 #[test]
@@ -296,12 +302,7 @@ fn a_trade_executed_before_midnight_and_received_after_takes_the_mapping_of_its_
         Some((px(100), px(102), px(100), px(102), 6, 3))
     );
     assert_eq!(count(&db, "SELECT count(*) FROM trades_rejected"), 0);
-    let out = replay(&db, &both_days, true);
-    assert!(out.contains("3 trades already counted"), "{out}");
-    assert_eq!(
-        bar_at(&db, "NVDA", midnight),
-        Some((px(100), px(102), px(100), px(102), 6, 3))
-    );
+    replayed_again_unchanged(&db, &both_days, 3, ("NVDA", midnight));
 }
 
 #[test]
@@ -313,17 +314,10 @@ fn a_trade_unmapped_in_one_source_keeps_its_place_among_those_sharing_its_ts_rec
         (1, 1, T0 + 600, T0 + 1_000, 10_000, 2),
         (1, 1, T0 + 2_000, T0 + 3_000, 10_100, 3),
     ];
-    let partial = made_file(
-        "edge-place-partial.dbn",
-        &[("S", 1, DAY0, day_after(DAY0))],
-        &trades,
-    );
+    let partial = made_file("edge-place-partial.dbn", &[on_day0("S", 1)], &trades);
     let full = made_file(
         "edge-place-full.dbn",
-        &[
-            ("S", 1, DAY0, day_after(DAY0)),
-            ("S", 2, DAY0, day_after(DAY0)),
-        ],
+        &[on_day0("S", 1), on_day0("S", 2)],
         &trades,
     );
     let db = fresh_db("edge_place", "");
@@ -331,11 +325,8 @@ fn a_trade_unmapped_in_one_source_keeps_its_place_among_those_sharing_its_ts_rec
     assert_eq!(rejected_for(&db, "no symbol mapping"), 1);
     let out = replay(&db, &full, true);
     assert!(out.contains("2 trades already counted"), "{out}");
-    assert_eq!(stored_bars(&db), oracle(&full));
-    assert_eq!(
-        bar_at(&db, "S", T0),
-        Some((px(105), px(105), px(100), px(101), 6, 3))
-    );
+    let bar = (px(105), px(105), px(100), px(101), 6, 3);
+    bars_are_the_oracles(&db, &full, ("S", T0), bar);
 }
 
 #[test]

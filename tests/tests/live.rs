@@ -18,6 +18,29 @@ fn paced_gateway(file: &std::path::Path, ms: u64) -> FakeGateway {
     )
 }
 
+/// A database `name` and a generated day of 40,000 trades of `symbols` symbols, served by a
+/// gateway pacing 50 ms every 1,000 trades, and a live feeder with `extra` that has staged
+/// `staged` of them.
+fn live_on_a_paced_day(
+    name: &str,
+    symbols: usize,
+    seed: u64,
+    extra: &[&str],
+    staged: i64,
+) -> (String, std::path::PathBuf, FakeGateway, Child) {
+    let db = fresh_db(name, "");
+    let file = generate(
+        &format!("{}.dbn.zst", name.replace('_', "-")),
+        symbols,
+        40000,
+        seed,
+    );
+    let gateway = paced_gateway(&file, 50);
+    let feeder = start_live(&gateway, &db, TEST_API_KEY, extra);
+    wait_for_staged(&db, "the feeder staging", staged);
+    (db, file, gateway, feeder)
+}
+
 /// Waits up to 60 s for `n` trades staged or in bars (`what` names the wait).
 fn wait_for_staged(db: &str, what: &str, n: i64) {
     wait_until(what, Duration::from_secs(60), || stored_trades(db) >= n);
@@ -211,11 +234,7 @@ fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
 
 #[test]
 fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
-    let db = fresh_db("live_standby", "");
-    let file = generate("live-standby.dbn.zst", 12, 40000, 67);
-    let gateway = paced_gateway(&file, 50);
-    let first = start_live(&gateway, &db, TEST_API_KEY, &[]);
-    wait_for_staged(&db, "the first feeder staging", 5_000);
+    let (db, file, gateway, first) = live_on_a_paced_day("live_standby", 12, 67, &[], 5_000);
     let mut second = start_live(&gateway, &db, TEST_API_KEY, &["--standby"]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -233,11 +252,8 @@ fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
 
 #[test]
 fn sigterm_while_a_standby_waits_after_losing_its_connection_exits_0() {
-    let db = fresh_db("live_standby_reconnect", "");
-    let file = generate("live-standby-reconnect.dbn.zst", 8, 40000, 68);
-    let gateway = paced_gateway(&file, 50);
-    let mut feeder = start_live(&gateway, &db, TEST_API_KEY, &["--standby"]);
-    wait_for_staged(&db, "the feeder staging", 2_000);
+    let (db, file, gateway, mut feeder) =
+        live_on_a_paced_day("live_standby_reconnect", 8, 68, &["--standby"], 2_000);
     // Its sessions die; another holder takes the feeder lock before it is back, so on its
     // reconnect it stands by.
     let mut other = connect(&db);

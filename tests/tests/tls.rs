@@ -235,13 +235,21 @@ fn chown_to_postgres(base: &Path) {
     }
 }
 
+/// PostgreSQL's `tool`, as the postgres user, on the cluster's data directory with `args`.
+fn on_pgdata(cluster: &Cluster, tool: &str, args: &[&str]) {
+    let pgdata = cluster.pgdata();
+    let mut cmd = as_postgres(&format!("{PG_BIN}/{tool}"));
+    cmd.args(["-D", pgdata.as_str()]).args(args);
+    run(&mut cmd, &format!("{tool} {}", args.join(" ")));
+}
+
 /// initdb, then pg_hba.conf and the TLS settings of postgresql.conf.
 fn init_pgdata(cluster: &Cluster) {
     let base = &cluster.dir;
-    run(
-        as_postgres(&format!("{PG_BIN}/initdb")).args([
-            "-D",
-            &cluster.pgdata(),
+    on_pgdata(
+        cluster,
+        "initdb",
+        &[
             "-U",
             "postgres",
             "-A",
@@ -249,8 +257,7 @@ fn init_pgdata(cluster: &Cluster) {
             "-E",
             "UTF8",
             "--locale=C.UTF-8",
-        ]),
-        "initdb",
+        ],
     );
     let hba = "local all all trust\n\
                hostssl all certuser 127.0.0.0/8 cert\n\
@@ -274,18 +281,11 @@ fn init_pgdata(cluster: &Cluster) {
 /// pg_ctl start, then a check that the server listens on both of its addresses.
 fn start_server(cluster: &Cluster) {
     let base = &cluster.dir;
-    run(
-        as_postgres(&format!("{PG_BIN}/pg_ctl")).args([
-            "-D",
-            &cluster.pgdata(),
-            "-l",
-            &base.join("server.log").display().to_string(),
-            "-w",
-            "-t",
-            "30",
-            "start",
-        ]),
-        "pg_ctl start",
+    let log_file = base.join("server.log").display().to_string();
+    on_pgdata(
+        cluster,
+        "pg_ctl",
+        &["-l", &log_file, "-w", "-t", "30", "start"],
     );
     // PostgreSQL starts even if it cannot bind one of its addresses: the tests need both.
     let log = std::fs::read_to_string(base.join("server.log")).unwrap_or_default();
