@@ -38,7 +38,7 @@ CREATE TYPE bar AS (
 -- day after trades that belong to it.)
 CREATE OR REPLACE FUNCTION tradebars_internal.local_instant(w timestamp, tz text) RETURNS timestamptz
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     guess timestamptz := w AT TIME ZONE tz;
@@ -59,7 +59,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION tradebars_internal.local_day_starts(from_ts timestamptz, to_ts timestamptz, tz text, origin interval)
     RETURNS timestamptz[]
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 RETURN ARRAY(
     SELECT tradebars_internal.local_instant(d + origin, tz)
     FROM generate_series(date_trunc('day', (from_ts AT TIME ZONE tz) - origin) - interval '1 day',
@@ -81,7 +81,7 @@ RETURN CASE WHEN step = interval '1 day' THEN day_starts[width_bucket(ts, day_st
 -- A session such as '09:30-16:00' as its local open and close times; NULL: the whole day.
 CREATE OR REPLACE FUNCTION tradebars_internal.bar_session(session text, OUT opens time, OUT closes time)
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     IF session IS NULL THEN
@@ -121,7 +121,7 @@ CREATE OR REPLACE FUNCTION tradebars_internal.bar_hours(symbol text, from_ts tim
                           OUT whole timestamptz[], OUT part_from timestamptz[],
                           OUT part_to timestamptz[])
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     IF NOT use_hours OR to_ts <= from_ts THEN
@@ -203,7 +203,7 @@ CREATE OR REPLACE FUNCTION bars(
     fill text DEFAULT 'none'
 ) RETURNS SETOF bar
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     step interval := checked_bucket(bucket);

@@ -11,7 +11,7 @@ RETURNS TABLE (rollup_id bigint, symbol text, "timestamp" timestamptz, open nume
                high numeric, low numeric, close numeric, volume bigint, trade_count bigint,
                vwap numeric)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 #variable_conflict use_column
 BEGIN

@@ -36,7 +36,7 @@ SELECT pg_extension_config_dump('hour_bars', '');
 -- notional, data_source) summed as bars() sums minutes. One text for both callers below.
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_insert(minutes text) RETURNS text
     LANGUAGE sql IMMUTABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 RETURN format($q$
     INSERT INTO hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
                            notional, data_source)
@@ -60,7 +60,7 @@ $q$, minutes);
 -- reads the bars the other committed.
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_refresh(touched text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     hours text := CASE touched
@@ -104,7 +104,7 @@ COMMENT ON FUNCTION tradebars_internal.hour_bars_refresh(text) IS
 -- pass over their minute bars (no lookup per hour: a year of 500 symbols is 900,000 hours). Hours left with no bar lose their hour bar. Locks as hour_bars_refresh().
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_rebuild(from_ts timestamptz, to_ts timestamptz) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
     SET work_mem = '256MB'
 AS $fn$
 DECLARE
@@ -150,7 +150,7 @@ CREATE OR REPLACE FUNCTION refresh_hour_bars(start timestamptz DEFAULT '-infinit
                                   "end" timestamptz DEFAULT 'infinity')
 RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     IF start IS NULL OR "end" IS NULL THEN

@@ -62,14 +62,14 @@ SELECT pg_extension_config_dump('live_positions', '');
 
 CREATE OR REPLACE FUNCTION bar_clock() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
     RETURN coalesce((SELECT clock FROM bar_settings), 'ts_recv');
 COMMENT ON FUNCTION bar_clock() IS
     'tradebars: the clock that places trades in minutes: ts_recv (Databento''s OHLCV) or ts_event';
 
 CREATE OR REPLACE FUNCTION set_bar_clock(clock text) RETURNS text
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     PERFORM require_argument('set_bar_clock', 'clock', quote_literal(clock), clock IN ('ts_recv', 'ts_event'),
@@ -97,7 +97,7 @@ COMMENT ON FUNCTION set_bar_clock(text) IS
 -- written out.)
 CREATE OR REPLACE FUNCTION set_identity_retention(keep interval) RETURNS interval
     LANGUAGE sql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 BEGIN ATOMIC
     SELECT tradebars_internal.require_argument('set_identity_retention', 'keep', keep::text,
         keep BETWEEN interval '1 hour' AND interval '100 years', 'from 1 hour to 100 years');
@@ -115,7 +115,7 @@ COMMENT ON FUNCTION set_identity_retention(interval) IS
 -- rollup's own bound): one trade stamped in 2100 must not make every other trade old.
 CREATE OR REPLACE FUNCTION prune_trade_identity() RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     keep interval := coalesce((SELECT identity_retention FROM bar_settings), interval '7 days');
@@ -142,7 +142,7 @@ COMMENT ON FUNCTION prune_trade_identity() IS
 
 CREATE OR REPLACE FUNCTION identity_horizon() RETURNS timestamptz
     LANGUAGE sql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
     RETURN to_timestamp(coalesce((SELECT identity_horizon FROM bar_settings), 0) / 1e9);
 COMMENT ON FUNCTION identity_horizon() IS
     'tradebars: before this time trade identity is no longer known';
@@ -152,7 +152,7 @@ COMMENT ON FUNCTION identity_horizon() IS
 -- trades bar could not be told apart from new ones.
 CREATE OR REPLACE FUNCTION tradebars_internal.identity_refusal(first_recv bigint) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     horizon bigint := coalesce((SELECT identity_horizon FROM bar_settings), 0);

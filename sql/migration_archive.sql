@@ -5,7 +5,7 @@
 -- The columns of price_bars that can be written, quoted, in table order.
 CREATE OR REPLACE FUNCTION tradebars_internal.price_bars_columns(rel regclass DEFAULT 'price_bars') RETURNS text
     LANGUAGE sql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
     FROM pg_attribute
@@ -14,7 +14,7 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION soft_delete_legacy() RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     marked_at timestamptz := now();  -- one instant for every bar of this call
@@ -35,7 +35,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION tradebars_internal.backup_table_flaw(backup regclass, refuse_for text DEFAULT NULL)
     RETURNS text
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     rel record;
@@ -96,7 +96,7 @@ $fn$;
 -- (price_bars_legacy) nor `backup`. Names come from the catalog, quoted.
 CREATE OR REPLACE FUNCTION tradebars_internal.legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     cols text := price_bars_columns();
@@ -131,7 +131,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION tradebars_internal.delete_legacy_bars(caller text, deleted_before timestamptz, backup regclass,
                                    confirm boolean) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     unprotected bigint;
@@ -160,12 +160,12 @@ $fn$;
 CREATE OR REPLACE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
                               confirm boolean DEFAULT false) RETURNS bigint
     LANGUAGE sql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 RETURN tradebars_internal.delete_legacy_bars('purge_deleted', now() - tradebars_internal.checked_age('purge_deleted: older_than', older_than), backup_table, confirm);
 
 CREATE OR REPLACE FUNCTION archive_legacy() RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     cols text;
@@ -177,7 +177,8 @@ BEGIN
     PERFORM require_price_bars_ready('archive_legacy');
     LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
     IF to_regclass('price_bars_legacy') IS NULL THEN
-        CREATE TABLE price_bars_legacy (LIKE price_bars);
+        -- in the extension's schema, beside price_bars (the search_path starts with the helpers')
+        CREATE TABLE @extschema@.price_bars_legacy (LIKE price_bars);
         CREATE UNIQUE INDEX price_bars_legacy_symbol_timestamp_source
             ON price_bars_legacy (symbol, "timestamp", data_source);
         COMMENT ON TABLE price_bars_legacy IS 'tradebars: legacy bars moved out of price_bars by archive_legacy()';
@@ -213,7 +214,7 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     archived bigint := 0;
@@ -252,13 +253,13 @@ $fn$;
 -- Option C: every legacy bar goes for good.
 CREATE OR REPLACE FUNCTION hard_delete_legacy(backup_table regclass DEFAULT NULL, confirm boolean DEFAULT false) RETURNS bigint
     LANGUAGE sql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 RETURN tradebars_internal.delete_legacy_bars('hard_delete_legacy', NULL, backup_table, confirm);
 
 -- The plan's rollback: trades bars go, legacy bars stay exactly as they are.
 CREATE OR REPLACE FUNCTION rollback_trades(include_staging boolean DEFAULT false) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     n bigint;

@@ -6,7 +6,7 @@
 -- until mark_legacy() runs).
 CREATE OR REPLACE FUNCTION tradebars_internal.price_bars_is_ready() RETURNS boolean
     LANGUAGE sql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
     SELECT to_regclass('price_bars') IS NOT NULL
        AND (SELECT count(*) FROM pg_attribute
@@ -26,7 +26,7 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION tradebars_internal.require_price_bars_ready(caller text) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     IF to_regclass('price_bars') IS NULL THEN
@@ -46,7 +46,7 @@ $fn$;
 -- legacy 'mbp-1' bar.
 CREATE OR REPLACE FUNCTION tradebars_internal.protect_trades_bars() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     RAISE EXCEPTION 'price_bars: the bar of % at % is %; it cannot become legacy or another source',
@@ -63,7 +63,7 @@ $fn$;
 -- data_source can fire it: a rollup's merge and an official merge never do.
 CREATE OR REPLACE FUNCTION tradebars_internal.guard_trades_bars() RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'price_bars'::regclass
@@ -88,7 +88,7 @@ $fn$;
 -- Statements are built only from fixed column names and quoted catalog names.
 CREATE OR REPLACE FUNCTION prepare_price_bars() RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
     SET extra_float_digits = 1
 AS $fn$
 DECLARE
@@ -184,7 +184,7 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION mark_legacy(source text DEFAULT 'mbp-1') RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     marked bigint;

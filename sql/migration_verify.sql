@@ -6,7 +6,7 @@ RETURNS TABLE (location text, data_source text, is_legacy boolean, soft_deleted 
                bars bigint, total_volume numeric, first_bar timestamptz, last_bar timestamptz,
                bar_clock text)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     PERFORM require_price_bars_ready('migration_status');
@@ -30,7 +30,7 @@ CREATE OR REPLACE FUNCTION migration_coverage(since interval DEFAULT '1 day')
 RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint,
                official_bars bigint)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     cutoff timestamptz := now() - checked_age('migration_coverage: since', since);
@@ -52,7 +52,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION migration_check()
 RETURNS TABLE (criterion text, passed boolean, measured text, expected text)
     LANGUAGE plpgsql STABLE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     new_bars bigint;

@@ -27,7 +27,7 @@ COMMENT ON TABLE official_bars_staging IS
 CREATE OR REPLACE FUNCTION tradebars_internal.official_bars_merge(schema text)
 RETURNS TABLE (bars_written bigint, bars_rejected bigint)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
     staged bigint;

@@ -10,7 +10,7 @@ RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups big
                trades_rolled_up bigint, bars_written bigint, trades_rejected bigint,
                last_rollup_at timestamptz)
     LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
     SELECT (SELECT count(*) FROM trades_staging),
            -- a trade without ts_recv (staged as -1) is waiting too, but says nothing of since when
@@ -24,7 +24,7 @@ $fn$;
 -- legacy. Merging would add to foreign volume and keep foreign open and close (0.3.0).
 CREATE OR REPLACE FUNCTION tradebars_internal.foreign_trades_bar(symbol text, at timestamptz) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 BEGIN
     RAISE EXCEPTION 'bars_rollup: the bar of % at % says data_source ''trades'' but tradebars did not build it (another writer''s, or made legacy); nothing was rolled up',

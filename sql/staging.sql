@@ -10,7 +10,7 @@ COMMENT ON FUNCTION tradebars_internal.fixed_to_numeric(numeric) IS
 -- every batch transaction; bars_rollup() moves the answer to the other slot.
 CREATE OR REPLACE FUNCTION staging_slot() RETURNS text
     LANGUAGE sql VOLATILE PARALLEL UNSAFE
-    SET search_path = @extschema@, tradebars_internal, pg_temp
+    SET search_path = tradebars_internal, @extschema@, pg_temp
     RETURN (SELECT format('%I.%I', n.nspname, c.relname)
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.oid = (CASE (SELECT last_value FROM staging_epoch) % 2

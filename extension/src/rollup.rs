@@ -747,7 +747,7 @@ fn run_rollup() -> Step<RollupResult> {
 
 /// Rolls every staged trade into 1-minute bars. Returns what it did.
 #[pg_extern(volatile, security_definer, requires = ["tradebars_schema", "staging_functions", "migration_legacy", "ohlcv_aggregate", "tradebars_identity"])]
-#[search_path(@extschema@, tradebars_internal, pg_temp)]
+#[search_path(tradebars_internal, @extschema@, pg_temp)]
 fn bars_rollup() -> TableIterator<
     'static,
     (

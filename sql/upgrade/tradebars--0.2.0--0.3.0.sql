@@ -74,7 +74,7 @@ ALTER FUNCTION ohlcv_combine(internal, internal) SET SCHEMA tradebars_internal;
 ALTER FUNCTION ohlcv_serialize(internal) SET SCHEMA tradebars_internal;
 ALTER FUNCTION ohlcv_deserialize(bytea, internal) SET SCHEMA tradebars_internal;
 -- The rollup (a function in Rust) finds them there.
-ALTER FUNCTION bars_rollup() SET search_path = @extschema@, tradebars_internal, pg_temp;
+ALTER FUNCTION bars_rollup() SET search_path = tradebars_internal, @extschema@, pg_temp;
 
 --@include checks.sql
 --@include staging.sql

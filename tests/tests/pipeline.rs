@@ -220,10 +220,18 @@ fn bad_files_fail_with_one_line_and_stage_nothing() {
     std::fs::write(&empty, b"").expect("write");
     let garbage = scratch("garbage.dbn");
     std::fs::write(&garbage, b"this is not market data").expect("write");
+    // plain DBN cut inside its 8-byte prefix and inside its metadata (dbn's decoder would
+    // panic on the latter)
+    let plain = std::fs::read(generate("good-plain.dbn", 3, 3000, 5)).expect("read");
+    let (in_prefix, in_metadata) = (scratch("cut-prefix.dbn"), scratch("cut-metadata.dbn"));
+    std::fs::write(&in_prefix, &plain[..6]).expect("write");
+    std::fs::write(&in_metadata, &plain[..100]).expect("write");
     for (file, says) in [
         (&truncated, "truncated"),
         (&empty, "empty"),
         (&garbage, "neither DBN nor zstd"),
+        (&in_prefix, "ends inside its DBN header"),
+        (&in_metadata, "ends inside its metadata (100 of "),
     ] {
         let out = feeder(&["replay", &file.display().to_string()], Some(&db));
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));

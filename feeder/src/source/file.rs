@@ -157,7 +157,12 @@ impl DbnFile {
         let mut prefix = [0u8; DBN_PREFIX_LEN as usize];
         self.dbn_stream(Arc::new(AtomicU64::new(0)))?
             .read_exact(&mut prefix)
-            .map_err(|e| self.decode_err(format!("reading the DBN header: {e}")))?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    self.decode_err("the file is truncated: it ends inside its DBN header")
+                }
+                _ => self.decode_err(format!("reading the DBN header: {e}")),
+            })?;
         let len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
         Ok(DBN_PREFIX_LEN + u64::from(len))
     }
@@ -176,7 +181,23 @@ impl DbnFile {
         }
     }
 
+    /// The metadata section must be whole before dbn decodes it: dbn's decoder panics on a
+    /// file that ends inside it (dbn 0.73: "entered unreachable code").
+    fn require_whole_metadata(&self) -> Result<(), FeederError> {
+        let want = self.metadata_len()?;
+        let stream = self.dbn_stream(Arc::new(AtomicU64::new(0)))?;
+        let got = io::copy(&mut stream.take(want), &mut io::sink())
+            .map_err(|e| self.decode_err(format!("reading the DBN header: {e}")))?;
+        if got < want {
+            return Err(self.decode_err(format!(
+                "the file is truncated: it ends inside its metadata ({got} of {want} bytes)"
+            )));
+        }
+        Ok(())
+    }
+
     fn metadata(&self) -> Result<dbn::Metadata, FeederError> {
+        self.require_whole_metadata()?;
         let decoder = DynDecoder::with_buffer(
             io::BufReader::new(self.dbn_stream(Arc::new(AtomicU64::new(0)))?),
             dbn::Compression::None,
