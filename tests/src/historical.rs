@@ -3,15 +3,19 @@
 //! DBN holding the trades of a DBN file that fall in the range, with the file's symbology
 //! (as MBP-1 trade events for schema=mbp-1); for schema=ohlcv-1m, the file's minute bars that
 //! start in the range.
-//! Chosen requests can fail: cut off in the middle of the body.
+//! Chosen requests can fail: cut off in the middle of the body. The HTTP server is axum's.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use base64::prelude::{Engine, BASE64_STANDARD};
 use dbn::decode::{DbnMetadata, DecodeRecordRef, DynDecoder};
 use dbn::encode::dbn::Encoder;
@@ -46,26 +50,24 @@ impl FakeHistorical {
                 bars.push(b.clone());
             }
         }
-        let feed = Arc::new(Feed {
+        let feed = Feed {
             metadata,
             trades,
             bars,
-        });
+        };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake historical API");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
         let url = format!("http://{}/", listener.local_addr().expect("address"));
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
-        let auth = basic_auth(key);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let n = counter.fetch_add(1, Ordering::SeqCst);
-                let (feed, auth, cut) = (feed.clone(), auth.clone(), cut.contains(&n));
-                std::thread::spawn(move || {
-                    let _ = answer(stream, &feed, &auth, cut);
-                });
-            }
+        let served = Arc::new(Served {
+            feed,
+            auth: basic_auth(key),
+            cut,
+            requests: requests.clone(),
         });
+        std::thread::spawn(move || serve(listener, served));
         FakeHistorical { url, requests }
     }
 }
@@ -75,6 +77,27 @@ struct Feed {
     metadata: Metadata,
     trades: Vec<TradeMsg>,
     bars: Vec<OhlcvMsg>,
+}
+
+/// The feed, the credentials it accepts, the requests to cut, and the count of requests.
+struct Served {
+    feed: Feed,
+    auth: String,
+    cut: Vec<usize>,
+    requests: Arc<AtomicUsize>,
+}
+
+/// Answers every request on `listener` with axum, on a runtime of this thread's own.
+fn serve(listener: TcpListener, served: Arc<Served>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the fake historical API");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("the listener");
+        let app = axum::Router::new().fallback(answer).with_state(served);
+        axum::serve(listener, app).await.expect("serving");
+    });
 }
 
 impl FakeHistorical {
@@ -106,58 +129,46 @@ impl FakeHistorical {
     }
 }
 
-fn answer(stream: TcpStream, feed: &Feed, auth: &str, cut: bool) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    let (request, authorization, body) = read_request(&mut reader)?;
-    if authorization.as_deref() != Some(auth) {
-        let detail = br#"{"detail":"Authentication failed."}"#;
-        write!(out, "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", detail.len())?;
-        return out.write_all(detail);
+/// One request: 401 without the key, 404 off `timeseries.get_range`, else the range's DBN,
+/// cut halfway for the requests (numbered from 0) in `cut`.
+async fn answer(
+    State(served): State<Arc<Served>>,
+    uri: Uri,
+    headers: HeaderMap,
+    form: String,
+) -> Response {
+    let n = served.requests.fetch_add(1, Ordering::SeqCst);
+    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if authorization != Some(served.auth.as_str()) {
+        let detail = r#"{"detail":"Authentication failed."}"#;
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(CONTENT_TYPE, "application/json")],
+            detail,
+        )
+            .into_response();
     }
-    if !request.contains("/v0/timeseries.get_range") {
-        return write!(
-            out,
-            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        );
+    if !uri.path().contains("/v0/timeseries.get_range") {
+        return StatusCode::NOT_FOUND.into_response();
     }
-    let dbn = get_range(feed, &String::from_utf8_lossy(&body))?;
-    write!(
-        out,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        dbn.len()
-    )?;
-    if cut {
-        out.write_all(&dbn[..dbn.len() / 2])?;
-        return out.shutdown(std::net::Shutdown::Both);
-    }
-    out.write_all(&dbn)
-}
-
-/// An HTTP/1.1 request: its request line, its Authorization header's value, its body.
-fn read_request(
-    reader: &mut BufReader<TcpStream>,
-) -> std::io::Result<(String, Option<String>, Vec<u8>)> {
-    let (mut length, mut authorization, mut request) = (0usize, None, String::new());
-    reader.read_line(&mut request)?;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap_or(0),
-                "authorization" => authorization = Some(value.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body)?;
-    Ok((request, authorization, body))
+    let dbn = match get_range(&served.feed, &form) {
+        Ok(dbn) => dbn,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let length = dbn.len();
+    let body = if served.cut.contains(&n) {
+        // the announced length, half of it sent, then the connection drops
+        let half = Bytes::copy_from_slice(&dbn[..length / 2]);
+        let lost = std::io::Error::other("the connection is cut halfway");
+        Body::from_stream(futures_util::stream::iter([Ok(half), Err(lost)]))
+    } else {
+        Body::from(dbn)
+    };
+    let headers = [
+        (CONTENT_TYPE, "application/octet-stream".to_string()),
+        (CONTENT_LENGTH, length.to_string()),
+    ];
+    (StatusCode::OK, headers, body).into_response()
 }
 
 /// The DBN (zstd) answer of timeseries.get_range for the request's `form`: the feed's trades
