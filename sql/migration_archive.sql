@@ -17,11 +17,10 @@ CREATE OR REPLACE FUNCTION soft_delete_legacy() RETURNS bigint
     SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
 DECLARE
-    marked_at timestamptz := now();  -- one instant for every bar of this call
     n bigint;
 BEGIN
     PERFORM require_price_bars_ready('soft_delete_legacy');
-    UPDATE price_bars SET deleted_at = marked_at WHERE is_legacy AND deleted_at IS NULL;
+    UPDATE price_bars SET deleted_at = now() WHERE is_legacy AND deleted_at IS NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RAISE NOTICE 'soft_delete_legacy: % legacy bars marked deleted; restore_legacy() brings them back', n;
     RETURN n;
@@ -73,18 +72,18 @@ BEGIN
                         CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END) END;
         EXIT WHEN flaw IS NOT NULL;
     END LOOP;
-    IF flaw IS NULL THEN
+    IF flaw IS NULL THEN  -- NULL again when no column is missing
         SELECT 'lacks columns of price_bars: ' || string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO flaw
         FROM pg_attribute p
         WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
           AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
                           AND b.attnum > 0 AND NOT b.attisdropped);
-        IF flaw IS NOT NULL AND refuse_for IS NOT NULL THEN
-            RAISE EXCEPTION '%: backup_table % %', refuse_for, backup, flaw
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
-        END IF;
-    ELSIF refuse_for IS NOT NULL THEN
+    END IF;
+    IF refuse_for IS NOT NULL AND flaw LIKE 'lacks columns%' THEN
+        RAISE EXCEPTION '%: backup_table % %', refuse_for, backup, flaw
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'a copy holds whole bars: CREATE TABLE price_bars_backup AS SELECT * FROM price_bars';
+    ELSIF refuse_for IS NOT NULL AND flaw IS NOT NULL THEN
         RAISE EXCEPTION '%: backup_table % %', refuse_for, backup, flaw USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN flaw;
@@ -105,17 +104,15 @@ DECLARE
     copy regclass;
     n bigint;
 BEGIN
+    -- price_bars' columns with its types, as each copy's rows are compared
+    SELECT string_agg(format('%I::%s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
+      INTO typed
+      FROM pg_attribute
+     WHERE attrelid = 'price_bars'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
     FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('price_bars_legacy'), backup], NULL) LOOP
-        -- the archive may predate a column; then it holds no bar whole; and one that is no
-        -- permanent table of its own (a view, temporary, unlogged) holds none for good
-        IF backup_table_flaw(copy) IS NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute p
-                       WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
-                         AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = copy
-                                         AND b.attname = p.attname AND NOT b.attisdropped)) THEN
-            SELECT string_agg(format('%I::%s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
-              INTO typed
-              FROM pg_attribute
-             WHERE attrelid = 'price_bars'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+        -- one that is no real copy (a view, temporary, unlogged, or an archive that predates
+        -- a column) holds no bar whole for good
+        IF backup_table_flaw(copy) IS NULL THEN
             copies := array_append(copies, format(' EXCEPT ALL SELECT %s FROM %s', typed, copy));
         END IF;
     END LOOP;

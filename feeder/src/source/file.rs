@@ -154,15 +154,18 @@ impl DbnFile {
     /// How long the metadata section is: the decoder's byte count must end exactly after the
     /// metadata and whole records, or the file stops inside a record.
     fn metadata_len(&self) -> Result<u64, FeederError> {
+        self.read_metadata_len(&mut self.dbn_stream(Arc::new(AtomicU64::new(0)))?)
+    }
+
+    /// Reads the DBN prefix from the start of `stream`: the metadata section's whole length.
+    fn read_metadata_len(&self, stream: &mut impl Read) -> Result<u64, FeederError> {
         let mut prefix = [0u8; DBN_PREFIX_LEN as usize];
-        self.dbn_stream(Arc::new(AtomicU64::new(0)))?
-            .read_exact(&mut prefix)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    self.decode_err("the file is truncated: it ends inside its DBN header")
-                }
-                _ => self.decode_err(format!("reading the DBN header: {e}")),
-            })?;
+        stream.read_exact(&mut prefix).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                self.decode_err("the file is truncated: it ends inside its DBN header")
+            }
+            _ => self.decode_err(format!("reading the DBN header: {e}")),
+        })?;
         let len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
         Ok(DBN_PREFIX_LEN + u64::from(len))
     }
@@ -184,10 +187,11 @@ impl DbnFile {
     /// The metadata section must be whole before dbn decodes it: dbn's decoder panics on a
     /// file that ends inside it (dbn 0.73: "entered unreachable code").
     fn require_whole_metadata(&self) -> Result<(), FeederError> {
-        let want = self.metadata_len()?;
-        let stream = self.dbn_stream(Arc::new(AtomicU64::new(0)))?;
-        let got = io::copy(&mut stream.take(want), &mut io::sink())
+        let mut stream = self.dbn_stream(Arc::new(AtomicU64::new(0)))?;
+        let want = self.read_metadata_len(&mut stream)?;
+        let rest = io::copy(&mut stream.take(want - DBN_PREFIX_LEN), &mut io::sink())
             .map_err(|e| self.decode_err(format!("reading the DBN header: {e}")))?;
+        let got = DBN_PREFIX_LEN + rest;
         if got < want {
             return Err(self.decode_err(format!(
                 "the file is truncated: it ends inside its metadata ({got} of {want} bytes)"
