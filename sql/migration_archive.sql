@@ -12,18 +12,16 @@ AS $fn$
     WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
 $fn$;
 
-CREATE OR REPLACE FUNCTION soft_delete_legacy() RETURNS bigint
+-- Returns how many legacy bars it marked (`marked`, the column of SELECT * FROM it).
+CREATE OR REPLACE FUNCTION soft_delete_legacy(OUT marked bigint) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = tradebars_internal, @extschema@, pg_temp
 AS $fn$
-DECLARE
-    n bigint;
 BEGIN
     PERFORM require_price_bars_ready('soft_delete_legacy');
     UPDATE price_bars SET deleted_at = now() WHERE is_legacy AND deleted_at IS NULL;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RAISE NOTICE 'soft_delete_legacy: % legacy bars marked deleted; restore_legacy() brings them back', n;
-    RETURN n;
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RAISE NOTICE 'soft_delete_legacy: % legacy bars marked deleted; restore_legacy() brings them back', marked;
 END
 $fn$;
 
