@@ -83,11 +83,14 @@ GROUP_FLOOR="SELECT count(*) FROM (SELECT 1 FROM trades_staging GROUP BY symbol,
 SQL_WORK_MEM="SET work_mem = '256MB';"
 
 # One size: ingest and rollup figures. Prints: feeder_s copy_s insert_s rollup_s sqlrollup_s scan_s group_s
+# overlapped_s (replay --rollup: from the DBN file to every bar visible, rolling up while loading)
 measure() {
   local n=$1 runs=$2 file="$DIR/files/trades-$1.dbn.zst" copyfile="$DIR/files/staged-$1.bin"
   [ -f "$file" ] || "$FEEDER" generate --symbols "$SYMBOLS" --trades "$n" --seed 7 --out "$file" >/dev/null
-  local feeder=() copy=() insert=() rollup=() sqlr=() scan=() group=()
+  local feeder=() copy=() insert=() rollup=() sqlr=() scan=() group=() overlapped=()
   for _ in $(seq "$runs"); do
+    fresh_db
+    overlapped+=("$(timed env DATABASE_URL="$URL" "$FEEDER" replay "$file" --rollup)")
     fresh_db
     feeder+=("$(timed env DATABASE_URL="$URL" "$FEEDER" replay "$file")")
     [ -f "$copyfile" ] || sql "COPY (SELECT * FROM trades_staging) TO '$copyfile' (FORMAT binary)"
@@ -111,7 +114,7 @@ measure() {
       insert+=("$(timed psql_ -d bench -1 -f "$ins")")
     done
   fi
-  echo "$(median "${feeder[@]}") $(median "${copy[@]}") $(median "${insert[@]:-0}") $(median "${rollup[@]}") $(median "${sqlr[@]}") $(median "${scan[@]}") $(median "${group[@]}")"
+  echo "$(median "${feeder[@]}") $(median "${copy[@]}") $(median "${insert[@]:-0}") $(median "${rollup[@]}") $(median "${sqlr[@]}") $(median "${scan[@]}") $(median "${group[@]}") $(median "${overlapped[@]}")"
 }
 
 # Half of the input already stored: the first half of the file loaded and rolled up, then
@@ -131,7 +134,7 @@ measure_overlap() {
 }
 
 echo "bench: $TRADES trades of $SYMBOLS symbols, medians of $RUNS runs"
-read -r feeder copy insert rollup sqlr scan group < <(measure "$TRADES" "$RUNS")
+read -r feeder copy insert rollup sqlr scan group overlapped < <(measure "$TRADES" "$RUNS")
 read -r overlap_replay overlap_rollup < <(measure_overlap)
 ingest_rate=$(rate "$TRADES" "$feeder")
 copy_rate=$(rate "$TRADES" "$copy")
@@ -181,6 +184,9 @@ rollup_group_by_floor,$group,s
 rollup_speedup_vs_plain_sql,$(ratio "$sqlr" "$rollup"),x
 rollup_vs_bare_scan,$(ratio "$rollup" "$scan"),x
 rollup_vs_group_by_floor,$(ratio "$rollup" "$group"),x
+end_to_end_replay_then_rollup,$(echo "$feeder + $rollup" | bc),s
+end_to_end_replay_rolling_up,$overlapped,s
+end_to_end_overlap_speedup,$(ratio "$feeder + $rollup" "$overlapped"),x
 overlap_half_replay,$overlap_replay,s
 overlap_half_replay_rate,$(rate "$TRADES" "$overlap_replay"),trades read/s
 overlap_half_rollup,$overlap_rollup,s
@@ -202,14 +208,14 @@ CSV
   done <<< "$long_rows"
   per_trade=()
   for n in $SCALE; do
-    if [ "$n" -eq "$TRADES" ]; then f=$feeder; r=$rollup; else read -r f _ _ r _ _ _ < <(measure "$n" 1); fi
+    if [ "$n" -eq "$TRADES" ]; then f=$feeder; r=$rollup; else read -r f _ _ r _ _ _ _ < <(measure "$n" 1); fi
     echo "scale_${n}_ingest_ns_per_trade,$(echo "$f * 1000000000 / $n" | bc),ns"
     echo "scale_${n}_rollup_ns_per_trade,$(echo "$r * 1000000000 / $n" | bc),ns"
     per_trade+=("$(echo "($f + $r) * 1000000000 / $n" | bc)")
   done
   # The targets, as ratios of this run. The hand-written reference: the server's own binary
   # COPY of the staged rows, then the plain-SQL rollup with upsert.
-  target end_to_end_vs_reference "$(ratio "$feeder + $rollup" "$copy + $sqlr")" "<=" 0.6
+  target end_to_end_vs_reference "$(ratio "$overlapped" "$copy + $sqlr")" "<=" 0.6
   target rollup_vs_plain_sql "$(ratio "$rollup" "$sqlr")" "<=" 0.34
   # Flat: the dearest size's load and rollup per trade over the cheapest's.
   sorted=$(printf '%s\n' "${per_trade[@]}" | sort -n)
@@ -218,7 +224,7 @@ CSV
   # Not run here: quoted on 2026-12-02 from the issue that set these targets (its author's
   # measurement on a machine like this one: 10M trades, 500 symbols, default settings).
   echo "external_timescaledb_2_28_3_total,27.3,s (hypertable + continuous aggregate: load 20.2 s + aggregate 7.2 s; quoted, not measured by this bench)"
-  echo "vs_timescaledb_total,$(ratio "$feeder + $rollup" 27.3),x (this run's replay + bars_rollup() over the quoted 27.3 s)"
+  echo "vs_timescaledb_total,$(ratio "$overlapped" 27.3),x (this run's replay --rollup over the quoted 27.3 s)"
 } > "$OUT/bench.csv"
 
 echo

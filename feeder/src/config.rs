@@ -92,9 +92,16 @@ pub struct DbArgs {
 pub struct LoadArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Call bars_rollup() after loading.
+    /// Roll staged trades into bars while loading: bars_rollup() runs on a second connection
+    /// after every commit (each backfill chunk, each piece of a large file) and once at the
+    /// end. A file is then staged in pieces (see --piece-trades), each committed whole: if the
+    /// load fails or is killed, the pieces before stay staged and count once, and the same
+    /// command again loads and rolls up the rest.
     #[arg(long)]
     pub rollup: bool,
+    /// With --rollup: the trades of a file's piece (about; a piece ends with a full COPY chunk).
+    #[arg(long, default_value_t = crate::overlap::PIECE_TRADES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub piece_trades: u64,
     /// If another feeder holds the database, wait for it instead of failing.
     #[arg(long)]
     pub standby: bool,

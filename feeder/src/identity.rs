@@ -292,6 +292,11 @@ impl Identity {
         self
     }
 
+    /// Whether a trade fell outside the minutes identity was read for (see `reading_minutes`).
+    pub fn outside(&self) -> bool {
+        self.outside
+    }
+
     /// Notes `ts` in the range the source spans; false once a trade fell outside `minutes`.
     fn within_reading(&mut self, ts: i64) -> bool {
         self.span = Some(match self.span {

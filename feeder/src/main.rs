@@ -10,6 +10,7 @@ mod error;
 mod identity;
 mod lock;
 mod metrics;
+mod overlap;
 mod schedule;
 mod service;
 mod shutdown;

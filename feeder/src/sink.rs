@@ -1,7 +1,8 @@
 //! Into staging by binary COPY, each write in one transaction with what it adds to trade
-//! identity (`trade_coverage`) and its `ingest_ledger` entry: a file or a backfill chunk is
-//! staged whole or not at all, a live batch together with the position it reaches. Which
-//! trades are new is decided by trade identity (identity.rs), whatever source staged them.
+//! identity (`trade_coverage`): a file or a backfill chunk with its `ingest_ledger` entry,
+//! staged whole or not at all (or, under `--rollup`, a large file in pieces, each whole), a
+//! live batch together with the position it reaches. Which trades are new is decided by
+//! trade identity (identity.rs), whatever source staged them.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -12,8 +13,20 @@ use crate::copy;
 use crate::coverage;
 use crate::error::FeederError;
 use crate::identity::{Changes, Identity};
+use crate::overlap::Pieces;
 use crate::source::Summary;
 use tradebars_contract::internal;
+
+/// What a source sends its load: staging rows in COPY format, or the end of a piece. At a
+/// piece's end the rows sent before it are committed with what they add to trade identity,
+/// so that a rollup can take them while the next piece is copied.
+pub enum Staged {
+    Rows(Bytes),
+    PieceEnd(Changes),
+}
+
+/// The channel a source sends down: an `Err` aborts the piece being copied.
+pub type StagedRx = mpsc::Receiver<Result<Staged, FeederError>>;
 
 /// The staging table to COPY into, as the extension names it for this batch.
 async fn staging_slot(tx: &Transaction<'_>) -> Result<String, FeederError> {
@@ -47,6 +60,27 @@ async fn copy_rows(
     let slot = staging_slot(tx).await?;
     let statement = format!("COPY {slot} ({}) FROM STDIN (FORMAT binary)", copy::COLUMNS);
     copy_into(tx, &statement, rows).await
+}
+
+/// COPYs the rows `chunks` delivers into staging within `tx`, up to the end of a piece
+/// (returned with what it adds to trade identity) or of the source (`None`).
+async fn copy_piece(
+    tx: &Transaction<'_>,
+    chunks: &mut StagedRx,
+) -> Result<(u64, Option<Changes>), FeederError> {
+    let mut piece_end = None;
+    let rows = futures_util::stream::unfold((chunks, &mut piece_end), |(rx, end)| async move {
+        match rx.recv().await? {
+            Ok(Staged::Rows(rows)) => Some((Ok(rows), (rx, end))),
+            Ok(Staged::PieceEnd(changes)) => {
+                *end = Some(changes);
+                None
+            }
+            Err(e) => Some((Err(e), (rx, end))),
+        }
+    });
+    let copied = copy_rows(tx, rows).await?;
+    Ok((copied, piece_end))
 }
 
 /// Runs `statement` (a binary COPY ... FROM STDIN) with `rows`, header and trailer added.
@@ -93,6 +127,8 @@ pub struct Load<'a> {
     pub to: Option<i64>,
     /// Load even where trade identity was pruned (trades there may count twice).
     pub force: bool,
+    /// Told of every commit, so that `--rollup` rolls it up while the load goes on.
+    pub pieces: &'a Pieces,
 }
 
 /// What a source read and what its load adds to trade identity, known once all of it is read.
@@ -107,7 +143,9 @@ pub struct SourceEnd {
 /// they add to trade identity and the source's ledger entry. `start` receives the trade
 /// identity the source meets and starts reading it: staging rows down the channel, an `Err`
 /// there (a decode error, a source that disagrees with what is stored) aborts the COPY and
-/// rolls the whole source back.
+/// rolls the source back. A source that ends pieces (`Staged::PieceEnd`) is committed piece
+/// by piece: an error then rolls back only the piece it meets, the pieces before it stay
+/// staged, each trade in them counted once, and loading the source again stages the rest.
 ///
 /// Identity is read for the range the source declares (a DBN file's metadata, a backfill
 /// request). Where its trades turn out to lie beyond it, nothing is decided on that reading:
@@ -119,7 +157,7 @@ pub async fn load_source<S, F>(
     mut start: S,
 ) -> Result<Summary, FeederError>
 where
-    S: FnMut(Identity) -> (mpsc::Receiver<Result<Bytes, FeederError>>, F),
+    S: FnMut(Identity) -> (StagedRx, F),
     F: std::future::Future<Output = Result<SourceEnd, FeederError>>,
 {
     match load_once(client, load, load.from, load.to, &mut start).await {
@@ -152,14 +190,10 @@ async fn load_once<S, F>(
     start: &mut S,
 ) -> Result<Summary, FeederError>
 where
-    S: FnMut(Identity) -> (mpsc::Receiver<Result<Bytes, FeederError>>, F),
+    S: FnMut(Identity) -> (StagedRx, F),
     F: std::future::Future<Output = Result<SourceEnd, FeederError>>,
 {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| FeederError::db("starting the load", e))?;
-    coverage::lock(&tx).await?;
+    let tx = begin(client).await?;
     if !load.force {
         if let Some(why) = coverage::refusal(&tx, from).await? {
             return Err(FeederError::Identity {
@@ -170,34 +204,68 @@ where
     }
     let spans = coverage::load(&tx, from, to).await?;
     let (first, last) = coverage::minutes(from, to);
-    let (chunks, end) = start(Identity::new(load.label, spans).reading_minutes(first, last));
-    let rows = futures_util::stream::unfold(chunks, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
-    let rows = copy_rows(&tx, rows).await?;
+    let (mut chunks, end) = start(Identity::new(load.label, spans).reading_minutes(first, last));
+    let (mut rows, mut piece_end) = copy_piece(&tx, &mut chunks).await?;
+    let (mut tx, mut pieces) = (tx, 1);
+    while let Some(changes) = piece_end {
+        // A piece: committed now, rolled up (under --rollup) while the next one is copied.
+        coverage::store(&tx, &changes).await?;
+        commit(tx, load).await?;
+        tx = begin(client).await?;
+        let (copied, next) = copy_piece(&tx, &mut chunks).await?;
+        (rows, piece_end, pieces) = (rows + copied, next, pieces + 1);
+    }
     let SourceEnd {
-        summary,
+        mut summary,
         changes,
         ledger_id,
     } = end.await?;
+    summary.pieces = pieces;
     coverage::store(&tx, &changes).await?;
-    {
-        let rows = i64::try_from(rows).unwrap_or(i64::MAX);
-        let last_ts_event = i64::try_from(summary.last_ts_event).unwrap_or(-1);
-        tx.execute(
-            "INSERT INTO ingest_ledger AS l (source, kind, position, trades, last_ts_event)
-             VALUES ($1, $2, $3, $3, $4)
-             ON CONFLICT (source) DO UPDATE SET position = l.position + $3, trades = l.trades + $3,
-                 last_ts_event = greatest(l.last_ts_event, $4), updated_at = now()",
-            &[&ledger_id, &load.kind, &rows, &last_ts_event],
-        )
+    record_in_ledger(&tx, &ledger_id, load.kind, rows, &summary).await?;
+    commit(tx, load).await?;
+    Ok(summary)
+}
+
+/// A load's transaction, holding the identity lock.
+async fn begin(client: &mut Client) -> Result<Transaction<'_>, FeederError> {
+    let tx = client
+        .transaction()
         .await
-        .map_err(|e| FeederError::db("recording the load in ingest_ledger", e))?;
-    }
+        .map_err(|e| FeederError::db("starting the load", e))?;
+    coverage::lock(&tx).await?;
+    Ok(tx)
+}
+
+/// Commits a load's transaction and tells `--rollup` there is something to roll up.
+async fn commit(tx: Transaction<'_>, load: &Load<'_>) -> Result<(), FeederError> {
     tx.commit()
         .await
         .map_err(|e| FeederError::db("committing the load", e))?;
-    Ok(summary)
+    load.pieces.committed();
+    Ok(())
+}
+
+/// The source's entry in `ingest_ledger`: `rows` more trades staged from it.
+async fn record_in_ledger(
+    tx: &Transaction<'_>,
+    ledger_id: &str,
+    kind: &str,
+    rows: u64,
+    summary: &Summary,
+) -> Result<(), FeederError> {
+    let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+    let last_ts_event = i64::try_from(summary.last_ts_event).unwrap_or(-1);
+    tx.execute(
+        "INSERT INTO ingest_ledger AS l (source, kind, position, trades, last_ts_event)
+         VALUES ($1, $2, $3, $3, $4)
+         ON CONFLICT (source) DO UPDATE SET position = l.position + $3, trades = l.trades + $3,
+             last_ts_event = greatest(l.last_ts_event, $4), updated_at = now()",
+        &[&ledger_id, &kind, &rows, &last_ts_event],
+    )
+    .await
+    .map_err(|e| FeederError::db("recording the load in ingest_ledger", e))?;
+    Ok(())
 }
 
 /// What loading official bars did.

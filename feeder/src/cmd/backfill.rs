@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 use crate::cmd::{load_holding_the_lock, overlap_suffix, progress_bar};
 use crate::config::BackfillArgs;
 use crate::error::FeederError;
+use crate::overlap::Pieces;
 use crate::sink;
 use crate::source::historical::{fetch_chunk, fetch_official_chunk, BackfillSpec};
 use crate::source::official::OFFICIAL_SCHEMA;
@@ -17,11 +18,11 @@ type Chunk = (time::OffsetDateTime, time::OffsetDateTime);
 pub async fn run(args: BackfillArgs) -> Result<(), FeederError> {
     let spec = spec(&args)?;
     let force = args.load.force;
-    load_holding_the_lock(&args.load, "backfill", async |db| {
+    load_holding_the_lock(&args.load, "backfill", async |db, pieces| {
         if spec.schema == OFFICIAL_SCHEMA {
             backfill_official(db, &spec).await
         } else {
-            backfill_trades(db, &spec, force).await
+            backfill_trades(db, &spec, force, pieces).await
         }
     })
     .await
@@ -66,6 +67,7 @@ async fn backfill_trades(
     client: &mut Client,
     spec: &BackfillSpec,
     force: bool,
+    pieces: &Pieces,
 ) -> Result<(), FeederError> {
     let chunks = spec.chunks();
     let bar = progress_bar(chunks.len() as u64, "pos");
@@ -78,11 +80,14 @@ async fn backfill_trades(
             bar.inc(1);
             continue;
         }
-        if let Err(e) = stage_chunk(client, spec, chunk, force, &mut staged).await {
+        if let Err(e) = stage_chunk(client, spec, chunk, force, pieces, &mut staged).await {
             result = Err(e);
             break;
         }
         bar.inc(1);
+        if let Some(trades) = pieces.rolled_up() {
+            bar.set_message(format!("backfill ({trades} trades rolled up)"));
+        }
     }
     bar.finish_and_clear();
     println!(
@@ -121,6 +126,7 @@ async fn stage_chunk(
     spec: &BackfillSpec,
     chunk: Chunk,
     force: bool,
+    pieces: &Pieces,
     staged: &mut Staged,
 ) -> Result<(), FeederError> {
     let source = spec.source_id(chunk.0, chunk.1);
@@ -131,6 +137,7 @@ async fn stage_chunk(
         from: i64::try_from(chunk.0.unix_timestamp_nanos()).unwrap_or(0),
         to: i64::try_from(chunk.1.unix_timestamp_nanos()).ok(),
         force,
+        pieces,
     };
     let s = sink::load_source(client, &load, |identity| {
         let (tx, rx) = mpsc::channel(8);

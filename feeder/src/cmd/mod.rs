@@ -16,6 +16,7 @@ use crate::config::LoadArgs;
 use crate::db;
 use crate::error::FeederError;
 use crate::lock::{self, FeederLock};
+use crate::overlap::{self, Pieces, Roller, Totals};
 use crate::shutdown;
 use crate::source::Summary;
 use crate::APP;
@@ -55,37 +56,48 @@ pub fn overlap_suffix(summary: &Summary) -> String {
 
 /// `bars_rollup()`, and what it did.
 pub async fn rollup(client: &Client) -> Result<(), FeederError> {
-    let row = client
-        .query_one("SELECT * FROM bars_rollup()", &[])
-        .await
-        .map_err(|e| FeederError::db("bars_rollup()", e))?;
-    println!(
-        "rollup: {} trades rolled up into {} bars written, {} trades rejected (see trades_rejected)",
-        row.get::<_, i64>(0),
-        row.get::<_, i64>(1),
-        row.get::<_, i64>(2)
-    );
+    let (trades, bars, rejected) = overlap::rollup_once(client).await?;
+    print_rollup(trades, bars, rejected, "");
     Ok(())
 }
 
+fn print_rollup(trades: i64, bars: i64, rejected: i64, how: &str) {
+    println!(
+        "rollup: {trades} trades rolled up into {bars} bars written{how}, {rejected} trades rejected (see trades_rejected)"
+    );
+}
+
+/// What the rollups beside a load did (`--rollup`).
+fn print_totals(totals: &Totals) {
+    let how = if totals.rollups > 1 {
+        format!(
+            " by {} rollups while loading (a bar two of them wrote counts twice)",
+            totals.rollups
+        )
+    } else {
+        String::new()
+    };
+    print_rollup(totals.trades, totals.bars, totals.rejected, &how);
+}
+
 /// The one way replay and backfill load: connect, take the feeder lock as `mode`, `load`,
-/// record a failure where a DBA (and migration_check()) sees it, roll up when asked and
-/// all went well, and give the lock back. SIGTERM or SIGINT, at any moment of it (standing
-/// by included), abandons the work in progress and exits 0: each load is one transaction
-/// and trade identity makes a rerun load only what is missing, so nothing is lost or
-/// counted twice.
+/// record a failure where a DBA (and migration_check()) sees it, and give the lock back.
+/// With `--rollup`, bars_rollup() runs beside the load on a connection of its own, after
+/// every commit (overlap.rs), and once more at the end. SIGTERM or SIGINT, at any moment of
+/// it (standing by included), abandons the work in progress and exits 0: what was committed
+/// is counted once by trade identity, so a rerun loads only what is missing, once.
 pub async fn load_holding_the_lock(
     args: &LoadArgs,
     mode: &str,
-    load: impl AsyncFnOnce(&mut FeederLock) -> Result<(), FeederError>,
+    load: impl AsyncFnOnce(&mut FeederLock, &Pieces) -> Result<(), FeederError>,
 ) -> Result<(), FeederError> {
     let stop = shutdown::on_signal("");
     tokio::select! {
         result = hold_the_lock_and_load(args, mode, load) => result,
         _ = stop.cancelled() => Err(FeederError::Stopped(format!(
             "during {mode}: the load in progress was abandoned, and PostgreSQL keeps nothing of \
-             it unless its commit had already reached the server; the same command again loads \
-             what is missing, once"
+             it (under --rollup: of its piece in progress) unless its commit had already \
+             reached the server; the same command again loads what is missing, once"
         ))),
     }
 }
@@ -93,16 +105,40 @@ pub async fn load_holding_the_lock(
 async fn hold_the_lock_and_load(
     args: &LoadArgs,
     mode: &str,
-    load: impl AsyncFnOnce(&mut FeederLock) -> Result<(), FeederError>,
+    load: impl AsyncFnOnce(&mut FeederLock, &Pieces) -> Result<(), FeederError>,
 ) -> Result<(), FeederError> {
     let client = db::connect(&args.db.database_url, APP).await?;
     let mut db = lock::acquire(client, mode, args.standby).await?;
-    let mut result = load(&mut db).await;
-    match &result {
-        Err(e) => lock::report_error(&db, &e.to_string()).await,
-        Ok(()) if args.rollup => result = rollup(&db).await,
-        Ok(()) => {}
+    let roller = match args.rollup {
+        true => Some(Roller::start(&args.db.database_url, args.piece_trades).await?),
+        false => None,
+    };
+    let no_pieces = Pieces::default();
+    let pieces = roller.as_ref().map_or(&no_pieces, Roller::pieces);
+    let loaded = load(&mut db, pieces).await;
+    if let Err(e) = &loaded {
+        lock::report_error(&db, &e.to_string()).await;
     }
+    let result = match roller {
+        Some(roller) => finish_rollups(roller, loaded).await,
+        None => loaded,
+    };
     db.release().await;
     result
+}
+
+/// The last rollup after the load, and what they all did; the load's own error comes first.
+async fn finish_rollups(
+    roller: Roller,
+    loaded: Result<(), FeederError>,
+) -> Result<(), FeederError> {
+    match roller.finish().await {
+        Ok(totals) => {
+            if loaded.is_ok() || totals.trades + totals.rejected > 0 {
+                print_totals(&totals);
+            }
+            loaded
+        }
+        Err(e) => loaded.and(Err(e)),
+    }
 }

@@ -12,6 +12,7 @@ use crate::cmd::{describe_skipped, load_holding_the_lock, overlap_suffix, progre
 use crate::config::ReplayArgs;
 use crate::error::FeederError;
 use crate::lock;
+use crate::overlap::Pieces;
 use crate::sink;
 use crate::source::file::DbnFile;
 use crate::source::official::OFFICIAL_SCHEMA;
@@ -19,9 +20,9 @@ use crate::source::official::OFFICIAL_SCHEMA;
 pub async fn run(args: ReplayArgs) -> Result<(), FeederError> {
     preflight(&args.files)?;
     let (files, force) = (&args.files, args.load.force);
-    load_holding_the_lock(&args.load, "replay", async |db| {
+    load_holding_the_lock(&args.load, "replay", async |db, pieces| {
         for path in files {
-            let (received, written) = replay_file(db, path, force).await?;
+            let (received, written) = replay_file(db, path, force, pieces).await?;
             lock::report(db, received as i64, written as i64).await?;
         }
         Ok(())
@@ -50,6 +51,7 @@ async fn replay_file(
     client: &mut Client,
     path: &Path,
     force: bool,
+    pieces: &Pieces,
 ) -> Result<(u64, u64), FeederError> {
     let file = DbnFile::open(path)?;
     let checked = file.check()?;
@@ -66,14 +68,19 @@ async fn replay_file(
         from: checked.from,
         to: checked.to,
         force,
+        pieces,
     };
-    let (bar, ticker) = show_progress(&file);
+    let (bar, ticker) = show_progress(&file, pieces);
     let loaded = stage_file(client, &load, &file).await;
     ticker.abort();
     bar.finish_and_clear();
     let s = loaded?;
+    let in_pieces = match s.pieces {
+        0 | 1 => String::new(),
+        n => format!(" in {n} pieces"),
+    };
     println!(
-        "{}: {} records read, {} trades staged ({} without a symbol mapping){}; not trades: {}",
+        "{}: {} records read, {} trades staged{in_pieces} ({} without a symbol mapping){}; not trades: {}",
         path.display(),
         s.records,
         s.staged,
@@ -84,16 +91,21 @@ async fn replay_file(
     Ok((s.trades, s.staged))
 }
 
-/// A progress bar of the bytes read, and the task that moves it.
-fn show_progress(file: &DbnFile) -> (indicatif::ProgressBar, JoinHandle<()>) {
+/// A progress bar of the bytes read (and, under `--rollup`, of the trades rolled up), and
+/// the task that moves it.
+fn show_progress(file: &DbnFile, pieces: &Pieces) -> (indicatif::ProgressBar, JoinHandle<()>) {
     let bar = progress_bar(file.size, "bytes");
-    bar.set_message(file.path.display().to_string());
+    let name = file.path.display().to_string();
+    bar.set_message(name.clone());
     let bytes_read = file.bytes_read.clone();
     let ticker = {
-        let bar = bar.clone();
+        let (bar, pieces) = (bar.clone(), pieces.clone());
         tokio::spawn(async move {
             loop {
                 bar.set_position(bytes_read.load(Ordering::Relaxed));
+                if let Some(trades) = pieces.rolled_up() {
+                    bar.set_message(format!("{name} ({trades} trades rolled up)"));
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -111,7 +123,8 @@ async fn stage_file(
     sink::load_source(client, load, |identity| {
         let (tx, rx) = mpsc::channel(8);
         let reader = file.clone();
-        let decoder = tokio::task::spawn_blocking(move || reader.decode_into(identity, tx));
+        let size = load.pieces.size();
+        let decoder = tokio::task::spawn_blocking(move || reader.decode_into(identity, size, tx));
         let path = file.path.clone();
         let end = async move {
             let (summary, changes) = decoder

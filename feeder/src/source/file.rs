@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::error::FeederError;
 use crate::identity::{Changes, Identity};
+use crate::sink::Staged;
 use crate::source::official::{OfficialEncoder, OfficialSummary, OFFICIAL_SCHEMA};
 use crate::source::{RowEncoder, Summary};
 use crate::trade::RecordKind;
@@ -104,10 +105,11 @@ impl DbnFile {
     pub fn decode_into(
         &self,
         identity: Identity,
-        tx: mpsc::Sender<Result<Bytes, FeederError>>,
+        pieces: Option<u64>,
+        tx: mpsc::Sender<Result<Staged, FeederError>>,
     ) -> Option<(Summary, Changes)> {
         self.bytes_read.store(0, Ordering::Relaxed); // a second reading starts over
-        match self.decode(identity, &tx) {
+        match self.decode(identity, pieces, &tx) {
             Ok(done) => Some(done),
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
@@ -231,7 +233,8 @@ impl DbnFile {
     fn decode(
         &self,
         identity: Identity,
-        tx: &mpsc::Sender<Result<Bytes, FeederError>>,
+        pieces: Option<u64>,
+        tx: &mpsc::Sender<Result<Staged, FeederError>>,
     ) -> Result<(Summary, Changes), FeederError> {
         let mut reading = self.read_records()?;
         let decoder = &mut reading.decoder;
@@ -248,18 +251,36 @@ impl DbnFile {
             if kind == Some(RecordKind::SymbolMapping) {
                 symbols.on_record(rec).map_err(|e| self.dbn_err(e))?;
             }
-            if let Some(chunk) = rows.full_chunk() {
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return Ok((rows.summary, Changes::default())); // the writer stopped; it reports why
-                }
+            let Some(chunk) = rows.full_chunk() else {
+                continue;
+            };
+            let mut sent = vec![Staged::Rows(chunk)];
+            if let Some(size) = pieces {
+                sent.extend(self.piece_end(&mut rows, size)?);
+            }
+            if sent.into_iter().any(|m| tx.blocking_send(Ok(m)).is_err()) {
+                return Ok((rows.summary, Changes::default())); // the writer stopped; it reports why
             }
         }
         self.check_whole(&reading, record_bytes)?;
         let (rest, summary, changes) = rows.finish(&symbols).map_err(|e| self.identity_err(e))?;
         if let Some(chunk) = rest {
-            let _ = tx.blocking_send(Ok(chunk));
+            let _ = tx.blocking_send(Ok(Staged::Rows(chunk)));
         }
         Ok((summary, changes))
+    }
+
+    /// The end of a piece of `size` trades, when one is reached: its last rows, then the end.
+    fn piece_end(&self, rows: &mut RowEncoder, size: u64) -> Result<Vec<Staged>, FeederError> {
+        let Some((last_rows, changes)) = rows.piece_end(size).map_err(|e| self.identity_err(e))?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(last_rows
+            .map(Staged::Rows)
+            .into_iter()
+            .chain([Staged::PieceEnd(changes)])
+            .collect())
     }
 
     /// Decodes an official bars file, sending `official_bars_staging` rows in COPY format (no

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::error::FeederError;
 use crate::identity::{Changes, Identity};
+use crate::sink::Staged;
 use crate::source::official::{OfficialEncoder, OfficialSummary};
 use crate::source::{RowEncoder, Summary};
 
@@ -98,7 +99,7 @@ pub async fn fetch_chunk(
     spec: &BackfillSpec,
     (from, to): (OffsetDateTime, OffsetDateTime),
     identity: Identity,
-    tx: mpsc::Sender<Result<Bytes, FeederError>>,
+    tx: mpsc::Sender<Result<Staged, FeederError>>,
 ) -> Result<(Summary, Changes), FeederError> {
     let params = range_params(spec, (from, to));
     let identity_err = |e: crate::identity::IdentityError| {
@@ -116,14 +117,14 @@ pub async fn fetch_chunk(
         while let Some(rec) = decoder.decode_record_ref().await.map_err(reading_error)? {
             rows.push(&rec, &symbols).map_err(identity_err)?;
             if let Some(chunk) = rows.full_chunk() {
-                if tx.send(Ok(chunk)).await.is_err() {
+                if tx.send(Ok(Staged::Rows(chunk))).await.is_err() {
                     return Ok((rows.summary, Changes::default()));
                 }
             }
         }
         let (rest, summary, changes) = rows.finish(&symbols).map_err(identity_err)?;
         if let Some(chunk) = rest {
-            let _ = tx.send(Ok(chunk)).await;
+            let _ = tx.send(Ok(Staged::Rows(chunk))).await;
         }
         Ok((summary, changes))
     }
@@ -133,9 +134,9 @@ pub async fn fetch_chunk(
 
 /// A fetch's failure goes to the writer as it is (it reports it, and aborts its COPY); the
 /// fetch itself returns a copy, for a writer that left.
-async fn handed_to_writer<T>(
+async fn handed_to_writer<T, M>(
     result: Result<T, FeederError>,
-    tx: &mpsc::Sender<Result<Bytes, FeederError>>,
+    tx: &mpsc::Sender<Result<M, FeederError>>,
 ) -> Result<T, FeederError> {
     match result {
         Ok(done) => Ok(done),

@@ -31,6 +31,8 @@ pub struct Summary {
     pub last_ts_event: u64,
     /// Trades staged: those not already counted.
     pub staged: u64,
+    /// Transactions they were committed in, when more than one (`--rollup`'s pieces).
+    pub pieces: u64,
     /// Trades already counted, and by which sources.
     pub already_counted: u64,
     pub overlaps: BTreeMap<String, u64>,
@@ -72,6 +74,8 @@ pub struct RowEncoder {
     /// of trade identity, or it could never count once its time became plausible.
     plausible: std::ops::Range<i64>,
     symbols: SymbolCache,
+    /// `summary.staged` when the piece being encoded began (see `piece_end`).
+    piece_start: u64,
 }
 
 /// The mapping each instrument's last trade found: a trade within its interval costs one
@@ -117,6 +121,7 @@ impl RowEncoder {
             plausible: 315_532_800 * 1_000_000_000
                 ..(now_minute + 24 * 60).saturating_mul(crate::identity::NS_PER_MINUTE),
             symbols: SymbolCache::default(),
+            piece_start: 0,
         }
     }
 
@@ -170,6 +175,23 @@ impl RowEncoder {
         // The next chunk's room at once: grown by doubling, it was copied over and over.
         self.rows.reserve(CHUNK_BYTES + CHUNK_SLACK);
         Some(chunk)
+    }
+
+    /// Ends a piece once `size` trades are staged since the last: the rows encoded so far
+    /// (if any) and what they add to trade identity, taken as written. None before that, and
+    /// none once a trade fell outside the range identity was read for (the source then fails
+    /// at its end, with the whole range it spans, and is loaded again for it).
+    pub fn piece_end(
+        &mut self,
+        size: u64,
+    ) -> Result<Option<(Option<Bytes>, Changes)>, IdentityError> {
+        if self.summary.staged < self.piece_start + size || self.identity.outside() {
+            return Ok(None);
+        }
+        self.piece_start = self.summary.staged;
+        let changes = self.identity.take_changes()?;
+        let rows = (!self.rows.is_empty()).then(|| self.rows.split().freeze());
+        Ok(Some((rows, changes)))
     }
 
     /// Ends the source: stages the groups still held, and returns the last rows (if any),

@@ -1,0 +1,151 @@
+//! `--rollup` rolls up while it loads: a file in pieces, each committed whole and rolled up
+//! while the next is copied. Bars are the oracle's (computed from the file, not by the
+//! extension), whatever the pieces, and a kill between or inside pieces loses nothing and
+//! counts nothing twice after the same command runs again.
+
+use std::process::{Command, Stdio};
+
+use tradebars_tests::*;
+
+/// `replay FILE --rollup --piece-trades N` in `db`, spawned, its output captured.
+fn spawn_rolling_replay(
+    db: &str,
+    file: &std::path::Path,
+    piece_trades: u64,
+) -> std::process::Child {
+    Command::new(feeder_bin())
+        .arg("replay")
+        .arg(file)
+        .args(["--rollup", "--piece-trades", &piece_trades.to_string()])
+        .env("DATABASE_URL", url(db))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the feeder")
+}
+
+/// `replay FILE --rollup --piece-trades N` in `db`, run to its end.
+fn replay_in_pieces(db: &str, file: &std::path::Path, piece_trades: u64) -> std::process::Output {
+    let (file, piece_trades) = (file.display().to_string(), piece_trades.to_string());
+    feeder(
+        &["replay", &file, "--rollup", "--piece-trades", &piece_trades],
+        Some(db),
+    )
+}
+
+/// The replay's one summary line of `file`, from its output.
+fn staged_line<'a>(out: &'a str, file: &std::path::Path) -> &'a str {
+    let name = file.display().to_string();
+    out.lines()
+        .find(|l| l.starts_with(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no summary line for {name} in:\n{out}"))
+}
+
+#[test]
+fn a_file_rolled_up_in_pieces_has_the_oracles_bars() {
+    let file = generate("overlap_pieces.dbn.zst", 20, 120_000, 61);
+    let db = fresh_db("overlap_pieces", "");
+    let out = replay_in_pieces(&db, &file, 20000);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    // A piece ends at the first full COPY chunk past 20,000 trades: fewer than 6 pieces of
+    // 120,000, more than one.
+    let line = staged_line(&printed, &file);
+    let pieces: u64 = line
+        .split(" trades staged in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pieces in: {line}"));
+    assert!((2..=6).contains(&pieces), "{line}");
+    assert!(
+        printed.contains("rollup: 120000 trades rolled up into "),
+        "{printed}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    assert_eq!(stored_bars(&db), oracle(&file));
+    // the file is recorded once, with every trade it staged
+    assert_eq!(
+        count(&db, "SELECT trades FROM ingest_ledger WHERE kind = 'file'"),
+        120_000
+    );
+}
+
+#[test]
+fn a_file_rolled_up_whole_and_in_pieces_makes_the_same_bars() {
+    let file = generate("overlap_same.dbn.zst", 8, 40_000, 62);
+    let whole = fresh_db("overlap_whole", "");
+    replay(&whole, &file, true);
+    let pieces = fresh_db("overlap_in_pieces", "");
+    let out = replay_in_pieces(&pieces, &file, 3000);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(" pieces "), "{}", text(&out));
+    let bars = "SELECT string_agg(format('%s %s %s %s %s %s %s %s %s', symbol, \"timestamp\", open, high, \
+                low, close, volume, trade_count, vwap), E'\\n' ORDER BY symbol, \"timestamp\") FROM price_bars";
+    assert_eq!(one::<String>(&pieces, bars), one::<String>(&whole, bars));
+}
+
+#[test]
+fn a_kill_while_pieces_load_and_roll_up_loses_nothing_and_counts_nothing_twice() {
+    let trades = 300_000;
+    let file = generate("overlap_kill.dbn.zst", 30, trades, 63);
+    let db = fresh_db("overlap_kill", "");
+    let mut child = spawn_rolling_replay(&db, &file, 5_000);
+    // Once a piece is rolled up, while the load goes on: SIGKILL, nothing cleaned up.
+    wait_for(&db, "SELECT count(*) FROM price_bars");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let kept = stored_trades(&db);
+    assert!(
+        kept > 0 && kept < trades as i64,
+        "the kill came after {kept} of {trades} trades"
+    );
+    let again = replay_rolling(&db, &file);
+    let line = staged_line(&again, &file);
+    assert!(
+        line.contains(&format!("{} trades staged", trades as i64 - kept))
+            && line.contains(&format!("{kept} trades already counted")),
+        "{line} (kept {kept})"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    assert_eq!(stored_bars(&db), oracle(&file));
+    // and once more: nothing new
+    let third = replay_rolling(&db, &file);
+    assert!(
+        staged_line(&third, &file).contains(", 0 trades staged"),
+        "{third}"
+    );
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
+/// `replay FILE --rollup --piece-trades 5000`, which must succeed; what it printed.
+fn replay_rolling(db: &str, file: &std::path::Path) -> String {
+    let (code, out) = exit_within(
+        spawn_rolling_replay(db, file, 5_000),
+        std::time::Duration::from_secs(300),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    out
+}
+
+#[test]
+fn a_file_that_fails_after_its_first_pieces_keeps_them_and_a_rerun_of_the_whole_completes() {
+    let whole = generate("overlap_cut_whole.dbn", 10, 60_000, 64);
+    // the same file cut short inside its last record: it fails at its end, after its pieces
+    let bytes = std::fs::read(&whole).expect("reading the file");
+    let plain = scratch("overlap_cut.dbn");
+    std::fs::write(&plain, &bytes[..bytes.len() - 7]).expect("writing the cut file");
+    let db = fresh_db("overlap_cut", "");
+    let out = replay_in_pieces(&db, &plain, 5000);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let kept = stored_trades(&db);
+    assert!(kept > 0 && kept < 60_000, "kept {kept}: {}", text(&out));
+    // what was kept is rolled up, and said
+    assert!(
+        text(&out).contains(&format!("rollup: {kept} trades rolled up")),
+        "{}",
+        text(&out)
+    );
+    replay(&db, &whole, true);
+    assert_eq!(stored_bars(&db), oracle(&whole));
+}
