@@ -100,7 +100,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub rollup: bool,
     /// With --rollup: the trades of a file's piece (about; a piece ends with a full COPY chunk).
-    #[arg(long, default_value_t = crate::overlap::PIECE_TRADES, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, requires = "rollup", default_value_t = crate::overlap::PIECE_TRADES,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub piece_trades: u64,
     /// If another feeder holds the database, wait for it instead of failing.
     #[arg(long)]

@@ -64,7 +64,7 @@ pub struct Totals {
 pub struct Roller {
     pieces: Pieces,
     done: CancellationToken,
-    task: JoinHandle<Result<Totals, FeederError>>,
+    task: JoinHandle<(Totals, Result<(), FeederError>)>,
 }
 
 impl Roller {
@@ -86,41 +86,53 @@ impl Roller {
         &self.pieces
     }
 
-    /// Once the load has ended: rolls up what its last commits left, and returns the totals
-    /// (or the first rollup that failed; what it did not roll up stays staged).
-    pub async fn finish(self) -> Result<Totals, FeederError> {
+    /// Once the load has ended: rolls up what its last commits left, and returns the totals,
+    /// with the rollup that failed, if one did (what it did not roll up stays staged).
+    pub async fn finish(self) -> (Totals, Result<(), FeederError>) {
         self.done.cancel();
-        self.task
-            .await
-            .map_err(|e| FeederError::internal("the rollups beside the load", e))?
+        match self.task.await {
+            Ok(ended) => ended,
+            Err(e) => (
+                Totals::default(),
+                Err(FeederError::internal("the rollups beside the load", e)),
+            ),
+        }
     }
 }
 
 /// One rollup after each commit (commits that land while one runs are taken by the next),
-/// until `done`: a commit before it is still rolled up first.
+/// until `done`: a commit before it is still rolled up first. Stops at a failed rollup.
 async fn roll_up_commits(
     client: Client,
     pieces: Pieces,
     done: CancellationToken,
-) -> Result<Totals, FeederError> {
-    let Some(commits) = pieces.commits.clone() else {
-        return Ok(Totals::default());
-    };
+) -> (Totals, Result<(), FeederError>) {
     let mut totals = Totals::default();
+    let Some(commits) = pieces.commits.clone() else {
+        return (totals, Ok(()));
+    };
     loop {
         tokio::select! {
             biased;
             _ = commits.notified() => {}
-            _ = done.cancelled() => return Ok(totals),
+            _ = done.cancelled() => return (totals, Ok(())),
         }
-        let (trades, bars, rejected) = rollup_once(&client).await?;
-        if trades + rejected > 0 {
-            totals.rollups += 1;
+        match rollup_once(&client).await {
+            Ok(rolled) => totals.add(rolled),
+            Err(e) => return (totals, Err(e)),
         }
-        totals.trades += trades;
-        totals.bars += bars;
-        totals.rejected += rejected;
         pieces.rolled_up.store(totals.trades, Ordering::Relaxed);
+    }
+}
+
+impl Totals {
+    fn add(&mut self, (trades, bars, rejected): (i64, i64, i64)) {
+        if trades + rejected > 0 {
+            self.rollups += 1;
+        }
+        self.trades += trades;
+        self.bars += bars;
+        self.rejected += rejected;
     }
 }
 

@@ -160,7 +160,8 @@ where
     S: FnMut(Identity) -> (StagedRx, F),
     F: std::future::Future<Output = Result<SourceEnd, FeederError>>,
 {
-    match load_once(client, load, load.from, load.to, &mut start).await {
+    let mut staged = 0; // by this load, over its attempts: the pieces a first one committed
+    match load_once(client, load, (load.from, load.to), &mut start, &mut staged).await {
         Err(FeederError::OutsideRange { first, last, .. }) => {
             tracing::warn!(
                 "{}: its trades span ts_recv {} to {}, not the range it declares; reading trade identity for that range and loading it again",
@@ -168,31 +169,30 @@ where
                 crate::identity::utc(&first),
                 crate::identity::utc(&last)
             );
-            load_once(
-                client,
-                load,
-                first,
-                Some(last.saturating_add(1)),
-                &mut start,
-            )
-            .await
+            let earlier = staged;
+            let range = (first, Some(last.saturating_add(1)));
+            let mut summary = load_once(client, load, range, &mut start, &mut staged).await?;
+            summary.count_as_staged(load.label, earlier);
+            Ok(summary)
         }
         other => other,
     }
 }
 
-/// One attempt of `load_source`, with trade identity read for `from..to` (ns).
+/// One attempt of `load_source`, with trade identity read for `from..to` (ns). `staged`
+/// counts the trades committed, over attempts.
 async fn load_once<S, F>(
     client: &mut Client,
     load: &Load<'_>,
-    from: i64,
-    to: Option<i64>,
+    (from, to): (i64, Option<i64>),
     start: &mut S,
+    staged: &mut u64,
 ) -> Result<Summary, FeederError>
 where
     S: FnMut(Identity) -> (StagedRx, F),
     F: std::future::Future<Output = Result<SourceEnd, FeederError>>,
 {
+    let before = *staged;
     let tx = begin(client).await?;
     if !load.force {
         if let Some(why) = coverage::refusal(&tx, from).await? {
@@ -211,9 +211,10 @@ where
         // A piece: committed now, rolled up (under --rollup) while the next one is copied.
         coverage::store(&tx, &changes).await?;
         commit(tx, load).await?;
+        *staged += std::mem::take(&mut rows);
         tx = begin(client).await?;
-        let (copied, next) = copy_piece(&tx, &mut chunks).await?;
-        (rows, piece_end, pieces) = (rows + copied, next, pieces + 1);
+        (rows, piece_end) = copy_piece(&tx, &mut chunks).await?;
+        pieces += 1;
     }
     let SourceEnd {
         mut summary,
@@ -222,8 +223,16 @@ where
     } = end.await?;
     summary.pieces = pieces;
     coverage::store(&tx, &changes).await?;
-    record_in_ledger(&tx, &ledger_id, load.kind, rows, &summary).await?;
+    let entry = LedgerEntry {
+        id: &ledger_id,
+        kind: load.kind,
+        rows: *staged + rows,
+        // what this load's own earlier attempt committed is in `staged` already
+        earlier: (summary.overlaps.get(load.label).copied().unwrap_or(0)).saturating_sub(before),
+    };
+    record_in_ledger(&tx, &entry, &summary).await?;
     commit(tx, load).await?;
+    *staged += rows;
     Ok(summary)
 }
 
@@ -246,22 +255,33 @@ async fn commit(tx: Transaction<'_>, load: &Load<'_>) -> Result<(), FeederError>
     Ok(())
 }
 
-/// The source's entry in `ingest_ledger`: `rows` more trades staged from it.
+/// What a load adds to its source's entry in `ingest_ledger`.
+struct LedgerEntry<'a> {
+    id: &'a str,
+    kind: &'a str,
+    /// Trades this load staged.
+    rows: u64,
+    /// Trades found staged by an earlier, unfinished load of the same source (killed between
+    /// pieces): they belong to a new entry too.
+    earlier: u64,
+}
+
+/// The source's entry in `ingest_ledger`: created with every trade staged from it, or, when
+/// it was loaded whole before, added to (with nothing, when nothing was new).
 async fn record_in_ledger(
     tx: &Transaction<'_>,
-    ledger_id: &str,
-    kind: &str,
-    rows: u64,
+    entry: &LedgerEntry<'_>,
     summary: &Summary,
 ) -> Result<(), FeederError> {
-    let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+    let rows = i64::try_from(entry.rows).unwrap_or(i64::MAX);
+    let first = rows.saturating_add(i64::try_from(entry.earlier).unwrap_or(0));
     let last_ts_event = i64::try_from(summary.last_ts_event).unwrap_or(-1);
     tx.execute(
         "INSERT INTO ingest_ledger AS l (source, kind, position, trades, last_ts_event)
-         VALUES ($1, $2, $3, $3, $4)
+         VALUES ($1, $2, $5, $5, $4)
          ON CONFLICT (source) DO UPDATE SET position = l.position + $3, trades = l.trades + $3,
              last_ts_event = greatest(l.last_ts_event, $4), updated_at = now()",
-        &[&ledger_id, &kind, &rows, &last_ts_event],
+        &[&entry.id, &entry.kind, &rows, &last_ts_event, &first],
     )
     .await
     .map_err(|e| FeederError::db("recording the load in ingest_ledger", e))?;

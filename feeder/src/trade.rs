@@ -1,6 +1,6 @@
 //! The one trade type the feeder speaks, and how a DBN record becomes one.
 
-use dbn::{MboMsg, Mbp1Msg, RecordRef, TradeMsg};
+use dbn::{ErrorMsg, MboMsg, Mbp1Msg, OhlcvMsg, RecordRef, SymbolMappingMsg, SystemMsg, TradeMsg};
 
 /// A trade as staged: Databento's own fields and units (prices fixed-point 1e-9, times in
 /// nanoseconds since the UNIX epoch, UTC), and its symbol, borrowed from the symbol map.
@@ -63,6 +63,43 @@ impl RecordKind {
             RecordKind::Other(rtype) => format!("records of rtype {rtype:#04x}"),
         }
     }
+}
+
+/// Why `rec` cannot be read, if it cannot: its length is no whole number of words, or its
+/// rtype names a record the feeder reads (a trade or book event, a symbol mapping, a system or
+/// error message) but it is shorter than that record. dbn's `get` panics on such a record; a corrupt file or stream is an error instead.
+pub fn malformed(rec: &RecordRef) -> Option<String> {
+    // Every record is a whole number of 8-byte words: after a record that is not, the next
+    // one starts unaligned, and dbn's decoder panics on it.
+    let length = rec.header().record_size();
+    if !length.is_multiple_of(8) {
+        return Some(format!(
+            "a record of rtype {:#04x} is {length} bytes long, not a whole number of 8-byte words",
+            rec.header().rtype
+        ));
+    }
+    macro_rules! too_short {
+        ($($t:ty),*) => {$(
+            if rec.has::<$t>() && rec.try_get::<$t>().is_err() {
+                return Some(format!(
+                    "a record of rtype {:#04x} is {} bytes long, shorter than the {} bytes it must have",
+                    rec.header().rtype,
+                    rec.header().record_size(),
+                    std::mem::size_of::<$t>()
+                ));
+            }
+        )*};
+    }
+    too_short!(
+        TradeMsg,
+        Mbp1Msg,
+        MboMsg,
+        OhlcvMsg,
+        SymbolMappingMsg,
+        SystemMsg,
+        ErrorMsg
+    );
+    None
 }
 
 /// Only trade events count: every TRADES record, and the records of TBBO, MBP-1 and MBO data
@@ -181,5 +218,30 @@ mod tests {
             ev.map(|e| (e.publisher_id, e.ts_event, e.sequence)),
             Some((2, 99, 7))
         );
+    }
+
+    #[test]
+    fn a_record_shorter_than_its_rtype_or_not_in_whole_words_is_malformed() {
+        // what a decoder hands out: the record's bytes, whatever its header says
+        fn as_read(rec: &MboMsg) -> RecordRef<'_> {
+            let bytes = unsafe {
+                std::slice::from_raw_parts((rec as *const MboMsg).cast::<u8>(), size_of::<MboMsg>())
+            };
+            unsafe { RecordRef::new(bytes) }
+        }
+        let whole = mbo(b'T');
+        assert_eq!(malformed(&as_read(&whole)), None);
+        // the header's first byte is its length in 4-byte words (the field is private)
+        let shorten = |rec: &mut MboMsg, words: u8| unsafe {
+            *(rec as *mut MboMsg).cast::<u8>() -= words;
+        };
+        let mut short = mbo(b'T');
+        shorten(&mut short, 2); // 8 bytes short
+        let why = malformed(&as_read(&short)).expect("short record");
+        assert!(why.contains("48 bytes long, shorter than the 56"), "{why}");
+        let mut uneven = mbo(b'T');
+        shorten(&mut uneven, 1); // 52 bytes
+        let why = malformed(&as_read(&uneven)).expect("uneven record");
+        assert!(why.contains("52 bytes long, not a whole number"), "{why}");
     }
 }

@@ -109,6 +109,11 @@ fn a_kill_while_pieces_load_and_roll_up_loses_nothing_and_counts_nothing_twice()
     );
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
     assert_eq!(stored_bars(&db), oracle(&file));
+    // the ledger holds the file's trades: the killed run's pieces and the rerun's
+    assert_eq!(
+        count(&db, "SELECT trades FROM ingest_ledger WHERE kind = 'file'"),
+        trades as i64
+    );
     // and once more: nothing new
     let third = replay_rolling(&db, &file);
     assert!(
@@ -148,4 +153,76 @@ fn a_file_that_fails_after_its_first_pieces_keeps_them_and_a_rerun_of_the_whole_
     );
     replay(&db, &whole, true);
     assert_eq!(stored_bars(&db), oracle(&whole));
+}
+
+/// `src` with metadata that says it ends two hours after it starts, though its trades go on.
+fn with_narrow_metadata(src: &std::path::Path, dst: &std::path::Path) {
+    use dbn::decode::{DbnMetadata, DecodeRecord, DynDecoder};
+    use dbn::encode::EncodeRecord;
+    let mut decoder = DynDecoder::from_file(src, dbn::VersionUpgradePolicy::UpgradeToV3)
+        .expect("decoding the file");
+    let mut meta = decoder.metadata().clone();
+    meta.end = std::num::NonZeroU64::new(meta.start + 2 * 3600 * 1_000_000_000);
+    let out = std::fs::File::create(dst).expect("creating the file");
+    let mut encoder = dbn::encode::dbn::Encoder::new(out, &meta).expect("encoder");
+    while let Some(t) = decoder.decode_record::<dbn::TradeMsg>().expect("record") {
+        encoder.encode_record(t).expect("encoding");
+    }
+    encoder.flush().expect("flushing");
+}
+
+#[test]
+fn pieces_committed_before_a_file_turns_out_wider_than_it_says_count_as_its_own() {
+    let whole = generate("overlap_narrow_src.dbn", 10, 50_000, 65);
+    let narrow = scratch("overlap_narrow.dbn");
+    with_narrow_metadata(&whole, &narrow);
+    let db = fresh_db("overlap_narrow", "");
+    let out = replay_in_pieces(&db, &narrow, 2000);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("not the range it declares"), "{printed}");
+    // the first reading's pieces are this load's own: staged, not "already counted"
+    let line = staged_line(&printed, &narrow);
+    assert!(
+        line.contains("50000 trades staged in ") && !line.contains("already counted"),
+        "{line}"
+    );
+    assert_eq!(
+        count(&db, "SELECT trades FROM ingest_ledger WHERE kind = 'file'"),
+        50_000
+    );
+    assert_eq!(stored_bars(&db), oracle(&whole));
+}
+
+#[test]
+fn a_rollup_that_fails_while_pieces_load_says_what_the_rollups_before_it_did() {
+    let file = generate("overlap_refused.dbn.zst", 5, 40_000, 66);
+    let db = fresh_db("overlap_refused", "");
+    // another writer's 'trades' bar in the file's last minute: the rollup that reaches it fails
+    let (symbol, last) = oracle(&file)
+        .into_keys()
+        .max_by_key(|(_, at)| *at)
+        .expect("a bar");
+    connect(&db)
+        .execute(
+            "INSERT INTO price_bars (symbol, \"timestamp\", open, high, low, close, volume, data_source)
+             VALUES ($1, to_timestamp($2::bigint), 1, 1, 1, 1, 1, 'trades')",
+            &[&symbol, &last],
+        )
+        .expect("a foreign bar");
+    let out = replay_in_pieces(&db, &file, 2000);
+    let printed = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("tradebars did not build it"), "{printed}");
+    let rolled = count(
+        &db,
+        "SELECT coalesce(sum(trade_count), 0)::bigint FROM price_bars WHERE open_ts_ns IS NOT NULL",
+    );
+    assert!(rolled > 0, "{printed}");
+    assert!(
+        printed.contains(&format!("rollup: {rolled} trades rolled up into ")),
+        "{rolled}: {printed}"
+    );
+    // nothing is lost: the rest stays staged (the foreign bar counts no trade)
+    assert_eq!(stored_trades(&db), 40_000);
 }

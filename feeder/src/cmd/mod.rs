@@ -96,8 +96,9 @@ pub async fn load_holding_the_lock(
         result = hold_the_lock_and_load(args, mode, load) => result,
         _ = stop.cancelled() => Err(FeederError::Stopped(format!(
             "during {mode}: the load in progress was abandoned, and PostgreSQL keeps nothing of \
-             it (under --rollup: of its piece in progress) unless its commit had already \
-             reached the server; the same command again loads what is missing, once"
+             it (under --rollup: of its piece in progress; the pieces committed before it stay \
+             staged until the next rollup) unless its commit had already reached the server; \
+             the same command again loads what is missing, once"
         ))),
     }
 }
@@ -127,18 +128,15 @@ async fn hold_the_lock_and_load(
     result
 }
 
-/// The last rollup after the load, and what they all did; the load's own error comes first.
+/// The last rollup after the load, and what they all did (also when one failed, or the load
+/// did); the load's own error comes first.
 async fn finish_rollups(
     roller: Roller,
     loaded: Result<(), FeederError>,
 ) -> Result<(), FeederError> {
-    match roller.finish().await {
-        Ok(totals) => {
-            if loaded.is_ok() || totals.trades + totals.rejected > 0 {
-                print_totals(&totals);
-            }
-            loaded
-        }
-        Err(e) => loaded.and(Err(e)),
+    let (totals, rolled) = roller.finish().await;
+    if (loaded.is_ok() && rolled.is_ok()) || totals.trades + totals.rejected > 0 {
+        print_totals(&totals);
     }
+    loaded.and(rolled)
 }

@@ -244,6 +244,7 @@ impl DbnFile {
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
         let mut rows = RowEncoder::new(identity);
         while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
+            self.check_record(&rec, record_bytes)?;
             record_bytes += rec.record_size() as u64;
             let kind = rows
                 .push(&rec, &symbols)
@@ -268,6 +269,16 @@ impl DbnFile {
             let _ = tx.blocking_send(Ok(Staged::Rows(chunk)));
         }
         Ok((summary, changes))
+    }
+
+    /// A record that cannot be read is an error naming where it starts (after the metadata).
+    fn check_record(&self, rec: &dbn::RecordRef, offset: u64) -> Result<(), FeederError> {
+        match crate::trade::malformed(rec) {
+            Some(why) => {
+                Err(self.decode_err(format!("corrupt at byte {offset} of its records: {why}")))
+            }
+            None => Ok(()),
+        }
     }
 
     /// The end of a piece of `size` trades, when one is reached: its last rows, then the end.
@@ -310,6 +321,7 @@ impl DbnFile {
         let mut symbols = TsSymbolMap::from_metadata(&metadata).map_err(|e| self.dbn_err(e))?;
         let (mut bars, mut record_bytes) = (OfficialEncoder::default(), 0u64);
         while let Some(rec) = decoder.decode_record_ref().map_err(|e| self.dbn_err(e))? {
+            self.check_record(&rec, record_bytes)?;
             record_bytes += rec.record_size() as u64;
             bars.push(&rec, &mut symbols)
                 .map_err(|msg| self.decode_err(msg))?;

@@ -115,6 +115,9 @@ pub async fn fetch_chunk(
             .map_err(|e| FeederError::gateway(format!("symbology of the response: {e}")))?;
         let mut rows = RowEncoder::new(identity);
         while let Some(rec) = decoder.decode_record_ref().await.map_err(reading_error)? {
+            if let Some(why) = crate::trade::malformed(&rec) {
+                return Err(FeederError::gateway(format!("{from} to {to}: {why}")));
+            }
             rows.push(&rec, &symbols).map_err(identity_err)?;
             if let Some(chunk) = rows.full_chunk() {
                 if tx.send(Ok(Staged::Rows(chunk))).await.is_err() {

@@ -137,6 +137,9 @@ impl LiveSource {
         let Some(rec) = self.client.next_record().await.map_err(gateway_error)? else {
             return Ok(Step::Closed);
         };
+        if let Some(why) = crate::trade::malformed(&rec) {
+            return Err(FeederError::gateway(format!("live stream: {why}")));
+        }
         let (kind, event) = classify(&rec);
         if let Some(ev) = event {
             // The stream is in ts_recv order: every group before this trade is complete.

@@ -42,6 +42,20 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// `n` trades found already counted by `source` were staged by this same load, in an
+    /// attempt before (whose pieces it committed): they count as staged.
+    pub fn count_as_staged(&mut self, source: &str, n: u64) {
+        if let Some(found) = self.overlaps.get_mut(source) {
+            let n = n.min(*found);
+            *found -= n;
+            if *found == 0 {
+                self.overlaps.remove(source);
+            }
+            self.already_counted -= n;
+            self.staged += n;
+        }
+    }
+
     /// "N trades already counted (overlap with A, B)", or None.
     pub fn overlap_note(&self) -> Option<String> {
         if self.already_counted == 0 {
