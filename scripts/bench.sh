@@ -140,8 +140,9 @@ ingest_rate=$(rate "$TRADES" "$feeder")
 copy_rate=$(rate "$TRADES" "$copy")
 insert_rate=$(rate "$INSERT_ROWS" "$insert")
 
-# Freshness: the live feeder and the loopback gateway at FRESH_RATE trades/s (default rollup
-# interval, 1 s); time from a block of trades leaving the gateway to their bars being visible.
+# Freshness: the live feeder with its default settings (a rollup after each batch, batches of
+# 200 ms) and the loopback gateway at FRESH_RATE trades/s; time from a block of trades leaving
+# the gateway to their bars being visible.
 fresh_file="$DIR/files/fresh-$FRESH_TRADES.dbn.zst"
 [ -f "$fresh_file" ] || "$FEEDER" generate --symbols "$SYMBOLS" --trades "$FRESH_TRADES" --seed 9 --out "$fresh_file" >/dev/null
 fresh_db

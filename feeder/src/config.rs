@@ -200,7 +200,8 @@ pub struct LiveArgs {
     /// ...or once its first trade waited this long (milliseconds).
     #[arg(long, default_value_t = 200)]
     pub batch_ms: u64,
-    /// Call bars_rollup() this often (milliseconds).
+    /// Call bars_rollup() after each batch commits, and at least this often (milliseconds);
+    /// batches that commit while a rollup runs are rolled up together by the next.
     #[arg(long, default_value_t = 1000)]
     pub rollup_ms: u64,
     /// After a disconnect, replay from this many seconds before the last staged trade's

@@ -1,5 +1,6 @@
-//! Calling `bars_rollup()` on an interval, on a connection of its own, so bars stay fresh
-//! while the feeder writes; it also keeps the feeder's heartbeat in `feeder_status`, counts
+//! Calling `bars_rollup()` after each commit of the live feed and at least once an interval, on
+//! a connection of its own, so bars stay fresh while the feeder writes (commits that land while
+//! a rollup runs are taken together by the next one, so rollups never queue up); it also keeps the feeder's heartbeat in `feeder_status`, counts
 //! rolled-up and rejected trades and failed rollups, checks that the feeder's lock is still
 //! held, and once an hour forgets trade identity older than its retention
 //! (`prune_trade_identity()`).
@@ -8,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -24,7 +26,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);
 const RECONNECT_CEILING: Duration = Duration::from_secs(5);
 
-pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) -> JoinHandle<()> {
+/// Rollups after each `commits` notification, and every `interval` without one.
+pub fn spawn(
+    database_url: String,
+    interval: Duration,
+    commits: Arc<Notify>,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CEILING);
         loop {
@@ -40,7 +48,9 @@ pub fn spawn(database_url: String, interval: Duration, metrics: Arc<Metrics>) ->
                 }
             };
             backoff.reset();
-            Rollups::new(&client, &metrics).run(interval).await;
+            Rollups::new(&client, &metrics)
+                .run(interval, &commits)
+                .await;
         }
     })
 }
@@ -61,13 +71,17 @@ impl<'a> Rollups<'a> {
         }
     }
 
-    /// Every `interval`: prune when due, roll up, check the lock, beat the heart. Returns
-    /// when a rollup fails: the connection is opened again.
-    async fn run(mut self, interval: Duration) {
+    /// After each commit, or once `interval` passed without one: prune when due, roll up,
+    /// check the lock, beat the heart. Returns when a rollup fails: the connection is opened
+    /// again.
+    async fn run(mut self, interval: Duration, commits: &Notify) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = commits.notified() => tick.reset(),
+                _ = tick.tick() => {}
+            }
             self.prune_when_due().await;
             self.metrics.note_waiting(now_ns());
             if !self.rollup().await {

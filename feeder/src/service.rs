@@ -1,5 +1,5 @@
-//! The feeder as a service: a live source -> batches by size and time -> staging, a rollup on
-//! an interval, reconnects with backoff to the gateway and to PostgreSQL, and a clean stop on
+//! The feeder as a service: a live source -> batches by size and time -> staging, a rollup
+//! after each batch (and at least once an interval), reconnects with backoff to the gateway and to PostgreSQL, and a clean stop on
 //! SIGTERM or SIGINT (flush, roll up, release the lock, exit 0).
 //!
 //! Nothing is kept only in memory: a batch is either committed together with the stream
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -189,9 +190,11 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
         taken = lock::acquire(client, "live", opts.standby) => taken?,
         _ = stop.cancelled() => return Ok(()),
     };
+    let commits = Arc::new(Notify::new());
     let rollups = schedule::spawn(
         opts.database_url.clone(),
         opts.rollup_interval,
+        commits.clone(),
         metrics.clone(),
     );
     let mut feed = Feed {
@@ -201,6 +204,7 @@ pub async fn run_live(spec: LiveSpec, opts: ServiceOptions) -> Result<(), Feeder
         stop,
         db,
         gateway_backoff: Backoff::new(GATEWAY_FIRST, GATEWAY_CEILING),
+        commits,
     };
     let result = feed.run().await;
     rollups.abort();
@@ -216,6 +220,8 @@ struct Feed {
     stop: CancellationToken,
     db: FeederLock,
     gateway_backoff: Backoff,
+    /// Told of each commit: the rollups take it at once, for fresh bars.
+    commits: Arc<Notify>,
 }
 
 /// How a gateway session ended, when the feed goes on (or stops cleanly).
@@ -367,7 +373,9 @@ impl Feed {
         batch: &mut Batch,
         identity: &mut Identity,
     ) -> Result<(), FeederError> {
-        flush(&mut self.db, &self.spec, batch, identity, &self.metrics).await
+        flush(&mut self.db, &self.spec, batch, identity, &self.metrics).await?;
+        self.commits.notify_one();
+        Ok(())
     }
 
     /// Stopping: what is read is committed only when due, so it is committed now.

@@ -108,6 +108,28 @@ fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
 }
 
 #[test]
+fn each_batch_is_rolled_up_when_it_commits_not_when_the_interval_comes() {
+    let db = fresh_db("live_poked", "");
+    let file = generate("live-poked.dbn.zst", 20, 20000, 67);
+    let gateway = paced_gateway(&file, 20);
+    // A rollup interval far longer than the test: only the rollups after commits can show
+    // the bars in time (the interval's first rollup runs at the start, before any trade).
+    let child = gateway
+        .feeder_command(&feeder_bin(), &url(&db), TEST_API_KEY)
+        .args(["--batch-ms", "50", "--rollup-ms", "600000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the live feeder");
+    wait_until("all 20000 trades in bars", Duration::from_secs(60), || {
+        trades_in_bars(&db) == 20_000
+    });
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
+    stopped_with_0(child, 10);
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
+#[test]
 fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
     let db = fresh_db("live_sigterm", "");
     let file = generate("live-sigterm.dbn.zst", 12, 40000, 62);
