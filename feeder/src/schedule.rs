@@ -47,10 +47,15 @@ pub fn spawn(
                     continue;
                 }
             };
-            backoff.reset();
-            Rollups::new(&client, &metrics)
+            // A rollup that fails at once again (a revoked grant, a missing function) must not
+            // reconnect in a tight loop: the wait grows until a rollup succeeds.
+            if Rollups::new(&client, &metrics)
                 .run(interval, &commits)
-                .await;
+                .await
+            {
+                backoff.reset();
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     })
 }
@@ -72,9 +77,10 @@ impl<'a> Rollups<'a> {
     }
 
     /// After each commit, or once `interval` passed without one: prune when due, roll up,
-    /// check the lock, beat the heart. Returns when a rollup fails: the connection is opened
-    /// again.
-    async fn run(mut self, interval: Duration, commits: &Notify) {
+    /// check the lock, beat the heart. Returns when a rollup fails (the connection is opened
+    /// again): whether one succeeded before.
+    async fn run(mut self, interval: Duration, commits: &Notify) -> bool {
+        let mut succeeded = false;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -85,8 +91,9 @@ impl<'a> Rollups<'a> {
             self.prune_when_due().await;
             self.metrics.note_waiting(now_ns());
             if !self.rollup().await {
-                return;
+                return succeeded;
             }
+            succeeded = true;
             Metrics::add(&self.metrics.rollups, 1);
             self.check_lock().await;
             self.heartbeat().await;

@@ -374,6 +374,8 @@ impl Feed {
         identity: &mut Identity,
     ) -> Result<(), FeederError> {
         flush(&mut self.db, &self.spec, batch, identity, &self.metrics).await?;
+        // Waiting for bars from now on, also while a rollup is blocked or failing.
+        self.metrics.note_waiting(crate::metrics::now_ns());
         self.commits.notify_one();
         Ok(())
     }

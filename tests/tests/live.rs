@@ -62,15 +62,28 @@ fn stopped_with_0(mut child: Child, secs: u64) -> String {
     out
 }
 
+/// Waits up to 60 s for all `n` trades to be counted in bars.
+fn wait_for_all_in_bars(db: &str, n: i64) {
+    wait_until(
+        &format!("all {n} trades in bars"),
+        Duration::from_secs(60),
+        || trades_in_bars(db) == n,
+    );
+}
+
+/// SIGTERM to `child`, which exits 0; then the bars must be the oracle's of `file`.
+fn stopped_with_the_oracles_bars(child: Child, db: &str, file: &std::path::Path) {
+    stopped_with_0(child, 10);
+    assert_eq!(stored_bars(db), oracle(file));
+}
+
 #[test]
 fn a_stream_cut_twice_ends_with_exactly_the_trades_sent() {
     let db = fresh_db("live_cuts", "");
     let file = generate("live-cuts.dbn.zst", 12, 30000, 61);
     let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY).cut_after(vec![7_000, 9_000]));
     let child = start_live(&gateway, &db, TEST_API_KEY, &[]);
-    wait_until("all 30000 trades in bars", Duration::from_secs(60), || {
-        trades_in_bars(&db) == 30_000
-    });
+    wait_for_all_in_bars(&db, 30_000);
     let sent = gateway.all_sent_at.lock().ok().and_then(|t| *t);
     if let Some(sent) = sent {
         eprintln!(
@@ -121,12 +134,9 @@ fn each_batch_is_rolled_up_when_it_commits_not_when_the_interval_comes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting the live feeder");
-    wait_until("all 20000 trades in bars", Duration::from_secs(60), || {
-        trades_in_bars(&db) == 20_000
-    });
+    wait_for_all_in_bars(&db, 20_000);
     assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 0);
-    stopped_with_0(child, 10);
-    assert_eq!(stored_bars(&db), oracle(&file));
+    stopped_with_the_oracles_bars(child, &db, &file);
 }
 
 #[test]
@@ -151,11 +161,8 @@ fn sigterm_mid_stream_then_a_restart_loses_and_doubles_nothing() {
     );
 
     let child = start_live(&gateway, &db, TEST_API_KEY, &[]);
-    wait_until("all 40000 trades in bars", Duration::from_secs(60), || {
-        trades_in_bars(&db) == 40_000
-    });
-    stopped_with_0(child, 10);
-    assert_eq!(stored_bars(&db), oracle(&file));
+    wait_for_all_in_bars(&db, 40_000);
+    stopped_with_the_oracles_bars(child, &db, &file);
 }
 
 #[test]
@@ -190,20 +197,8 @@ fn metrics_and_health_are_served() {
         TEST_API_KEY,
         &["--metrics-addr", &format!("127.0.0.1:{port}")],
     );
-    wait_until("all trades in bars", Duration::from_secs(60), || {
-        trades_in_bars(&db) == 2_000
-    });
-    let get = |path: &str| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .expect("request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("response");
-        body
-    };
+    wait_for_all_in_bars(&db, 2_000);
+    let get = |path: &str| http_get(port, path);
     assert!(get("/health").contains("200 OK"));
     let metrics = get("/metrics");
     assert!(
@@ -212,6 +207,100 @@ fn metrics_and_health_are_served() {
     );
     assert!(!metrics.contains(TEST_API_KEY));
     stopped_with_0(child, 10);
+}
+
+/// The response to `GET path` from the metrics endpoint on `port`, head and body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("a read timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body
+}
+
+fn execute(db: &str, statement: &str) {
+    connect(db).batch_execute(statement).expect(statement);
+}
+
+/// The value of the metric `name` on the endpoint on `port`.
+fn metric(port: u16, name: &str) -> f64 {
+    let text = http_get(port, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A gateway serving `file` (of `trades` trades) and a live feeder serving metrics on `port`,
+/// once it has staged them all and `secs` more seconds passed.
+fn metered_feeder_with_all_staged(
+    db: &str,
+    file: &std::path::Path,
+    trades: i64,
+    port: u16,
+    secs: u64,
+) -> (FakeGateway, Child) {
+    let gateway = FakeGateway::start(file, Plan::new(TEST_API_KEY));
+    let metrics = format!("127.0.0.1:{port}");
+    let child = start_live(&gateway, db, TEST_API_KEY, &["--metrics-addr", &metrics]);
+    wait_for_staged(db, "all trades staged", trades);
+    std::thread::sleep(Duration::from_secs(secs));
+    (gateway, child)
+}
+
+/// The feeder on `port` reports its staged trades waiting for bars at least `secs`.
+fn assert_bar_lag_at_least(port: u16, secs: f64) {
+    let lag = metric(port, "tradebars_feeder_bar_lag_seconds");
+    assert!(
+        lag >= secs,
+        "the staged trades wait for their bars: lag {lag}"
+    );
+}
+
+#[test]
+fn a_failing_rollup_backs_off_shows_as_bar_lag_and_catches_up() {
+    let db = fresh_db("live_rollup_fails", "");
+    let file = generate("live-rollup-fails.dbn", 12, 2000, 69);
+    execute(
+        &db,
+        "ALTER FUNCTION bars_rollup() RENAME TO bars_rollup_away",
+    );
+    let (_gateway, child) = metered_feeder_with_all_staged(&db, &file, 2_000, 19188, 3);
+    // Retried with a growing wait (0.2, 0.4, 0.8, 1.6 s...): a handful of failures, where a
+    // reconnect at once after each failure made hundreds a second.
+    let failures = metric(19188, "tradebars_feeder_rollup_failures_total");
+    assert!(
+        (1.0..=12.0).contains(&failures),
+        "{failures} failed rollups"
+    );
+    assert_bar_lag_at_least(19188, 2.0);
+    execute(
+        &db,
+        "ALTER FUNCTION bars_rollup_away() RENAME TO bars_rollup",
+    );
+    wait_for_all_in_bars(&db, 2_000);
+    assert_eq!(metric(19188, "tradebars_feeder_bar_lag_seconds"), 0.0);
+    stopped_with_the_oracles_bars(child, &db, &file);
+}
+
+#[test]
+fn trades_waiting_behind_a_blocked_rollup_show_as_bar_lag() {
+    use tradebars_contract::lock::{CLASS, ROLLUP};
+    let db = fresh_db("live_rollup_blocked", "");
+    let file = generate("live-rollup-blocked.dbn", 12, 2000, 70);
+    // Another session holds the rollups' lock: the feeder's first rollup (before any trade
+    // arrives) waits for it, and so does every trade written after.
+    let mut holder = connect(&db);
+    let take = format!("SELECT pg_advisory_lock({CLASS}, {ROLLUP})");
+    holder.batch_execute(&take).expect("taking the rollup lock");
+    let (_gateway, child) = metered_feeder_with_all_staged(&db, &file, 2_000, 19189, 2);
+    assert_bar_lag_at_least(19189, 1.5);
+    drop(holder);
+    wait_for_all_in_bars(&db, 2_000);
+    stopped_with_the_oracles_bars(child, &db, &file);
 }
 
 #[test]
@@ -264,9 +353,7 @@ fn a_standby_feeder_waits_for_the_first_and_takes_over_where_it_stopped() {
         "the second feeder stands by"
     );
     stopped_with_0(first, 10);
-    wait_until("all 40000 trades in bars", Duration::from_secs(60), || {
-        trades_in_bars(&db) == 40_000
-    });
+    wait_for_all_in_bars(&db, 40_000);
     let out = stopped_with_0(second, 10);
     assert!(out.contains("standing by"), "{out}");
     assert_eq!(stored_bars(&db), oracle(&file));
