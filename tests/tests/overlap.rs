@@ -210,6 +210,19 @@ fn a_rollup_that_fails_while_pieces_load_says_what_the_rollups_before_it_did() {
             &[&symbol, &last],
         )
         .expect("a foreign bar");
+    // Each piece's COPY takes half a second more, so the rollups of the pieces before the
+    // last run before it commits (without this, a fast load could commit every piece before
+    // the first rollup starts, which then meets the foreign bar with nothing rolled up).
+    connect(&db)
+        .batch_execute(
+            "CREATE FUNCTION slow_piece() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+             CREATE TRIGGER slow AFTER INSERT ON trades_staging_0
+                 FOR EACH STATEMENT EXECUTE FUNCTION slow_piece();
+             CREATE TRIGGER slow AFTER INSERT ON trades_staging_1
+                 FOR EACH STATEMENT EXECUTE FUNCTION slow_piece();",
+        )
+        .expect("slow pieces");
     let out = replay_in_pieces(&db, &file, 2000);
     let printed = text(&out);
     assert_eq!(out.status.code(), Some(1), "{printed}");
