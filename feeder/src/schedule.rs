@@ -1,9 +1,9 @@
-//! Calling `bars_rollup()` after each commit of the live feed and at least once an interval, on
-//! a connection of its own, so bars stay fresh while the feeder writes (commits that land while
-//! a rollup runs are taken together by the next one, so rollups never queue up); it also keeps the feeder's heartbeat in `feeder_status`, counts
-//! rolled-up and rejected trades and failed rollups, checks that the feeder's lock is still
-//! held, and once an hour forgets trade identity older than its retention
-//! (`prune_trade_identity()`).
+//! Calling `bars_rollup()` after each commit of the live feed and at least once an interval,
+//! on a connection of its own, so bars stay fresh while the feeder writes (commits that land
+//! while a rollup runs are taken together by the next one, so rollups never queue up). It
+//! also keeps the feeder's heartbeat in `feeder_status`, counts rolled-up and rejected trades
+//! and failed rollups, checks that the feeder's lock is still held, and once an hour forgets
+//! trade identity older than its retention (`prune_trade_identity()`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use crate::db;
 use crate::error::describe_db_error;
 use crate::lock;
 use crate::metrics::{now_ns, Metrics};
+use crate::overlap::rollup_once;
 
 /// How often the retention of trade identity is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -122,22 +123,17 @@ impl<'a> Rollups<'a> {
         let metrics = self.metrics;
         // Everything committed before this rollup starts is in bars after it.
         let written = Metrics::get(&metrics.trades_written);
-        match self
-            .client
-            .query_one("SELECT * FROM bars_rollup()", &[])
-            .await
-        {
-            Ok(row) => {
-                let count = |i: usize| row.try_get::<_, i64>(i).unwrap_or(0).max(0) as u64;
-                Metrics::add(&metrics.trades_rolled_up, count(0));
-                Metrics::add(&metrics.trades_rejected, count(2));
+        match rollup_once(self.client).await {
+            Ok((trades, _bars, rejected)) => {
+                Metrics::add(&metrics.trades_rolled_up, trades.max(0) as u64);
+                Metrics::add(&metrics.trades_rejected, rejected.max(0) as u64);
                 metrics.rolled_up_through(written, now_ns());
                 true
             }
             Err(e) => {
                 Metrics::add(&metrics.database_errors, 1);
                 Metrics::add(&metrics.rollup_failures, 1);
-                tracing::warn!(error = %describe_db_error(&e), "rollup failed; reconnecting");
+                tracing::warn!(error = %e, "rollup failed; reconnecting");
                 false
             }
         }

@@ -1,6 +1,7 @@
 //! The feeder as a service: a live source -> batches by size and time -> staging, a rollup
-//! after each batch (and at least once an interval), reconnects with backoff to the gateway and to PostgreSQL, and a clean stop on
-//! SIGTERM or SIGINT (flush, roll up, release the lock, exit 0).
+//! after each batch (and at least once an interval), reconnects with backoff to the gateway
+//! and to PostgreSQL, and a clean stop on SIGTERM or SIGINT (flush, roll up, release the
+//! lock, exit 0).
 //!
 //! Nothing is kept only in memory: a batch is either committed together with the stream
 //! position it reaches, or dropped and read again from the gateway after reconnecting at the
@@ -443,8 +444,8 @@ impl Feed {
     /// The last rollup (unless the feed failed), the lock given back, and the feed's result.
     async fn finish(self, result: Result<(), FeederError>) -> Result<(), FeederError> {
         if result.is_ok() {
-            if let Err(e) = self.db.execute("SELECT bars_rollup()", &[]).await {
-                tracing::warn!(error = %crate::error::describe_db_error(&e), "final rollup failed");
+            if let Err(e) = crate::overlap::rollup_once(&self.db).await {
+                tracing::warn!(error = %e, "final rollup failed");
             }
         }
         self.db.release().await;

@@ -66,8 +66,9 @@ impl RecordKind {
 }
 
 /// Why `rec` cannot be read, if it cannot: its length is no whole number of words, or its
-/// rtype names a record the feeder reads (a trade or book event, a symbol mapping, a system or
-/// error message) but it is shorter than that record. dbn's `get` panics on such a record; a corrupt file or stream is an error instead.
+/// rtype names a record the feeder reads (a trade or book event, a symbol mapping, a system
+/// or error message) but it is shorter than that record. dbn's `get` panics on such a
+/// record; a corrupt file or stream is an error instead.
 pub fn malformed(rec: &RecordRef) -> Option<String> {
     // Every record is a whole number of 8-byte words: after a record that is not, the next
     // one starts unaligned, and dbn's decoder panics on it.
