@@ -132,21 +132,59 @@ const GROUP_COUNTS: &str = "SELECT coalesce(sum(trade_count) FILTER (WHERE good)
 /// Where the merge takes its bars from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bars<'a> {
-    /// `rollup_bars`, filled by `group_sql`.
-    Grouped,
+    /// `rollup_bars`, filled by `group_sql`: the bars of minutes up to the newest trades bar
+    /// of their symbol (`Minutes::Known`, merged) or past it (`Minutes::New`, inserted).
+    Grouped(Minutes),
     /// Aggregated inline from a slot, filtering each trade (objects older than rollup_bars).
     Inline(&'a str, Clock),
 }
 
+/// Which of `rollup_bars`' bars, by where their minute lies from the newest trades bar that
+/// price_bars holds of their symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Minutes {
+    /// At or before it: the minute may hold a bar, so the bar is merged (ON CONFLICT).
+    Known,
+    /// After it, or the symbol has none: the minute holds nothing, so a plain INSERT. It
+    /// skips ON CONFLICT's speculative insertion, measured at about a quarter of what
+    /// writing a bar cost (README, "Benchmark"); a backfill and each minute a live feed
+    /// begins write their bars this way.
+    New,
+}
+
+/// Where each bar of `rollup_bars` lies from its symbol's newest trades bar: one index probe
+/// per symbol, not per bar. Joined on symbol alone, as Citus joins colocated shards. Read
+/// twice in one rollup (merged bars, then new ones): the merge writes no minute past the
+/// newest, so both reads split alike; `write_bars` checks that they did.
+const NEWEST_OF_SYMBOL: &str = r#"rollup_bars r
+JOIN (SELECT s.symbol, n.newest
+      FROM (SELECT symbol FROM rollup_bars WHERE good GROUP BY symbol) s
+      LEFT JOIN LATERAL (SELECT p."timestamp" AS newest FROM price_bars p
+                         WHERE p.symbol = s.symbol AND p.data_source = 'trades'
+                         ORDER BY p."timestamp" DESC LIMIT 1) n ON true) h ON h.symbol = r.symbol
+WHERE r.good AND "#;
+
 /// The bars to merge, as the merge's SELECT. From `rollup_bars`, each carries the rollup's
 /// id ($1) as `changed_in`.
 fn bars_select(bars: Bars<'_>) -> String {
-    let changed_in = if bars == Bars::Grouped { ", $1" } else { "" };
-    let (p, from) = match bars {
-        Bars::Grouped => ("", "rollup_bars WHERE good".to_string()),
+    let changed_in = if let Bars::Grouped(_) = bars {
+        ", $1"
+    } else {
+        ""
+    };
+    // `k`: where the key columns are read; `p`: where the bar's values are read
+    let (k, p, from) = match bars {
+        Bars::Grouped(minutes) => {
+            let which = match minutes {
+                Minutes::Known => r#"to_timestamp(r.minute * 60) <= h.newest"#,
+                Minutes::New => r#"(h.newest IS NULL OR to_timestamp(r.minute * 60) > h.newest)"#,
+            };
+            ("r.", "r.", format!("{NEWEST_OF_SYMBOL}{which}"))
+        }
         Bars::Inline(slot, clock) => {
             let (t, tiebreak) = (clock.time(), clock.tiebreak());
             (
+                "",
                 "(b).",
                 format!(
                     "(SELECT symbol, {t} / {NS_PER_MINUTE} AS minute, \
@@ -161,7 +199,7 @@ fn bars_select(bars: Bars<'_>) -> String {
         }
     };
     format!(
-        "SELECT symbol, to_timestamp(minute * 60), \
+        "SELECT {k}symbol, to_timestamp({k}minute * 60), \
                 fixed_to_numeric({p}open_px), fixed_to_numeric({p}high_px), \
                 fixed_to_numeric({p}low_px), fixed_to_numeric({p}close_px), \
                 {p}volume, {p}trade_count, \
@@ -189,18 +227,14 @@ fn merge_sql(bars: Bars<'_>, guarded: bool) -> String {
     } else {
         "p.volume + EXCLUDED.volume"
     };
-    let select = bars_select(bars);
-    let (changed_in, set_changed_in) = if bars == Bars::Grouped {
-        (", changed_in", ",\n    changed_in = EXCLUDED.changed_in")
+    let set_changed_in = if let Bars::Grouped(_) = bars {
+        ",\n    changed_in = EXCLUDED.changed_in"
     } else {
-        ("", "")
+        ""
     };
     format!(
         r#"
-INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
-                             vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
-                             is_legacy, data_source{changed_in})
-{select}
+{}
 ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
     open = CASE WHEN (EXCLUDED.open_ts_ns, EXCLUDED.open_seq, EXCLUDED.open)
                    < (p.open_ts_ns, p.open_seq, p.open) THEN EXCLUDED.open ELSE p.open END,
@@ -218,9 +252,32 @@ ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE SET
     low = LEAST(p.low, EXCLUDED.low),
     volume = {volume},
     trade_count = p.trade_count + EXCLUDED.trade_count,
-    notional = p.notional + EXCLUDED.notional,
+    notional = trim_scale(p.notional + EXCLUDED.notional),
     vwap = trim_scale(round((p.notional + EXCLUDED.notional) / (p.volume + EXCLUDED.volume), 9)){set_changed_in}
-"#
+"#,
+        insert_sql(bars)
+    )
+}
+
+/// The rollup's insert of the bars of minutes that hold nothing yet (`Minutes::New`): a plain
+/// INSERT, shaped as the merge is.
+fn insert_new_sql() -> String {
+    insert_sql(Bars::Grouped(Minutes::New))
+}
+
+/// INSERT INTO price_bars ... SELECT of `bars`, the part the merge and the plain insert share.
+fn insert_sql(bars: Bars<'_>) -> String {
+    let changed_in = if let Bars::Grouped(_) = bars {
+        ", changed_in"
+    } else {
+        ""
+    };
+    format!(
+        r#"INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
+                             vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
+                             is_legacy, data_source{changed_in})
+{}"#,
+        bars_select(bars)
     )
 }
 
@@ -292,6 +349,9 @@ enum RollupError {
     NoEpoch,
     /// XX000: the aggregate and the SQL disagree on which trades cannot be counted.
     RejectsDisagree { unusable: i64, rejected: i64 },
+    /// 40001: the bars written are not the bars grouped (another session wrote trades bars
+    /// of these symbols meanwhile); a retry sees them.
+    BarsDisagree { bars: i64, written: i64 },
 }
 
 impl std::fmt::Display for RollupError {
@@ -313,6 +373,11 @@ impl std::fmt::Display for RollupError {
             ),
             RollupError::UnknownClock(name) => write!(f, "bars_rollup: unknown bar clock {name}"),
             RollupError::NoEpoch => f.write_str("bars_rollup: staging_epoch returned NULL"),
+            RollupError::BarsDisagree { bars, written } => write!(
+                f,
+                "bars_rollup: {bars} bars were grouped but {written} were written (another \
+                 session wrote trades bars of the same symbols meanwhile); nothing was rolled up"
+            ),
             RollupError::RejectsDisagree { unusable, rejected } => write!(
                 f,
                 "bars_rollup: {unusable} staged trades cannot be counted but {rejected} were set \
@@ -339,6 +404,7 @@ impl RollupError {
             RollupError::PriceBarsNotReady => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            RollupError::BarsDisagree { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -557,12 +623,7 @@ fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
         return Ok(RollupResult::default()); // the slot is empty
     }
     let (trades, unusable) = two_counts(client, GROUP_COUNTS, &[], "counting trades")?;
-    let bars = run(
-        client,
-        &merge_sql(Bars::Grouped, true),
-        &[plan.id],
-        "merging bars",
-    )? as i64;
+    let bars = write_bars(client, plan.id)?;
     let rejected = reject(
         client,
         &reject_sql(slot, clock, true, true),
@@ -595,6 +656,30 @@ fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
         bars,
         rejected,
     })
+}
+
+/// Writes `rollup_bars`' good bars into price_bars as rollup `id`: merges those whose minute
+/// may hold a bar, then inserts the rest. Returns how many bars it wrote.
+fn write_bars(client: &mut Client<'_>, id: i64) -> Step<i64> {
+    let good: i64 = value(
+        client,
+        "SELECT count(*) FROM rollup_bars WHERE good",
+        "counting bars",
+    )?
+    .unwrap_or(0);
+    let merge = merge_sql(Bars::Grouped(Minutes::Known), true);
+    let merged = run(client, &merge, &[id], "merging bars")? as i64;
+    let inserted = run(client, &insert_new_sql(), &[id], "inserting bars")? as i64;
+    // The two statements split rollup_bars by the newest bar of each symbol, each reading it
+    // anew: a trades bar another session committed in between would move it, and bars
+    // neither statement took would be lost. That fails the rollup whole instead.
+    if merged + inserted != good {
+        return Err(RollupError::BarsDisagree {
+            bars: good,
+            written: merged + inserted,
+        });
+    }
+    Ok(good)
 }
 
 /// Reject: keeps the `unusable` trades in `trades_rejected`, in a statement of its own (a
@@ -864,6 +949,59 @@ mod tests {
         // nothing staged: nothing changes
         assert_eq!(rollup(), (0, 0, 0));
         assert_eq!(bars_text(), EXPECTED);
+    }
+
+    #[pg_test]
+    fn minutes_before_the_newest_bar_merge_as_minutes_after_it_insert() {
+        // backwards: ESH4's 22:15 first, so its 22:14 comes before the newest bar (the merge
+        // writes it), and a later piece of 22:14 merges into it
+        let mut trades = sample();
+        trades.reverse();
+        for trade in trades {
+            stage(&[trade]);
+            rollup();
+        }
+        assert_eq!(bars_text(), EXPECTED);
+    }
+
+    #[pg_test(
+        error = "bars_rollup: 2 bars were grouped but 1 were written (another session wrote trades bars of the same symbols meanwhile); nothing was rolled up"
+    )]
+    fn a_newer_bar_written_while_bars_merge_fails_the_rollup() {
+        stage(&sample()[..1]);
+        rollup();
+        // while 22:14 merges, a writer adds ESH4's 23:00: 22:15 is then no longer past the
+        // newest bar, and neither statement would write it
+        Spi::run(
+            "CREATE FUNCTION pg_temp.meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO price_bars (symbol, \"timestamp\", open, high, low, close, data_source)
+                 VALUES ('ESH4', '2023-11-14 23:00:00+00', 1, 1, 1, 1, 'trades');
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER meanwhile AFTER UPDATE ON price_bars FOR EACH ROW
+                 EXECUTE FUNCTION pg_temp.meanwhile()",
+        )
+        .unwrap();
+        stage(&sample()[1..4]);
+        rollup();
+    }
+
+    #[pg_test]
+    fn a_bar_merged_across_rollups_reads_as_one_rollup_of_it() {
+        // 1.05 + 1.05: a sum of numerics keeps the trailing zero of 2.10
+        let trade = |ts| ("ESH4", T0 + ts, ts, 1, 1_050_000_000, 1);
+        stage(&[trade(1), trade(2)]);
+        rollup();
+        let notional = "SELECT notional::text || ' ' || vwap::text FROM price_bars";
+        let once = Spi::get_one::<String>(notional).unwrap();
+        Spi::run("TRUNCATE price_bars").unwrap();
+        stage(&[trade(1)]);
+        rollup();
+        stage(&[trade(2)]);
+        rollup();
+        assert_eq!(once.as_deref(), Some("2.1 1.05"));
+        assert_eq!(Spi::get_one::<String>(notional).unwrap(), once);
     }
 
     #[pg_test]
