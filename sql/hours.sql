@@ -54,7 +54,8 @@ $q$, minutes);
 
 -- Recomputes the hour bars of the hours a rollup (`touched` = 'rollup': the hours of the good
 -- bars in rollup_bars) or an official load ('official': those of official_bars_staging)
--- touched, each hour read by an index scan of its own; per minute bars()'s default choice,
+-- touched, each hour read by an index scan of its own, in the order of the hours (so their
+-- minutes are summed without sorting them); per minute bars()'s default choice,
 -- the trades bar, else the official one. The queries are fixed, chosen by name, never text
 -- from a caller. Waits for another refresh and keeps it waiting until commit, so each one
 -- reads the bars the other committed.
@@ -66,10 +67,10 @@ DECLARE
     hours text := CASE touched
         WHEN 'rollup' THEN
             'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(minute * 60), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
-             FROM rollup_bars WHERE good'
+             FROM rollup_bars WHERE good ORDER BY 1, 2'
         WHEN 'official' THEN
             'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(ts_event / 1000000000), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
-             FROM official_bars_staging WHERE symbol <> '''' AND ts_event >= 0' END;
+             FROM official_bars_staging WHERE symbol <> '''' AND ts_event >= 0 ORDER BY 1, 2' END;
     n bigint;
 BEGIN
     IF hours IS NULL THEN
