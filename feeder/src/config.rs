@@ -200,10 +200,16 @@ pub struct LiveArgs {
     /// ...or once its first trade waited this long (milliseconds).
     #[arg(long, default_value_t = 200)]
     pub batch_ms: u64,
-    /// Call bars_rollup() after each batch commits, and at least this often (milliseconds);
-    /// batches that commit while a rollup runs are rolled up together by the next.
-    #[arg(long, default_value_t = 1000)]
+    /// Call bars_rollup() after each batch commits, and at least this often (milliseconds,
+    /// 10 or more); batches that commit while a rollup runs are rolled up together by the
+    /// next.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub rollup_ms: u64,
+    /// On a stop, the longest the last bars_rollup() may take, a wait for another session's
+    /// rollup included (seconds). Trades it does not roll up stay staged for the next
+    /// rollup; systemd's TimeoutStopSec in the unit allows 30 s for the whole stop.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub final_rollup_secs: u64,
     /// After a disconnect, replay from this many seconds before the last staged trade's
     /// receipt: the longest a trade may take from event to receipt without a gap.
     #[arg(long, default_value_t = 10)]
@@ -350,6 +356,28 @@ mod tests {
             Ok(time::macros::datetime!(2025-10-24 0:00 UTC))
         );
         assert!(parse_instant("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_rollup_interval_under_10_ms_is_refused() {
+        let live = |ms: &str| {
+            Cli::try_parse_from([
+                "tradebars-feeder",
+                "live",
+                "--symbols",
+                "ESH4",
+                "--dataset",
+                "XNAS.ITCH",
+                "--database-url",
+                "postgres://localhost/x",
+                "--rollup-ms",
+                ms,
+            ])
+        };
+        let err = live("0").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--rollup-ms"), "{err}");
+        assert!(live("9").is_err());
+        assert!(live("10").is_ok());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct ServiceOptions {
     pub batch_size: usize,
     pub batch_interval: Duration,
     pub rollup_interval: Duration,
+    /// The longest the rollup on a stop may take, waiting included.
+    pub final_rollup_limit: Duration,
     pub standby: bool,
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -318,7 +320,12 @@ impl Feed {
                     fresh = true;
                     None
                 }
-                Read::Other => None,
+                Read::Other => {
+                    if let Some(lost) = self.lock_lost().await {
+                        return Ok(SessionEnd::Database(lost));
+                    }
+                    None
+                }
                 Read::Ended(e) => Some(e),
             };
             if batch.is_due(&self.opts) || ended.is_some() {
@@ -367,6 +374,17 @@ impl Feed {
             Ok(Err(e @ FeederError::Identity { .. })) => return Err(e),
             Ok(Err(e)) => Read::Ended(e),
         })
+    }
+
+    /// The session holding the feeder lock is gone (PostgreSQL restarted, the connection
+    /// dropped): seen while the feed is idle too, so the lock is taken again at once, not at
+    /// the next batch (meanwhile a standby could take it, and the lock reads as not held).
+    async fn lock_lost(&self) -> Option<FeederError> {
+        if !self.db.is_closed() {
+            return None;
+        }
+        let e = self.db.simple_query("").await.err()?;
+        Some(FeederError::db("holding the feeder lock", e))
     }
 
     async fn commit(
@@ -444,12 +462,23 @@ impl Feed {
     /// The last rollup (unless the feed failed), the lock given back, and the feed's result.
     async fn finish(self, result: Result<(), FeederError>) -> Result<(), FeederError> {
         if result.is_ok() {
-            if let Err(e) = crate::overlap::rollup_once(&self.db).await {
-                tracing::warn!(error = %e, "final rollup failed");
+            if let Err(e) = self.final_rollup().await {
+                tracing::warn!(error = %e, "final rollup failed; its trades stay staged for the next rollup");
             }
         }
         self.db.release().await;
         result
+    }
+
+    /// One rollup within `final_rollup_limit`, as the server counts it: a rollup another
+    /// session holds up must not outlast the service manager's stop timeout.
+    async fn final_rollup(&self) -> Result<(i64, i64, i64), FeederError> {
+        let limit = self.opts.final_rollup_limit.as_millis();
+        self.db
+            .batch_execute(&format!("SET statement_timeout = {limit}"))
+            .await
+            .map_err(|e| FeederError::db("limiting the final rollup", e))?;
+        crate::overlap::rollup_once(&self.db).await
     }
 }
 

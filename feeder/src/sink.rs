@@ -221,7 +221,9 @@ where
         changes,
         ledger_id,
     } = end.await?;
-    summary.pieces = pieces;
+    // A source that ends just as a piece does leaves its last transaction without trades (it
+    // holds the ledger entry only): not a piece.
+    summary.pieces = pieces - u64::from(rows == 0 && pieces > 1);
     coverage::store(&tx, &changes).await?;
     let entry = LedgerEntry {
         id: &ledger_id,

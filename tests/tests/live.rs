@@ -304,6 +304,27 @@ fn trades_waiting_behind_a_blocked_rollup_show_as_bar_lag() {
 }
 
 #[test]
+fn sigterm_behind_a_held_rollup_lock_stops_within_the_final_rollups_limit() {
+    use tradebars_contract::lock::{CLASS, ROLLUP};
+    let db = fresh_db("live_stop_blocked", "");
+    let file = generate("live-stop-blocked.dbn", 12, 2000, 71);
+    let mut holder = connect(&db);
+    let take = format!("SELECT pg_advisory_lock({CLASS}, {ROLLUP})");
+    holder.batch_execute(&take).expect("taking the rollup lock");
+    let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY));
+    let child = start_live(&gateway, &db, TEST_API_KEY, &["--final-rollup-secs", "2"]);
+    wait_for_staged(&db, "all trades staged", 2_000);
+    // the lock is held until after the feeder exited: its last rollup gives up after 2 s
+    let out = stopped_with_0(child, 15);
+    assert!(out.contains("final rollup failed"), "{out}");
+    assert_eq!(trades_in_bars(&db), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM trades_staging"), 2_000);
+    drop(holder);
+    execute(&db, "SELECT bars_rollup()");
+    assert_eq!(stored_bars(&db), oracle(&file));
+}
+
+#[test]
 fn a_gateway_dropping_at_random_points_leaves_no_gap_and_no_duplicate() {
     // A bounded soak: TRADEBARS_SOAK_TRADES trades (default 150,000), cut at 25 pseudo-random
     // points; it stops by itself when every trade is in a bar, or fails after 3 minutes.

@@ -26,7 +26,8 @@ pub async fn run(args: LiveArgs) -> Result<(), FeederError> {
         database_url: args.db.database_url,
         batch_size: args.batch_size.max(1),
         batch_interval: Duration::from_millis(args.batch_ms.max(1)),
-        rollup_interval: Duration::from_millis(args.rollup_ms.max(10)),
+        rollup_interval: Duration::from_millis(args.rollup_ms),
+        final_rollup_limit: Duration::from_secs(args.final_rollup_secs),
         standby: args.standby,
         metrics_addr: args.metrics_addr,
     };
