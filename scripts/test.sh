@@ -30,8 +30,8 @@ echo "== install the extension for the end-to-end tests"
 bash scripts/install-extension.sh
 
 echo "== feeder unit tests and end-to-end tests"
-# The end-to-end tests start their cluster in target/e2e-pgdata; stop it however they end.
-trap 'bash scripts/cluster.sh stop "${CARGO_TARGET_DIR:-target}/e2e-pgdata"' EXIT
+# The end-to-end tests start their cluster in target/e2e-pgdata-PORT; stop it however they end.
+trap 'bash scripts/cluster.sh stop "${CARGO_TARGET_DIR:-target}/e2e-pgdata-${TRADEBARS_TEST_PORT:-55439}"' EXIT
 cargo build -p tradebars-feeder --quiet
 cargo test -p tradebars-contract -p tradebars-feeder -p tradebars-tests 2>&1 | tee -a "$RESULTS"
 

@@ -35,8 +35,13 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// The cluster's data directory, one per port: runs on two ports never share one.
+fn cluster_dir() -> PathBuf {
+    target_dir().join(format!("e2e-pgdata-{}", port()))
+}
+
 fn cluster_script(args: &[&str]) {
-    let dir = target_dir().join("e2e-pgdata");
+    let dir = cluster_dir();
     let status = Command::new("bash")
         .arg(root().join("scripts/cluster.sh"))
         .arg(args[0])
