@@ -132,15 +132,15 @@ const GROUP_COUNTS: &str = "SELECT coalesce(sum(trade_count) FILTER (WHERE good)
 /// Where the merge takes its bars from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bars<'a> {
-    /// `rollup_bars`, filled by `group_sql`: the bars of minutes up to the newest trades bar
-    /// of their symbol (`Minutes::Known`, merged) or past it (`Minutes::New`, inserted).
+    /// `rollup_bars`, filled by `group_sql`: the bars of minutes up to the newest bar of
+    /// their symbol (`Minutes::Known`, merged) or past it (`Minutes::New`, inserted).
     Grouped(Minutes),
     /// Aggregated inline from a slot, filtering each trade (objects older than rollup_bars).
     Inline(&'a str, Clock),
 }
 
-/// Which of `rollup_bars`' bars, by where their minute lies from the newest trades bar that
-/// price_bars holds of their symbol.
+/// Which of `rollup_bars`' bars, by where their minute lies from the newest bar that
+/// price_bars holds of their symbol, of any source: its newest trades bar is no later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Minutes {
     /// At or before it: the minute may hold a bar, so the bar is merged (ON CONFLICT).
@@ -152,15 +152,18 @@ enum Minutes {
     New,
 }
 
-/// Where each bar of `rollup_bars` lies from its symbol's newest trades bar: one index probe
-/// per symbol, not per bar. Joined on symbol alone, as Citus joins colocated shards. Read
-/// twice in one rollup (merged bars, then new ones): the merge writes no minute past the
-/// newest, so both reads split alike; `write_bars` checks that they did.
+/// Where each bar of `rollup_bars` lies from its symbol's newest bar: one probe per symbol,
+/// not per bar, the first entry of the unique index backwards (of any source: the newest
+/// trades bar would walk past every newer legacy or official bar, and the planner, seeing few
+/// trades bars, priced it as a scan of the symbol and compiled both statements by JIT).
+/// Joined on symbol alone, as Citus joins colocated shards. Read twice in one rollup (merged
+/// bars, then new ones): the merge writes no minute past the newest, so both reads split
+/// alike; `write_bars` checks that they did.
 const NEWEST_OF_SYMBOL: &str = r#"rollup_bars r
 JOIN (SELECT s.symbol, n.newest
       FROM (SELECT symbol FROM rollup_bars WHERE good GROUP BY symbol) s
       LEFT JOIN LATERAL (SELECT p."timestamp" AS newest FROM price_bars p
-                         WHERE p.symbol = s.symbol AND p.data_source = 'trades'
+                         WHERE p.symbol = s.symbol
                          ORDER BY p."timestamp" DESC LIMIT 1) n ON true) h ON h.symbol = r.symbol
 WHERE r.good AND "#;
 
@@ -352,6 +355,8 @@ enum RollupError {
     /// 40001: the bars written are not the bars grouped (another session wrote trades bars
     /// of these symbols meanwhile); a retry sees them.
     BarsDisagree { bars: i64, written: i64 },
+    /// 40001: another session wrote a bar into a minute the rollup was inserting.
+    BarWrittenMeanwhile(String),
 }
 
 impl std::fmt::Display for RollupError {
@@ -376,7 +381,13 @@ impl std::fmt::Display for RollupError {
             RollupError::BarsDisagree { bars, written } => write!(
                 f,
                 "bars_rollup: {bars} bars were grouped but {written} were written (another \
-                 session wrote trades bars of the same symbols meanwhile); nothing was rolled up"
+                 session wrote bars of the same symbols meanwhile, or a trigger on price_bars \
+                 skipped rows); nothing was rolled up"
+            ),
+            RollupError::BarWrittenMeanwhile(why) => write!(
+                f,
+                "bars_rollup: another session wrote a bar the rollup was writing ({why}); \
+                 nothing was rolled up, a retry merges with it"
             ),
             RollupError::RejectsDisagree { unusable, rejected } => write!(
                 f,
@@ -404,7 +415,9 @@ impl RollupError {
             RollupError::PriceBarsNotReady => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
-            RollupError::BarsDisagree { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            RollupError::BarsDisagree { .. } | RollupError::BarWrittenMeanwhile(_) => {
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+            }
             _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -669,10 +682,10 @@ fn write_bars(client: &mut Client<'_>, id: i64) -> Step<i64> {
     .unwrap_or(0);
     let merge = merge_sql(Bars::Grouped(Minutes::Known), true);
     let merged = run(client, &merge, &[id], "merging bars")? as i64;
-    let inserted = run(client, &insert_new_sql(), &[id], "inserting bars")? as i64;
+    let inserted = insert_new(client, id)?;
     // The two statements split rollup_bars by the newest bar of each symbol, each reading it
-    // anew: a trades bar another session committed in between would move it, and bars
-    // neither statement took would be lost. That fails the rollup whole instead.
+    // anew: a bar another session committed in between would move it, and bars neither
+    // statement took would be lost. That fails the rollup whole instead.
     if merged + inserted != good {
         return Err(RollupError::BarsDisagree {
             bars: good,
@@ -680,6 +693,29 @@ fn write_bars(client: &mut Client<'_>, id: i64) -> Step<i64> {
         });
     }
     Ok(good)
+}
+
+/// The plain insert of the bars past their symbol's newest bar. A trades bar that another
+/// session writes into one of those minutes meanwhile is a unique violation, where the merge
+/// would have waited for it and merged (or refused a foreign one): raised as 40001, so the
+/// feeder retries, and the retry merges.
+fn insert_new(client: &mut Client<'_>, id: i64) -> Step<i64> {
+    let sql = insert_new_sql();
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        run(client, &sql, &[id], "inserting bars")
+    }))
+    .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |cause| {
+        let why = match &cause {
+            pg_sys::panic::CaughtError::PostgresError(report)
+            | pg_sys::panic::CaughtError::ErrorReport(report)
+            | pg_sys::panic::CaughtError::RustPanic {
+                ereport: report, ..
+            } => report.message().to_string(),
+        };
+        RollupError::BarWrittenMeanwhile(why).raise()
+    })
+    .execute()
+    .map(|n| n as i64)
 }
 
 /// Reject: keeps the `unusable` trades in `trades_rejected`, in a statement of its own (a
@@ -965,7 +1001,7 @@ mod tests {
     }
 
     #[pg_test(
-        error = "bars_rollup: 2 bars were grouped but 1 were written (another session wrote trades bars of the same symbols meanwhile); nothing was rolled up"
+        error = "bars_rollup: 2 bars were grouped but 1 were written (another session wrote bars of the same symbols meanwhile, or a trigger on price_bars skipped rows); nothing was rolled up"
     )]
     fn a_newer_bar_written_while_bars_merge_fails_the_rollup() {
         stage(&sample()[..1]);
@@ -984,6 +1020,33 @@ mod tests {
         )
         .unwrap();
         stage(&sample()[1..4]);
+        rollup();
+    }
+
+    #[pg_test(
+        error = "bars_rollup: another session wrote a bar the rollup was writing (duplicate key value violates unique constraint \"price_bars_symbol_timestamp_source\"); nothing was rolled up, a retry merges with it"
+    )]
+    fn a_bar_written_into_a_new_minute_meanwhile_fails_the_rollup_for_a_retry() {
+        // As a concurrent writer would: as the rollup inserts one of ESH4's two new minutes,
+        // the other one appears
+        Spi::run(
+            "CREATE FUNCTION pg_temp.meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO price_bars (symbol, \"timestamp\", open, high, low, close, data_source)
+                 SELECT NEW.symbol, m, 1, 1, 1, 1, 'trades'
+                 FROM unnest(ARRAY[TIMESTAMPTZ '2023-11-14 22:15:00+00', '2023-11-14 22:16:00+00']) m
+                 WHERE m <> NEW.\"timestamp\"
+                 ON CONFLICT DO NOTHING;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER meanwhile BEFORE INSERT ON price_bars FOR EACH ROW
+                 WHEN (NEW.changed_in IS NOT NULL) EXECUTE FUNCTION pg_temp.meanwhile()",
+        )
+        .unwrap();
+        stage(&[
+            ("ESH4", T0 + MIN + 3, 1, 1, 4_782_500_000_000, 4),
+            ("ESH4", T0 + 2 * MIN + 3, 2, 1, 4_782_500_000_000, 4),
+        ]);
         rollup();
     }
 

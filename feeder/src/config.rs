@@ -207,8 +207,9 @@ pub struct LiveArgs {
     pub rollup_ms: u64,
     /// On a stop, the longest the last bars_rollup() may take, a wait for another session's
     /// rollup included (seconds). Trades it does not roll up stay staged for the next
-    /// rollup; systemd's TimeoutStopSec in the unit allows 30 s for the whole stop.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    /// rollup; systemd's TimeoutStopSec in the unit allows 30 s for the whole stop. At most
+    /// 2147483 (PostgreSQL's statement_timeout, in milliseconds, is an int).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=2_147_483))]
     pub final_rollup_secs: u64,
     /// After a disconnect, replay from this many seconds before the last staged trade's
     /// receipt: the longest a trade may take from event to receipt without a gap.
@@ -378,6 +379,27 @@ mod tests {
         assert!(err.contains("--rollup-ms"), "{err}");
         assert!(live("9").is_err());
         assert!(live("10").is_ok());
+    }
+
+    #[test]
+    fn a_final_rollup_limit_postgresql_cannot_set_is_refused() {
+        let live = |secs: &str| {
+            Cli::try_parse_from([
+                "tradebars-feeder",
+                "live",
+                "--symbols",
+                "ESH4",
+                "--dataset",
+                "XNAS.ITCH",
+                "--database-url",
+                "postgres://localhost/x",
+                "--final-rollup-secs",
+                secs,
+            ])
+        };
+        assert!(live("2147483").is_ok());
+        assert!(live("2147484").is_err());
+        assert!(live("0").is_err());
     }
 
     #[test]

@@ -23,6 +23,10 @@ use crate::overlap::rollup_once;
 /// How often the retention of trade identity is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// How often the lock is checked and the heartbeat written: after a rollup, at most this
+/// often (rollups run after every commit, several a second while trades stream).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
 /// First wait after the rollup's connection is lost, and the longest.
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);
 const RECONNECT_CEILING: Duration = Duration::from_secs(5);
@@ -66,6 +70,7 @@ struct Rollups<'a> {
     client: &'a Client,
     metrics: &'a Metrics,
     pruned: Option<Instant>,
+    beaten: Option<Instant>,
 }
 
 impl<'a> Rollups<'a> {
@@ -74,12 +79,13 @@ impl<'a> Rollups<'a> {
             client,
             metrics,
             pruned: None,
+            beaten: None,
         }
     }
 
     /// After each commit, or once `interval` passed without one: prune when due, roll up,
-    /// check the lock, beat the heart. Returns when a rollup fails (the connection is opened
-    /// again): whether one succeeded before.
+    /// and at most once a second check the lock and beat the heart. Returns when a rollup
+    /// fails (the connection is opened again): whether one succeeded before.
     async fn run(mut self, interval: Duration, commits: &Notify) -> bool {
         let mut succeeded = false;
         let mut tick = tokio::time::interval(interval);
@@ -96,8 +102,11 @@ impl<'a> Rollups<'a> {
             }
             succeeded = true;
             Metrics::add(&self.metrics.rollups, 1);
-            self.check_lock().await;
-            self.heartbeat().await;
+            if self.beaten.is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY) {
+                self.check_lock().await;
+                self.heartbeat().await;
+                self.beaten = Some(Instant::now());
+            }
         }
     }
 
