@@ -359,22 +359,25 @@ mod tests {
         assert!(parse_instant("yesterday").is_err());
     }
 
+    /// `live` with its required arguments and `option value`.
+    fn live_with(option: &str, value: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([
+            "tradebars-feeder",
+            "live",
+            "--symbols",
+            "ESH4",
+            "--dataset",
+            "XNAS.ITCH",
+            "--database-url",
+            "postgres://localhost/x",
+            option,
+            value,
+        ])
+    }
+
     #[test]
     fn a_rollup_interval_under_10_ms_is_refused() {
-        let live = |ms: &str| {
-            Cli::try_parse_from([
-                "tradebars-feeder",
-                "live",
-                "--symbols",
-                "ESH4",
-                "--dataset",
-                "XNAS.ITCH",
-                "--database-url",
-                "postgres://localhost/x",
-                "--rollup-ms",
-                ms,
-            ])
-        };
+        let live = |ms| live_with("--rollup-ms", ms);
         let err = live("0").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("--rollup-ms"), "{err}");
         assert!(live("9").is_err());
@@ -383,20 +386,7 @@ mod tests {
 
     #[test]
     fn a_final_rollup_limit_postgresql_cannot_set_is_refused() {
-        let live = |secs: &str| {
-            Cli::try_parse_from([
-                "tradebars-feeder",
-                "live",
-                "--symbols",
-                "ESH4",
-                "--dataset",
-                "XNAS.ITCH",
-                "--database-url",
-                "postgres://localhost/x",
-                "--final-rollup-secs",
-                secs,
-            ])
-        };
+        let live = |secs| live_with("--final-rollup-secs", secs);
         assert!(live("2147483").is_ok());
         assert!(live("2147484").is_err());
         assert!(live("0").is_err());

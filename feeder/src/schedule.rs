@@ -160,24 +160,27 @@ impl<'a> Rollups<'a> {
         }
     }
 
-    /// The feeder's heartbeat and counters in feeder_status.
     async fn heartbeat(&self) {
-        let metrics = self.metrics;
-        let heartbeat = self
-            .client
-            .execute(
-                "UPDATE feeder_status SET last_seen = now(), trades_received = $1,
-                     trades_written = $2, reconnects = $3 WHERE pid = $4",
-                &[
-                    &(Metrics::get(&metrics.trades_received) as i64),
-                    &(Metrics::get(&metrics.trades_written) as i64),
-                    &(Metrics::get(&metrics.reconnects) as i64),
-                    &i32::try_from(std::process::id()).unwrap_or(0),
-                ],
-            )
-            .await;
-        if let Err(e) = heartbeat {
-            tracing::warn!(error = %describe_db_error(&e), "heartbeat failed");
-        }
+        heartbeat(self.client, self.metrics).await;
+    }
+}
+
+/// The feeder's heartbeat and counters in feeder_status: after rollups, at most once a
+/// second, and once more as the feeder stops (so the counters it leaves are its last).
+pub async fn heartbeat(client: &Client, metrics: &Metrics) {
+    let heartbeat = client
+        .execute(
+            "UPDATE feeder_status SET last_seen = now(), trades_received = $1,
+                 trades_written = $2, reconnects = $3 WHERE pid = $4",
+            &[
+                &(Metrics::get(&metrics.trades_received) as i64),
+                &(Metrics::get(&metrics.trades_written) as i64),
+                &(Metrics::get(&metrics.reconnects) as i64),
+                &i32::try_from(std::process::id()).unwrap_or(0),
+            ],
+        )
+        .await;
+    if let Err(e) = heartbeat {
+        tracing::warn!(error = %describe_db_error(&e), "heartbeat failed");
     }
 }

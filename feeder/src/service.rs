@@ -465,6 +465,7 @@ impl Feed {
             if let Err(e) = self.final_rollup().await {
                 tracing::warn!(error = %e, "final rollup failed; its trades stay staged for the next rollup");
             }
+            schedule::heartbeat(&self.db, &self.metrics).await;
         }
         self.db.release().await;
         result

@@ -286,16 +286,22 @@ fn a_failing_rollup_backs_off_shows_as_bar_lag_and_catches_up() {
     stopped_with_the_oracles_bars(child, &db, &file);
 }
 
+/// A session of `db` holding the rollups' lock until it is dropped.
+fn holding_the_rollup_lock(db: &str) -> postgres::Client {
+    use tradebars_contract::lock::{CLASS, ROLLUP};
+    let mut holder = connect(db);
+    let take = format!("SELECT pg_advisory_lock({CLASS}, {ROLLUP})");
+    holder.batch_execute(&take).expect("taking the rollup lock");
+    holder
+}
+
 #[test]
 fn trades_waiting_behind_a_blocked_rollup_show_as_bar_lag() {
-    use tradebars_contract::lock::{CLASS, ROLLUP};
     let db = fresh_db("live_rollup_blocked", "");
     let file = generate("live-rollup-blocked.dbn", 12, 2000, 70);
     // Another session holds the rollups' lock: the feeder's first rollup (before any trade
     // arrives) waits for it, and so does every trade written after.
-    let mut holder = connect(&db);
-    let take = format!("SELECT pg_advisory_lock({CLASS}, {ROLLUP})");
-    holder.batch_execute(&take).expect("taking the rollup lock");
+    let holder = holding_the_rollup_lock(&db);
     let (_gateway, child) = metered_feeder_with_all_staged(&db, &file, 2_000, 19189, 2);
     assert_bar_lag_at_least(19189, 1.5);
     drop(holder);
@@ -305,12 +311,9 @@ fn trades_waiting_behind_a_blocked_rollup_show_as_bar_lag() {
 
 #[test]
 fn sigterm_behind_a_held_rollup_lock_stops_within_the_final_rollups_limit() {
-    use tradebars_contract::lock::{CLASS, ROLLUP};
     let db = fresh_db("live_stop_blocked", "");
     let file = generate("live-stop-blocked.dbn", 12, 2000, 71);
-    let mut holder = connect(&db);
-    let take = format!("SELECT pg_advisory_lock({CLASS}, {ROLLUP})");
-    holder.batch_execute(&take).expect("taking the rollup lock");
+    let holder = holding_the_rollup_lock(&db);
     let gateway = FakeGateway::start(&file, Plan::new(TEST_API_KEY));
     let child = start_live(&gateway, &db, TEST_API_KEY, &["--final-rollup-secs", "2"]);
     wait_for_staged(&db, "all trades staged", 2_000);
