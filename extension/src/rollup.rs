@@ -124,9 +124,10 @@ FROM (
     )
 }
 
-/// What `rollup_bars` holds: trades counted, and trades to set aside.
+/// What `rollup_bars` holds: trades counted, trades to set aside, and bars to write.
 const GROUP_COUNTS: &str = "SELECT coalesce(sum(trade_count) FILTER (WHERE good), 0)::bigint, \
-     coalesce(sum(rejected + CASE WHEN good THEN 0 ELSE trade_count END), 0)::bigint \
+     coalesce(sum(rejected + CASE WHEN good THEN 0 ELSE trade_count END), 0)::bigint, \
+     count(*) FILTER (WHERE good) \
      FROM rollup_bars";
 
 /// Where the merge takes its bars from.
@@ -147,7 +148,7 @@ enum Minutes {
     Known,
     /// After it, or the symbol has none: the minute holds nothing, so a plain INSERT. It
     /// skips ON CONFLICT's speculative insertion, measured at about a quarter of what
-    /// writing a bar cost (README, "Benchmark"); a backfill and each minute a live feed
+    /// writing a bar cost (README, "Benchmarks"); a backfill and each minute a live feed
     /// begins write their bars this way.
     New,
 }
@@ -352,8 +353,8 @@ enum RollupError {
     NoEpoch,
     /// XX000: the aggregate and the SQL disagree on which trades cannot be counted.
     RejectsDisagree { unusable: i64, rejected: i64 },
-    /// 40001: the bars written are not the bars grouped (another session wrote trades bars
-    /// of these symbols meanwhile); a retry sees them.
+    /// 40001: the bars written are not the bars grouped (another session wrote bars of these
+    /// symbols meanwhile, or a trigger skipped rows); a retry sees them.
     BarsDisagree { bars: i64, written: i64 },
     /// 40001: another session wrote a bar into a minute the rollup was inserting.
     BarWrittenMeanwhile(String),
@@ -456,19 +457,21 @@ fn flag(client: &mut Client<'_>, sql: &str, what: &'static str) -> Step<bool> {
     Ok(value::<bool>(client, sql, what)?.unwrap_or(false))
 }
 
-/// Two bigint values of a one-row query, NULL read as 0.
-fn two_counts(
+/// The N bigint values of a one-row query, NULL read as 0.
+fn counts<const N: usize>(
     client: &mut Client<'_>,
     sql: &str,
     args: &[i64],
     what: &'static str,
-) -> Step<(i64, i64)> {
+) -> Step<[i64; N]> {
     let args: Vec<pgrx::datum::DatumWithOid> = args.iter().map(|v| (*v).into()).collect();
-    let (a, b) = client
-        .select(sql, None, &args)
-        .and_then(|t| t.first().get_two::<i64, i64>())
-        .map_err(|source| RollupError::Step { what, source })?;
-    Ok((a.unwrap_or(0), b.unwrap_or(0)))
+    let step = |source| RollupError::Step { what, source };
+    let row = client.select(sql, None, &args).map_err(step)?.first();
+    let mut values = [0; N];
+    for (i, value) in values.iter_mut().enumerate() {
+        *value = row.get::<i64>(i + 1).map_err(step)?.unwrap_or(0);
+    }
+    Ok(values)
 }
 
 /// Refuses to run where it could miss trades or has nowhere to write them.
@@ -635,8 +638,8 @@ fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
     if groups == 0 {
         return Ok(RollupResult::default()); // the slot is empty
     }
-    let (trades, unusable) = two_counts(client, GROUP_COUNTS, &[], "counting trades")?;
-    let bars = write_bars(client, plan.id)?;
+    let [trades, unusable, good] = counts(client, GROUP_COUNTS, &[], "counting trades")?;
+    let bars = write_bars(client, plan.id, good)?;
     let rejected = reject(
         client,
         &reject_sql(slot, clock, true, true),
@@ -671,15 +674,9 @@ fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
     })
 }
 
-/// Writes `rollup_bars`' good bars into price_bars as rollup `id`: merges those whose minute
-/// may hold a bar, then inserts the rest. Returns how many bars it wrote.
-fn write_bars(client: &mut Client<'_>, id: i64) -> Step<i64> {
-    let good: i64 = value(
-        client,
-        "SELECT count(*) FROM rollup_bars WHERE good",
-        "counting bars",
-    )?
-    .unwrap_or(0);
+/// Writes `rollup_bars`' `good` bars into price_bars as rollup `id`: merges those whose
+/// minute may hold a bar, then inserts the rest. Returns how many bars it wrote.
+fn write_bars(client: &mut Client<'_>, id: i64, good: i64) -> Step<i64> {
     let merge = merge_sql(Bars::Grouped(Minutes::Known), true);
     let merged = run(client, &merge, &[id], "merging bars")? as i64;
     let inserted = insert_new(client, id)?;
@@ -733,7 +730,7 @@ fn roll_inline(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
     let Job { slot, plan, bounds } = job;
     let (clock, with_ord) = (plan.clock, plan.v030);
     let census = census_sql(slot, clock);
-    let (staged, unusable) = two_counts(client, &census, &bounds, "counting staged trades")?;
+    let [staged, unusable] = counts(client, &census, &bounds, "counting staged trades")?;
     let mut result = RollupResult {
         trades: staged - unusable,
         ..Default::default()

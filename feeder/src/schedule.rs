@@ -104,7 +104,7 @@ impl<'a> Rollups<'a> {
             Metrics::add(&self.metrics.rollups, 1);
             if self.beaten.is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY) {
                 self.check_lock().await;
-                self.heartbeat().await;
+                heartbeat(self.client, self.metrics).await;
                 self.beaten = Some(Instant::now());
             }
         }
@@ -158,10 +158,6 @@ impl<'a> Rollups<'a> {
                 tracing::warn!(error = %describe_db_error(&e), "cannot check the feeder lock")
             }
         }
-    }
-
-    async fn heartbeat(&self) {
-        heartbeat(self.client, self.metrics).await;
     }
 }
 

@@ -18,6 +18,9 @@
 -- * bars_rollup() aggregates staging once, into rollup_bars; each bar records the rollup that
 --   changed it (price_bars.changed_in), each rollup that changes bars sends NOTIFY
 --   tradebars_bars, and bars_changed_since() returns what changed since a rollup.
+--   Its bars are merged (ON CONFLICT) only into minutes up to the newest bar of their
+--   symbol; those past it are plain inserts (the library's SQL, no object of its own). The
+--   hour bars it refreshes read the touched hours in order (sql/hours.sql, included below).
 -- * Databento's official OHLCV-1m bars load into price_bars as source 'ohlcv-1m'
 --   (sql/official.sql); bars() ranks them after trades bars and before legacy.
 -- * hour_bars (sql/hours.sql): the hours of the bars, summed, kept by the rollup and the
