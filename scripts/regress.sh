@@ -26,15 +26,16 @@ common=(--host=127.0.0.1 --port="$PORT" --user=postgres)
 passed=0 failed=0
 run() {  # run NAME TOOL ARGS...: counts the tests of one suite from its own summary
   local name=$1 log="$OUT/$1.log"; shift
-  if as_pg "$@" >"$log" 2>&1; then :; fi
-  local ok bad
+  local ok bad status=0
+  as_pg "$@" >"$log" 2>&1 || status=$?
   ok=$(grep -cE '^(ok|test) .* ok( |$)|^ok [0-9]+ ' "$log" || true)
   bad=$(grep -cE ' FAILED( |$)|^not ok ' "$log" || true)
   passed=$((passed + ok)) failed=$((failed + bad))
-  if [ "$bad" -gt 0 ] || [ "$ok" -eq 0 ]; then
+  if [ "$bad" -gt 0 ] || [ "$ok" -eq 0 ] || [ "$status" -ne 0 ]; then
     cat "$log"
     [ -f "$OUT/$name/regression.diffs" ] && cat "$OUT/$name/regression.diffs"
-    if [ "$ok" -eq 0 ] && [ "$bad" -eq 0 ]; then failed=$((failed + 1)); fi  # it did not run
+    # it did not run, or stopped before its summary (a test without its expected output)
+    if [ "$bad" -eq 0 ]; then failed=$((failed + 1)); fi
   fi
   return 0
 }

@@ -24,6 +24,14 @@ CREATE TABLE hour_bars (
     trade_count bigint,
     notional    numeric,               -- NULL where a minute of it has none (official bars)
     data_source text        NOT NULL,  -- 'trades', 'ohlcv-1m', or 'mixed' for both
+    -- Where every minute of the hour is a trades bar that knows them: the order keys of the
+    -- hour's open and close trades (its first and last, as price_bars keeps them per minute),
+    -- so a rollup merges its new trades into the hour without reading its minutes again.
+    -- NULL otherwise: such an hour is summed again from its minutes.
+    open_ts_ns  bigint,
+    open_seq    bigint,
+    close_ts_ns bigint,
+    close_seq   bigint,
     PRIMARY KEY (symbol, hour)
 );
 COMMENT ON TABLE hour_bars IS
@@ -33,32 +41,54 @@ SELECT pg_extension_config_dump('hour_bars', '');
 
 -- The statement that writes the hour bar of each hour `minutes` gives minute bars for: the
 -- minute bars (symbol, hour, "timestamp", open, high, low, close, volume, trade_count,
--- notional, data_source) summed as bars() sums minutes. One text for both callers below.
+-- notional, data_source, open_ts_ns, open_seq, close_ts_ns, close_seq) summed as bars() sums
+-- minutes. One text for every caller below.
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_insert(minutes text) RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path = tradebars_internal, @extschema@, pg_temp
 RETURN format($q$
     INSERT INTO hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
-                           notional, data_source)
-    -- open and close: of the least and greatest (epoch, price); no sort in any group
-    SELECT m.symbol, m.hour,
-           (min(ARRAY[extract(epoch FROM m."timestamp"), m.open]))[2], max(m.high), min(m.low),
-           (max(ARRAY[extract(epoch FROM m."timestamp"), m.close]))[2],
-           sum(m.volume), sum(m.trade_count),
-           CASE WHEN bool_and(m.notional IS NOT NULL) THEN sum(m.notional) END,
-           CASE WHEN bool_and(m.data_source = 'trades') THEN 'trades'
-                WHEN bool_and(m.data_source = 'ohlcv-1m') THEN 'ohlcv-1m' ELSE 'mixed' END
-    FROM (%s) m
-    GROUP BY m.symbol, m.hour
+                           notional, data_source, open_ts_ns, open_seq, close_ts_ns, close_seq)
+    SELECT symbol, hour, open, high, low, close, volume, trade_count, notional, data_source,
+           CASE WHEN keyed THEN open_key[1] END, CASE WHEN keyed THEN open_key[2] END,
+           CASE WHEN keyed THEN close_key[1] END, CASE WHEN keyed THEN close_key[2] END
+    FROM (
+        -- open and close: of the least and greatest (epoch, price); no sort in any group
+        SELECT m.symbol, m.hour,
+               (min(ARRAY[extract(epoch FROM m."timestamp"), m.open]))[2] AS open,
+               max(m.high) AS high, min(m.low) AS low,
+               (max(ARRAY[extract(epoch FROM m."timestamp"), m.close]))[2] AS close,
+               sum(m.volume) AS volume, sum(m.trade_count) AS trade_count,
+               CASE WHEN bool_and(m.notional IS NOT NULL) THEN sum(m.notional) END AS notional,
+               CASE WHEN bool_and(m.data_source = 'trades') THEN 'trades'
+                    WHEN bool_and(m.data_source = 'ohlcv-1m') THEN 'ohlcv-1m' ELSE 'mixed' END
+                   AS data_source,
+               -- a trades bar's keys lie in its minute: the hour's least key is its first
+               -- minute's open, its greatest its last minute's close
+               bool_and(m.data_source = 'trades' AND m.open_ts_ns IS NOT NULL
+                        AND m.open_seq IS NOT NULL AND m.close_ts_ns IS NOT NULL
+                        AND m.close_seq IS NOT NULL) AS keyed,
+               min(ARRAY[m.open_ts_ns, m.open_seq]) AS open_key,
+               max(ARRAY[m.close_ts_ns, m.close_seq]) AS close_key
+        FROM (%s) m
+        GROUP BY m.symbol, m.hour
+    ) h
 $q$, minutes);
 
--- Recomputes the hour bars of the hours a rollup (`touched` = 'rollup': the hours of the good
--- bars in rollup_bars) or an official load ('official': those of official_bars_staging)
--- touched, each hour read by an index scan of its own, in the order of the hours (so their
--- minutes are summed without sorting them); per minute bars()'s default choice,
--- the trades bar, else the official one. The queries are fixed, chosen by name, never text
--- from a caller. Waits for another refresh and keeps it waiting until commit, so each one
--- reads the bars the other committed.
+-- Brings the hour bars of the hours a rollup (`touched` = 'rollup': the hours of the good bars
+-- in rollup_bars) or an official load ('official': those of official_bars_staging) touched up
+-- to date with their minute bars, per minute bars()'s default choice: the trades bar, else
+-- the official one. The queries are fixed, chosen by name, never text from a caller. Waits
+-- for another refresh and keeps it waiting until commit, so each one reads the bars the
+-- other committed.
+--
+-- A rollup's hour that holds only keyed trades bars, or no bar yet, takes the rollup's bars
+-- of that hour as its minutes took them (the rollup merged them into price_bars just
+-- before): the earlier open and the later close by their keys, the higher high, the lower
+-- low, the sums. Exact, since merging bars is associative, and it reads no minute again: a
+-- live rollup touches an hour of every symbol it trades, most of whose minutes it leaves
+-- alone. Every other touched hour is summed again from its minutes, each hour read by an
+-- index scan of its own, in the order of the hours (so its minutes are not sorted).
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_refresh(touched text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = tradebars_internal, @extschema@, pg_temp
@@ -71,7 +101,8 @@ DECLARE
         WHEN 'official' THEN
             'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(ts_event / 1000000000), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
              FROM official_bars_staging WHERE symbol <> '''' AND ts_event >= 0 ORDER BY 1, 2' END;
-    n bigint;
+    merged bigint := 0;
+    summed bigint;
 BEGIN
     IF hours IS NULL THEN
         RAISE EXCEPTION 'hour_bars_refresh: touched must be ''rollup'' or ''official'', not %',
@@ -79,13 +110,56 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOCK TABLE hour_bars IN EXCLUSIVE MODE;
-    EXECUTE format('DELETE FROM hour_bars h USING (%s) t WHERE h.symbol = t.symbol AND h.hour = t.hour', hours);
+    IF touched = 'rollup' THEN
+        INSERT INTO hour_bars AS h (symbol, hour, open, high, low, close, volume, trade_count,
+                                    notional, data_source, open_ts_ns, open_seq, close_ts_ns,
+                                    close_seq)
+        SELECT d.symbol, d.hour, k.open[3], greatest(o.high, d.high), least(o.low, d.low),
+               k.close[3], coalesce(o.volume, 0) + d.volume,
+               coalesce(o.trade_count, 0) + d.trade_count,
+               CASE WHEN o.hour IS NULL THEN d.notional ELSE o.notional + d.notional END,
+               'trades', k.open[1], k.open[2], k.close[1], k.close[2]
+        FROM (SELECT r.symbol, to_timestamp(r.minute / 60 * 3600) AS hour,
+                     min(ARRAY[r.open_ts, r.open_seq, r.open_px]) AS open_fixed,
+                     fixed_to_numeric(max(r.high_px)) AS high,
+                     fixed_to_numeric(min(r.low_px)) AS low,
+                     max(ARRAY[r.close_ts, r.close_seq, r.close_px]) AS close_fixed,
+                     sum(r.volume) AS volume, sum(r.trade_count) AS trade_count,
+                     fixed_to_numeric(sum(r.notional_px)) AS notional
+              FROM rollup_bars r
+              WHERE r.good
+              GROUP BY r.symbol, r.minute / 60) d
+        LEFT JOIN hour_bars o ON o.symbol = d.symbol AND o.hour = d.hour
+        -- (key, key, price) of the rollup's and the hour's (none where it has no keys): the
+        -- earlier open, the later close
+        CROSS JOIN LATERAL (
+            SELECT least(ARRAY[d.open_fixed[1], d.open_fixed[2], fixed_to_numeric(d.open_fixed[3])],
+                         CASE WHEN o.open_ts_ns IS NOT NULL
+                              THEN ARRAY[o.open_ts_ns, o.open_seq, o.open] END) AS open,
+                   greatest(ARRAY[d.close_fixed[1], d.close_fixed[2], fixed_to_numeric(d.close_fixed[3])],
+                            CASE WHEN o.open_ts_ns IS NOT NULL
+                                 THEN ARRAY[o.close_ts_ns, o.close_seq, o.close] END) AS close) k
+        ON CONFLICT (symbol, hour) DO UPDATE SET
+            open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+            close = EXCLUDED.close, volume = EXCLUDED.volume,
+            trade_count = EXCLUDED.trade_count, notional = EXCLUDED.notional,
+            open_ts_ns = EXCLUDED.open_ts_ns, open_seq = EXCLUDED.open_seq,
+            close_ts_ns = EXCLUDED.close_ts_ns, close_seq = EXCLUDED.close_seq
+        -- only into a keyed trades hour: any other is summed again below
+        WHERE h.open_ts_ns IS NOT NULL;
+        GET DIAGNOSTICS merged = ROW_COUNT;
+    END IF;
+    -- the touched hours not merged above: summed again from their minutes
+    EXECUTE format('DELETE FROM hour_bars h USING (%s) t
+                    WHERE h.symbol = t.symbol AND h.hour = t.hour
+                      AND (%L <> ''rollup'' OR h.open_ts_ns IS NULL)', hours, touched);
     EXECUTE hour_bars_insert(format($q$
         SELECT t.symbol, t.hour, m.*
         FROM (%s) t
         CROSS JOIN LATERAL (
             SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
-                   p.volume, p.trade_count, p.notional, p.data_source
+                   p.volume, p.trade_count, p.notional, p.data_source,
+                   p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
             FROM price_bars p
             WHERE p.symbol = t.symbol
               AND p."timestamp" >= t.hour AND p."timestamp" < t.hour + interval '1 hour'
@@ -93,13 +167,14 @@ BEGIN
               AND p.deleted_at IS NULL
             ORDER BY p."timestamp", p.data_source <> 'trades'
         ) m
+        WHERE NOT EXISTS (SELECT 1 FROM hour_bars h WHERE h.symbol = t.symbol AND h.hour = t.hour)
     $q$, hours));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    GET DIAGNOSTICS summed = ROW_COUNT;
+    RETURN merged + summed;
 END
 $fn$;
 COMMENT ON FUNCTION tradebars_internal.hour_bars_refresh(text) IS
-    'tradebars (internal): recomputes the hour bars of the hours a rollup or an official load touched';
+    'tradebars (internal): brings the hour bars of the hours a rollup or an official load touched up to date';
 
 -- Recomputes every hour bar of the hours that meet [from_ts, to_ts), of all symbols, in one
 -- pass over their minute bars (no lookup per hour: a year of 500 symbols is 900,000 hours). Hours left with no bar lose their hour bar. Locks as hour_bars_refresh().
@@ -128,7 +203,7 @@ BEGIN
         SELECT p.symbol,
                date_bin(interval '1 hour', p."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
                p."timestamp", p.open, p.high, p.low, p.close, p.volume, p.trade_count,
-               p.notional, p.data_source
+               p.notional, p.data_source, p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
         FROM price_bars p
         WHERE p."timestamp" >= $1 AND p."timestamp" < $2
           AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
