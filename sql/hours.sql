@@ -59,7 +59,7 @@ RETURN format($q$
                max(m.high) AS high, min(m.low) AS low,
                (max(ARRAY[extract(epoch FROM m."timestamp"), m.close]))[2] AS close,
                sum(m.volume) AS volume, sum(m.trade_count) AS trade_count,
-               CASE WHEN bool_and(m.notional IS NOT NULL) THEN sum(m.notional) END AS notional,
+               CASE WHEN bool_and(m.notional IS NOT NULL) THEN trim_scale(sum(m.notional)) END AS notional,
                CASE WHEN bool_and(m.data_source = 'trades') THEN 'trades'
                     WHEN bool_and(m.data_source = 'ohlcv-1m') THEN 'ohlcv-1m' ELSE 'mixed' END
                    AS data_source,
@@ -75,6 +75,30 @@ RETURN format($q$
     ) h
 $q$, minutes);
 
+-- The minute bars bars() counts by default in each hour of `hours` (a query of symbol and
+-- hour) that has no hour bar: per minute the trades bar, else the official one; each hour
+-- read by an index scan of its own, in the order `hours` gives (so its minutes are summed
+-- without sorting them). For hour_bars_insert().
+CREATE OR REPLACE FUNCTION tradebars_internal.hour_minutes(hours text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path = tradebars_internal, @extschema@, pg_temp
+RETURN format($q$
+    SELECT t.symbol, t.hour, m.*
+    FROM (%s) t
+    CROSS JOIN LATERAL (
+        SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
+               p.volume, p.trade_count, p.notional, p.data_source,
+               p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
+        FROM price_bars p
+        WHERE p.symbol = t.symbol
+          AND p."timestamp" >= t.hour AND p."timestamp" < t.hour + interval '1 hour'
+          AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
+          AND p.deleted_at IS NULL
+        ORDER BY p."timestamp", p.data_source <> 'trades'
+    ) m
+    WHERE NOT EXISTS (SELECT 1 FROM hour_bars h WHERE h.symbol = t.symbol AND h.hour = t.hour)
+$q$, hours);
+
 -- Brings the hour bars of the hours a rollup (`touched` = 'rollup': the hours of the good bars
 -- in rollup_bars) or an official load ('official': those of official_bars_staging) touched up
 -- to date with their minute bars, per minute bars()'s default choice: the trades bar, else
@@ -87,8 +111,7 @@ $q$, minutes);
 -- before): the earlier open and the later close by their keys, the higher high, the lower
 -- low, the sums. Exact, since merging bars is associative, and it reads no minute again: a
 -- live rollup touches an hour of every symbol it trades, most of whose minutes it leaves
--- alone. Every other touched hour is summed again from its minutes, each hour read by an
--- index scan of its own, in the order of the hours (so its minutes are not sorted).
+-- alone. Every other touched hour is summed again from its minutes (hour_minutes()).
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_refresh(touched text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = tradebars_internal, @extschema@, pg_temp
@@ -117,7 +140,7 @@ BEGIN
         SELECT d.symbol, d.hour, k.open[3], greatest(o.high, d.high), least(o.low, d.low),
                k.close[3], coalesce(o.volume, 0) + d.volume,
                coalesce(o.trade_count, 0) + d.trade_count,
-               CASE WHEN o.hour IS NULL THEN d.notional ELSE o.notional + d.notional END,
+               CASE WHEN o.hour IS NULL THEN d.notional ELSE trim_scale(o.notional + d.notional) END,
                'trades', k.open[1], k.open[2], k.close[1], k.close[2]
         FROM (SELECT r.symbol, to_timestamp(r.minute / 60 * 3600) AS hour,
                      min(ARRAY[r.open_ts, r.open_seq, r.open_px]) AS open_fixed,
@@ -153,22 +176,7 @@ BEGIN
     EXECUTE format('DELETE FROM hour_bars h USING (%s) t
                     WHERE h.symbol = t.symbol AND h.hour = t.hour
                       AND (%L <> ''rollup'' OR h.open_ts_ns IS NULL)', hours, touched);
-    EXECUTE hour_bars_insert(format($q$
-        SELECT t.symbol, t.hour, m.*
-        FROM (%s) t
-        CROSS JOIN LATERAL (
-            SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
-                   p.volume, p.trade_count, p.notional, p.data_source,
-                   p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
-            FROM price_bars p
-            WHERE p.symbol = t.symbol
-              AND p."timestamp" >= t.hour AND p."timestamp" < t.hour + interval '1 hour'
-              AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
-              AND p.deleted_at IS NULL
-            ORDER BY p."timestamp", p.data_source <> 'trades'
-        ) m
-        WHERE NOT EXISTS (SELECT 1 FROM hour_bars h WHERE h.symbol = t.symbol AND h.hour = t.hour)
-    $q$, hours));
+    EXECUTE hour_bars_insert(hour_minutes(hours));
     GET DIAGNOSTICS summed = ROW_COUNT;
     RETURN merged + summed;
 END
@@ -244,11 +252,54 @@ $fn$;
 COMMENT ON FUNCTION refresh_hour_bars(timestamptz, timestamptz) IS
     'tradebars: recomputes the hour bars bars() reads for [start, end), after price_bars was written by hand';
 
+
+-- A trades bar that tradebars did not build (no order keys: the old scanner writing on after
+-- mark_legacy(), or a bar written by hand) counts in bars() minute by minute, so its hour is
+-- summed again at once: bars() by the hour counts it too, and the hour has no keys, so no
+-- rollup merges into it without reading its minutes. SECURITY DEFINER: the writer may have no
+-- right to hour_bars.
+CREATE OR REPLACE FUNCTION tradebars_internal.hour_of_foreign_bar() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = tradebars_internal, @extschema@, pg_temp
+AS $fn$
+DECLARE
+    bar_hour timestamptz := date_bin(interval '1 hour', NEW."timestamp",
+                                     TIMESTAMPTZ '2000-01-01 00:00:00+00');
+BEGIN
+    LOCK TABLE hour_bars IN EXCLUSIVE MODE;
+    DELETE FROM hour_bars h WHERE h.symbol = NEW.symbol AND h.hour = bar_hour;
+    EXECUTE hour_bars_insert(hour_minutes('SELECT $1::text AS symbol, $2::timestamptz AS hour'))
+        USING NEW.symbol, bar_hour;
+    RETURN NULL;
+END
+$fn$;
+
+-- The trigger of hour_of_foreign_bar() on price_bars, where missing. Its condition is all a
+-- rollup's or an official load's rows cost: neither writes a trades bar without keys.
+CREATE OR REPLACE FUNCTION tradebars_internal.guard_hours() RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = tradebars_internal, @extschema@, pg_temp
+AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'price_bars'::regclass
+                   AND tgname = 'price_bars_hour_of_foreign_bar') THEN
+        CREATE TRIGGER price_bars_hour_of_foreign_bar
+            AFTER INSERT OR UPDATE ON price_bars
+            FOR EACH ROW
+            WHEN (NEW.data_source = 'trades' AND NEW.open_ts_ns IS NULL
+                  AND NEW.is_legacy IS NOT TRUE)
+            EXECUTE FUNCTION hour_of_foreign_bar();
+    END IF;
+END
+$fn$;
+
 -- A price_bars the extension did not create (an adopted one) outlives DROP EXTENSION: when
--- the extension is created again, its bars get their hours now.
+-- the extension is created again, its bars get their hours now. (mark_legacy() guards a
+-- price_bars it prepares.)
 DO $do$
 BEGIN
     IF tradebars_internal.price_bars_is_ready() THEN
+        PERFORM tradebars_internal.guard_hours();
         PERFORM tradebars_internal.hour_bars_rebuild('-infinity', 'infinity');
     END IF;
 END

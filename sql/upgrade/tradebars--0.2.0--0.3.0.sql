@@ -25,7 +25,8 @@
 --   (sql/official.sql); bars() ranks them after trades bars and before legacy.
 -- * hour_bars (sql/hours.sql): the hours of the bars, summed, kept by the rollup and the
 --   official merge, read by bars() for buckets of an hour or more; built here for the bars
---   the database already has.
+--   the database already has. An hour of trades bars only keeps the order keys of its open
+--   and close, so a rollup merges its bars into it without reading its minutes again.
 -- * A NULL where a function needs a value is refused with SQLSTATE 22004.
 -- * The internal helpers (fixed_to_numeric(), price_bars_is_ready(), the ohlcv aggregate's
 --   support functions, ...) move to the schema tradebars_internal: the extension's schema
