@@ -43,7 +43,8 @@ now_ns() { date +%s%N; }
 # seconds taken by a command
 timed() { local t0; t0=$(now_ns); "$@" >/dev/null; echo "scale=3; ($(now_ns) - $t0) / 1000000000" | bc; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-ratio() { echo "scale=2; ($1) / ($2)" | bc; }
+# a ratio to 3 decimals, truncated (bc): a target compares it, so 0.6078 must not read 0.60
+ratio() { echo "scale=3; ($1) / ($2)" | bc; }
 # target NAME VALUE OP LIMIT: a row of the targets, met or not (OP: <= or >=)
 target() {
   local met
