@@ -253,53 +253,11 @@ COMMENT ON FUNCTION refresh_hour_bars(timestamptz, timestamptz) IS
     'tradebars: recomputes the hour bars bars() reads for [start, end), after price_bars was written by hand';
 
 
--- A trades bar that tradebars did not build (no order keys: the old scanner writing on after
--- mark_legacy(), or a bar written by hand) counts in bars() minute by minute, so its hour is
--- summed again at once: bars() by the hour counts it too, and the hour has no keys, so no
--- rollup merges into it without reading its minutes. SECURITY DEFINER: the writer may have no
--- right to hour_bars.
-CREATE OR REPLACE FUNCTION tradebars_internal.hour_of_foreign_bar() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-AS $fn$
-DECLARE
-    bar_hour timestamptz := date_bin(interval '1 hour', NEW."timestamp",
-                                     TIMESTAMPTZ '2000-01-01 00:00:00+00');
-BEGIN
-    LOCK TABLE hour_bars IN EXCLUSIVE MODE;
-    DELETE FROM hour_bars h WHERE h.symbol = NEW.symbol AND h.hour = bar_hour;
-    EXECUTE hour_bars_insert(hour_minutes('SELECT $1::text AS symbol, $2::timestamptz AS hour'))
-        USING NEW.symbol, bar_hour;
-    RETURN NULL;
-END
-$fn$;
-
--- The trigger of hour_of_foreign_bar() on price_bars, where missing. Its condition is all a
--- rollup's or an official load's rows cost: neither writes a trades bar without keys.
-CREATE OR REPLACE FUNCTION tradebars_internal.guard_hours() RETURNS void
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-AS $fn$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'price_bars'::regclass
-                   AND tgname = 'price_bars_hour_of_foreign_bar') THEN
-        CREATE TRIGGER price_bars_hour_of_foreign_bar
-            AFTER INSERT OR UPDATE ON price_bars
-            FOR EACH ROW
-            WHEN (NEW.data_source = 'trades' AND NEW.open_ts_ns IS NULL
-                  AND NEW.is_legacy IS NOT TRUE)
-            EXECUTE FUNCTION hour_of_foreign_bar();
-    END IF;
-END
-$fn$;
-
 -- A price_bars the extension did not create (an adopted one) outlives DROP EXTENSION: when
--- the extension is created again, its bars get their hours now. (mark_legacy() guards a
--- price_bars it prepares.)
+-- the extension is created again, its bars get their hours now.
 DO $do$
 BEGIN
     IF tradebars_internal.price_bars_is_ready() THEN
-        PERFORM tradebars_internal.guard_hours();
         PERFORM tradebars_internal.hour_bars_rebuild('-infinity', 'infinity');
     END IF;
 END

@@ -173,7 +173,6 @@ BEGIN
         CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
     END IF;
     PERFORM guard_trades_bars();
-    PERFORM guard_hours();
     IF adopted THEN
         -- bars it already held that bars() counts (a scanner's 'trades' bars) get their hours
         PERFORM hour_bars_rebuild('-infinity', 'infinity');
