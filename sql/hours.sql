@@ -75,30 +75,6 @@ RETURN format($q$
     ) h
 $q$, minutes);
 
--- The minute bars bars() counts by default in each hour of `hours` (a query of symbol and
--- hour) that has no hour bar: per minute the trades bar, else the official one; each hour
--- read by an index scan of its own, in the order `hours` gives (so its minutes are summed
--- without sorting them). For hour_bars_insert().
-CREATE OR REPLACE FUNCTION tradebars_internal.hour_minutes(hours text) RETURNS text
-    LANGUAGE sql IMMUTABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-RETURN format($q$
-    SELECT t.symbol, t.hour, m.*
-    FROM (%s) t
-    CROSS JOIN LATERAL (
-        SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
-               p.volume, p.trade_count, p.notional, p.data_source,
-               p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
-        FROM price_bars p
-        WHERE p.symbol = t.symbol
-          AND p."timestamp" >= t.hour AND p."timestamp" < t.hour + interval '1 hour'
-          AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
-          AND p.deleted_at IS NULL
-        ORDER BY p."timestamp", p.data_source <> 'trades'
-    ) m
-    WHERE NOT EXISTS (SELECT 1 FROM hour_bars h WHERE h.symbol = t.symbol AND h.hour = t.hour)
-$q$, hours);
-
 -- Brings the hour bars of the hours a rollup (`touched` = 'rollup': the hours of the good bars
 -- in rollup_bars) or an official load ('official': those of official_bars_staging) touched up
 -- to date with their minute bars, per minute bars()'s default choice: the trades bar, else
@@ -111,7 +87,7 @@ $q$, hours);
 -- before): the earlier open and the later close by their keys, the higher high, the lower
 -- low, the sums. Exact, since merging bars is associative, and it reads no minute again: a
 -- live rollup touches an hour of every symbol it trades, most of whose minutes it leaves
--- alone. Every other touched hour is summed again from its minutes (hour_minutes()).
+-- alone. Every other touched hour is summed again from its minutes.
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_refresh(touched text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = tradebars_internal, @extschema@, pg_temp
@@ -176,7 +152,24 @@ BEGIN
     EXECUTE format('DELETE FROM hour_bars h USING (%s) t
                     WHERE h.symbol = t.symbol AND h.hour = t.hour
                       AND (%L <> ''rollup'' OR h.open_ts_ns IS NULL)', hours, touched);
-    EXECUTE hour_bars_insert(hour_minutes(hours));
+    -- each hour read by an index scan of its own, in the order of the hours (so its minutes
+    -- are summed without sorting them)
+    EXECUTE hour_bars_insert(format($q$
+        SELECT t.symbol, t.hour, m.*
+        FROM (%s) t
+        CROSS JOIN LATERAL (
+            SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
+                   p.volume, p.trade_count, p.notional, p.data_source,
+                   p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
+            FROM price_bars p
+            WHERE p.symbol = t.symbol
+              AND p."timestamp" >= t.hour AND p."timestamp" < t.hour + interval '1 hour'
+              AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
+              AND p.deleted_at IS NULL
+            ORDER BY p."timestamp", p.data_source <> 'trades'
+        ) m
+        WHERE NOT EXISTS (SELECT 1 FROM hour_bars h WHERE h.symbol = t.symbol AND h.hour = t.hour)
+    $q$, hours));
     GET DIAGNOSTICS summed = ROW_COUNT;
     RETURN merged + summed;
 END

@@ -52,4 +52,4 @@ REVOKE EXECUTE ON FUNCTION mark_legacy(text), soft_delete_legacy(), purge_delete
     set_bar_clock(text), set_identity_retention(interval), refresh_hour_bars(timestamptz, timestamptz),
     tradebars_internal.delete_legacy_bars(text, timestamptz, regclass, boolean),
     tradebars_internal.hour_bars_refresh(text), tradebars_internal.hour_bars_rebuild(timestamptz, timestamptz),
-    tradebars_internal.hour_bars_insert(text), tradebars_internal.hour_minutes(text) FROM PUBLIC;
+    tradebars_internal.hour_bars_insert(text) FROM PUBLIC;
