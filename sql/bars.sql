@@ -38,7 +38,7 @@ CREATE TYPE bar AS (
 -- day after trades that belong to it.)
 CREATE OR REPLACE FUNCTION tradebars_internal.local_instant(w timestamp, tz text) RETURNS timestamptz
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     guess timestamptz := w AT TIME ZONE tz;
@@ -59,13 +59,13 @@ $fn$;
 CREATE OR REPLACE FUNCTION tradebars_internal.local_day_starts(from_ts timestamptz, to_ts timestamptz, tz text, origin interval)
     RETURNS timestamptz[]
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-RETURN ARRAY(
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+AS $fn$ SELECT ARRAY(
     SELECT tradebars_internal.local_instant(d + origin, tz)
     FROM generate_series(date_trunc('day', (from_ts AT TIME ZONE tz) - origin) - interval '1 day',
                          date_trunc('day', (to_ts AT TIME ZONE tz) - origin) + interval '1 day',
                          interval '1 day') AS d
-    ORDER BY 1);
+    ORDER BY 1) $fn$;
 
 -- The start of the bucket that holds `ts`: its day (the last of `day_starts` at or before it),
 -- then whole steps of elapsed time from that day's start. Only built-in functions, so it is
@@ -73,15 +73,15 @@ RETURN ARRAY(
 CREATE OR REPLACE FUNCTION tradebars_internal.bar_bucket(ts timestamptz, step interval, day_starts timestamptz[])
     RETURNS timestamptz
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN step = interval '1 day' THEN day_starts[width_bucket(ts, day_starts)]
+AS $fn$ SELECT CASE WHEN step = interval '1 day' THEN day_starts[width_bucket(ts, day_starts)]
             ELSE day_starts[width_bucket(ts, day_starts)]
                  + floor(extract(epoch FROM ts - day_starts[width_bucket(ts, day_starts)])
-                         / extract(epoch FROM step))::bigint * step END;
+                         / extract(epoch FROM step))::bigint * step END $fn$;
 
 -- A session such as '09:30-16:00' as its local open and close times; NULL: the whole day.
 CREATE OR REPLACE FUNCTION tradebars_internal.bar_session(session text, OUT opens time, OUT closes time)
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF session IS NULL THEN
@@ -121,7 +121,7 @@ CREATE OR REPLACE FUNCTION tradebars_internal.bar_hours(symbol text, from_ts tim
                           OUT whole timestamptz[], OUT part_from timestamptz[],
                           OUT part_to timestamptz[])
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF NOT use_hours OR to_ts <= from_ts THEN
@@ -133,7 +133,7 @@ BEGIN
     WITH hour AS (
         SELECT hb.hour AS h, hb.hour + interval '59 minutes' AS last,
                hb.hour AT TIME ZONE tz AS l0, (hb.hour + interval '59 minutes') AT TIME ZONE tz AS l1
-        FROM hour_bars hb
+        FROM @extschema@.hour_bars hb
         WHERE hb.symbol = bar_hours.symbol AND hb.hour > from_ts - interval '1 hour' AND hb.hour < to_ts
     ),
     graded AS (
@@ -162,33 +162,36 @@ BEGIN
 END
 $fn$;
 
--- The filters and the precedence bars() applies to the bars of price_bars. SQL-standard
--- bodies without a SET clause: bound when created, and inlined into bars()'s queries, so the
--- index scans of bars() see plain expressions (a function with its own search_path would be
--- called row by row, and the backward scan for the close before the range must stop at once).
+-- The filters and the precedence bars() applies to the bars of price_bars. Bodies without a
+-- SET clause, inlined into bars()'s queries, so the index scans of bars() see plain
+-- expressions (a function with its own search_path would be called row by row, and the
+-- backward scan for the close before the range must stop at once). Written as text, as every
+-- SQL body of the extension: parsed when a query calls it, under that query's search_path
+-- (bars()'s own), where a SQL-standard body would be bound once when the extension is created,
+-- with the extension's schema on the path and whatever someone had put there.
 CREATE OR REPLACE FUNCTION tradebars_internal.bar_is_shown(is_legacy boolean, data_source text, is_deleted boolean,
                                                            include_legacy boolean, include_deleted boolean)
     RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (include_legacy OR (NOT is_legacy AND data_source IN ('trades', 'ohlcv-1m')))
-           AND (include_deleted OR NOT is_deleted);
+    AS $fn$ SELECT (include_legacy OR (NOT is_legacy AND data_source IN ('trades', 'ohlcv-1m')))
+           AND (include_deleted OR NOT is_deleted) $fn$;
 
 -- Whether `ts` is in the session [opens, closes) of the local day in `tz`; every time is when
 -- `opens` is NULL (no session asked for).
 CREATE OR REPLACE FUNCTION tradebars_internal.in_session(ts timestamptz, tz text, opens time, closes time)
     RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN opens IS NULL
-           OR ((ts AT TIME ZONE tz)::time >= opens AND (ts AT TIME ZONE tz)::time < closes);
+    AS $fn$ SELECT opens IS NULL
+           OR ((ts AT TIME ZONE tz)::time >= opens AND (ts AT TIME ZONE tz)::time < closes) $fn$;
 
 -- Which of a minute's bars bars() shows, lowest first: trades bars, then Databento's official
 -- bars, then the old scanner's, then other legacy bars.
 CREATE OR REPLACE FUNCTION tradebars_internal.bar_precedence(is_legacy boolean, data_source text)
     RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN NOT is_legacy AND data_source = 'trades' THEN 0
+    AS $fn$ SELECT CASE WHEN NOT is_legacy AND data_source = 'trades' THEN 0
                 WHEN NOT is_legacy AND data_source = 'ohlcv-1m' THEN 1
-                WHEN data_source = 'scanner' THEN 2 ELSE 3 END;
+                WHEN data_source = 'scanner' THEN 2 ELSE 3 END $fn$;
 
 CREATE OR REPLACE FUNCTION bars(
     symbol text,
@@ -201,9 +204,9 @@ CREATE OR REPLACE FUNCTION bars(
     origin interval DEFAULT '0',
     session text DEFAULT NULL,
     fill text DEFAULT 'none'
-) RETURNS SETOF bar
+) RETURNS SETOF @extschema@.bar
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     step interval := checked_bucket(bucket);
@@ -286,7 +289,7 @@ BEGIN
         -- the latest such minute by a backward scan of the index, then its bar by precedence
         -- (ordering by precedence in one step would sort the symbol's whole history)
         SELECT p."timestamp" INTO seed_at
-        FROM price_bars p
+        FROM @extschema@.price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" < bars.start
           AND bar_is_shown(p.is_legacy, p.data_source, p.deleted_at IS NOT NULL,
                            bars.include_legacy, bars.include_deleted)
@@ -294,7 +297,7 @@ BEGIN
         ORDER BY p."timestamp" DESC
         LIMIT 1;
         SELECT p.close INTO seed
-        FROM price_bars p
+        FROM @extschema@.price_bars p
         WHERE p.symbol = bars.symbol AND p."timestamp" = seed_at
           AND bar_is_shown(p.is_legacy, p.data_source, p.deleted_at IS NOT NULL,
                            bars.include_legacy, bars.include_deleted)
@@ -304,7 +307,7 @@ BEGIN
             -- No close to carry into the range: no empty bucket comes before its first bar
             -- (of any source: never after the first one returned), so candidates start there.
             SELECT min(p."timestamp") INTO first_bar_at
-            FROM price_bars p
+            FROM @extschema@.price_bars p
             WHERE p.symbol = bars.symbol AND p."timestamp" >= bars.start AND p."timestamp" < bars."end";
             IF first_bar_at IS NULL THEN
                 RETURN;  -- no bar in the range either: nothing to return, nothing to fill
@@ -319,7 +322,7 @@ BEGIN
         SELECT hb.hour AS "timestamp", hb.open, hb.high, hb.low, hb.close, hb.volume,
                hb.trade_count, hb.notional, hb.data_source, false AS legacy
         FROM unnest(whole_hours) AS w(hour)
-        JOIN hour_bars hb ON hb.symbol = bars.symbol AND hb.hour = w.hour
+        JOIN @extschema@.hour_bars hb ON hb.symbol = bars.symbol AND hb.hour = w.hour
         UNION ALL
         -- the rest of the range, minute by minute
         SELECT m.* FROM unnest(part_from, part_to) AS g(lo, hi)
@@ -329,7 +332,7 @@ BEGIN
                p.trade_count::bigint AS trade_count, p.notional, p.data_source,
                (p.is_legacy OR p.data_source NOT IN ('trades', 'ohlcv-1m')
                 OR p.data_source IS NULL) AS legacy
-        FROM price_bars p
+        FROM @extschema@.price_bars p
         WHERE p.symbol = bars.symbol
           AND p."timestamp" >= g.lo AND p."timestamp" < g.hi
           AND bar_is_shown(p.is_legacy, p.data_source, p.deleted_at IS NOT NULL,
@@ -385,7 +388,7 @@ BEGIN
         FROM gridded g
     )
     SELECT bars.symbol, b.t, b.open, b.high, b.low, b.close, b.volume, b.trade_count, b.vwap,
-           b.data_source, b.legacy, bar_clock(), false
+           b.data_source, b.legacy, tradebars_internal.bar_clock(), false
     FROM buckets b
     WHERE bars.fill = 'none'
     UNION ALL
@@ -395,7 +398,7 @@ BEGIN
            CASE WHEN NOT f.is_fill THEN f.low WHEN bars.fill = 'previous' THEN f.previous END,
            CASE WHEN NOT f.is_fill THEN f.close WHEN bars.fill = 'previous' THEN f.previous END,
            coalesce(f.volume, 0), coalesce(f.trade_count, 0), f.vwap,
-           f.data_source, coalesce(f.legacy, false), bar_clock(), f.is_fill
+           f.data_source, coalesce(f.legacy, false), tradebars_internal.bar_clock(), f.is_fill
     FROM filled f
     -- never a bar before the symbol's first trade: an empty bucket needs a close before it
     WHERE bars.fill <> 'none' AND (NOT f.is_fill OR f.previous IS NOT NULL)

@@ -11,7 +11,7 @@ RETURNS TABLE (rollup_id bigint, symbol text, "timestamp" timestamptz, open nume
                high numeric, low numeric, close numeric, volume bigint, trade_count bigint,
                vwap numeric)
     LANGUAGE plpgsql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 #variable_conflict use_column
 BEGIN
@@ -28,7 +28,7 @@ BEGIN
     RETURN QUERY
         SELECT p.changed_in, p.symbol, p."timestamp", p.open, p.high, p.low, p.close,
                p.volume, p.trade_count, p.vwap
-        FROM price_bars p
+        FROM @extschema@.price_bars p
         WHERE p.changed_in > bars_changed_since.since
           AND (bars_changed_since.symbols IS NULL OR p.symbol = ANY (bars_changed_since.symbols))
         ORDER BY p.changed_in, p.symbol, p."timestamp";

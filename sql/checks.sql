@@ -6,7 +6,7 @@
 CREATE OR REPLACE FUNCTION tradebars_internal.require_argument(caller text, name text, given text, valid boolean, expected text)
     RETURNS void
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF given IS NULL THEN

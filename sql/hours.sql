@@ -37,7 +37,7 @@ CREATE TABLE hour_bars (
 COMMENT ON TABLE hour_bars IS
     'tradebars: the default minute bars of each UTC hour, summed (kept by the extension; read by bars())';
 -- Dumped with the bars it sums (pg_dump takes both in one snapshot).
-SELECT pg_extension_config_dump('hour_bars', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.hour_bars', '');
 
 -- The statement that writes the hour bar of each hour `minutes` gives minute bars for: the
 -- minute bars (symbol, hour, "timestamp", open, high, low, close, volume, trade_count,
@@ -45,9 +45,9 @@ SELECT pg_extension_config_dump('hour_bars', '');
 -- minutes. One text for every caller below.
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_insert(minutes text) RETURNS text
     LANGUAGE sql IMMUTABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-RETURN format($q$
-    INSERT INTO hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+AS $fn$ SELECT format($q$
+    INSERT INTO @extschema@.hour_bars (symbol, hour, open, high, low, close, volume, trade_count,
                            notional, data_source, open_ts_ns, open_seq, close_ts_ns, close_seq)
     SELECT symbol, hour, open, high, low, close, volume, trade_count, notional, data_source,
            CASE WHEN keyed THEN open_key[1] END, CASE WHEN keyed THEN open_key[2] END,
@@ -73,7 +73,7 @@ RETURN format($q$
         FROM (%s) m
         GROUP BY m.symbol, m.hour
     ) h
-$q$, minutes);
+$q$, minutes) $fn$;
 
 -- Brings the hour bars of the hours a rollup (`touched` = 'rollup': the hours of the good bars
 -- in rollup_bars) or an official load ('official': those of official_bars_staging) touched up
@@ -90,16 +90,16 @@ $q$, minutes);
 -- alone. Every other touched hour is summed again from its minutes.
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_refresh(touched text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     hours text := CASE touched
         WHEN 'rollup' THEN
             'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(minute * 60), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
-             FROM rollup_bars WHERE good ORDER BY 1, 2'
+             FROM @extschema@.rollup_bars WHERE good ORDER BY 1, 2'
         WHEN 'official' THEN
             'SELECT DISTINCT symbol, date_bin(interval ''1 hour'', to_timestamp(ts_event / 1000000000), TIMESTAMPTZ ''2000-01-01 00:00:00+00'') AS hour
-             FROM official_bars_staging WHERE symbol <> '''' AND ts_event >= 0 ORDER BY 1, 2' END;
+             FROM @extschema@.official_bars_staging WHERE symbol <> '''' AND ts_event >= 0 ORDER BY 1, 2' END;
     merged bigint := 0;
     summed bigint;
 BEGIN
@@ -108,9 +108,9 @@ BEGIN
             coalesce(quote_literal(touched), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    LOCK TABLE hour_bars IN EXCLUSIVE MODE;
+    LOCK TABLE @extschema@.hour_bars IN EXCLUSIVE MODE;
     IF touched = 'rollup' THEN
-        INSERT INTO hour_bars AS h (symbol, hour, open, high, low, close, volume, trade_count,
+        INSERT INTO @extschema@.hour_bars AS h (symbol, hour, open, high, low, close, volume, trade_count,
                                     notional, data_source, open_ts_ns, open_seq, close_ts_ns,
                                     close_seq)
         SELECT d.symbol, d.hour, k.open[3], greatest(o.high, d.high), least(o.low, d.low),
@@ -125,10 +125,10 @@ BEGIN
                      max(ARRAY[r.close_ts, r.close_seq, r.close_px]) AS close_fixed,
                      sum(r.volume) AS volume, sum(r.trade_count) AS trade_count,
                      fixed_to_numeric(sum(r.notional_px)) AS notional
-              FROM rollup_bars r
+              FROM @extschema@.rollup_bars r
               WHERE r.good
               GROUP BY r.symbol, r.minute / 60) d
-        LEFT JOIN hour_bars o ON o.symbol = d.symbol AND o.hour = d.hour
+        LEFT JOIN @extschema@.hour_bars o ON o.symbol = d.symbol AND o.hour = d.hour
         -- (key, key, price) of the rollup's and the hour's (none where it has no keys): the
         -- earlier open, the later close
         CROSS JOIN LATERAL (
@@ -149,7 +149,7 @@ BEGIN
         GET DIAGNOSTICS merged = ROW_COUNT;
     END IF;
     -- the touched hours not merged above: summed again from their minutes
-    EXECUTE format('DELETE FROM hour_bars h USING (%s) t
+    EXECUTE format('DELETE FROM @extschema@.hour_bars h USING (%s) t
                     WHERE h.symbol = t.symbol AND h.hour = t.hour
                       AND (%L <> ''rollup'' OR h.open_ts_ns IS NULL)', hours, touched);
     -- each hour read by an index scan of its own, in the order of the hours (so its minutes
@@ -161,14 +161,14 @@ BEGIN
             SELECT DISTINCT ON (p."timestamp") p."timestamp", p.open, p.high, p.low, p.close,
                    p.volume, p.trade_count, p.notional, p.data_source,
                    p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
-            FROM price_bars p
+            FROM @extschema@.price_bars p
             WHERE p.symbol = t.symbol
               AND p."timestamp" >= t.hour AND p."timestamp" < t.hour + interval '1 hour'
               AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
               AND p.deleted_at IS NULL
             ORDER BY p."timestamp", p.data_source <> 'trades'
         ) m
-        WHERE NOT EXISTS (SELECT 1 FROM hour_bars h WHERE h.symbol = t.symbol AND h.hour = t.hour)
+        WHERE NOT EXISTS (SELECT 1 FROM @extschema@.hour_bars h WHERE h.symbol = t.symbol AND h.hour = t.hour)
     $q$, hours));
     GET DIAGNOSTICS summed = ROW_COUNT;
     RETURN merged + summed;
@@ -181,7 +181,7 @@ COMMENT ON FUNCTION tradebars_internal.hour_bars_refresh(text) IS
 -- pass over their minute bars (no lookup per hour: a year of 500 symbols is 900,000 hours). Hours left with no bar lose their hour bar. Locks as hour_bars_refresh().
 CREATE OR REPLACE FUNCTION tradebars_internal.hour_bars_rebuild(from_ts timestamptz, to_ts timestamptz) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
     SET work_mem = '256MB'
 AS $fn$
 DECLARE
@@ -197,20 +197,20 @@ BEGIN
     IF to_ts <= from_ts THEN
         RETURN 0;  -- an empty range meets no hour
     END IF;
-    LOCK TABLE hour_bars IN EXCLUSIVE MODE;
-    DELETE FROM hour_bars WHERE hour >= lo AND hour < hi;
+    LOCK TABLE @extschema@.hour_bars IN EXCLUSIVE MODE;
+    DELETE FROM @extschema@.hour_bars WHERE hour >= lo AND hour < hi;
     -- an official bar only where its minute has no trades bar (no sort of every bar)
     EXECUTE hour_bars_insert($q$
         SELECT p.symbol,
                date_bin(interval '1 hour', p."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
                p."timestamp", p.open, p.high, p.low, p.close, p.volume, p.trade_count,
                p.notional, p.data_source, p.open_ts_ns, p.open_seq, p.close_ts_ns, p.close_seq
-        FROM price_bars p
+        FROM @extschema@.price_bars p
         WHERE p."timestamp" >= $1 AND p."timestamp" < $2
           AND NOT p.is_legacy AND p.data_source IN ('trades', 'ohlcv-1m')
           AND p.deleted_at IS NULL
           AND (p.data_source = 'trades' OR NOT EXISTS (
-                SELECT 1 FROM price_bars q
+                SELECT 1 FROM @extschema@.price_bars q
                 WHERE q.symbol = p.symbol AND q."timestamp" = p."timestamp"
                   AND q.data_source = 'trades' AND NOT q.is_legacy AND q.deleted_at IS NULL))
     $q$) USING lo, hi;
@@ -227,7 +227,7 @@ CREATE OR REPLACE FUNCTION refresh_hour_bars(start timestamptz DEFAULT '-infinit
                                   "end" timestamptz DEFAULT 'infinity')
 RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     IF start IS NULL OR "end" IS NULL THEN

@@ -56,36 +56,44 @@ CREATE TABLE live_positions (
 );
 COMMENT ON TABLE live_positions IS 'tradebars: the last ts_recv staged by live, per dataset and symbol';
 
-SELECT pg_extension_config_dump('bar_settings', '');
-SELECT pg_extension_config_dump('trade_coverage', '');
-SELECT pg_extension_config_dump('live_positions', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.bar_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.trade_coverage', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.live_positions', '');
+
+-- The extension's own functions ask the one in tradebars_internal: a function another role
+-- creates beside the public one (a bar_clock with an argument and a default) would make a
+-- call of it ambiguous.
+CREATE OR REPLACE FUNCTION tradebars_internal.bar_clock() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+    AS $fn$ SELECT coalesce((SELECT clock FROM @extschema@.bar_settings), 'ts_recv') $fn$;
 
 CREATE OR REPLACE FUNCTION bar_clock() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-    RETURN coalesce((SELECT clock FROM bar_settings), 'ts_recv');
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+    AS $fn$ SELECT tradebars_internal.bar_clock() $fn$;
 COMMENT ON FUNCTION bar_clock() IS
     'tradebars: the clock that places trades in minutes: ts_recv (Databento''s OHLCV) or ts_event';
 
 CREATE OR REPLACE FUNCTION set_bar_clock(clock text) RETURNS text
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     PERFORM require_argument('set_bar_clock', 'clock', quote_literal(clock), clock IN ('ts_recv', 'ts_event'),
                              '''ts_recv'' or ''ts_event''');
     PERFORM pg_advisory_xact_lock(29794, 2);  -- no rollup in between (the rollup's lock)
-    IF clock = bar_clock() THEN
+    IF clock = tradebars_internal.bar_clock() THEN
         RETURN clock;
     END IF;
-    IF EXISTS (SELECT 1 FROM trades_staging)
-       OR (to_regclass('price_bars') IS NOT NULL AND price_bars_is_ready()
-           AND EXISTS (SELECT 1 FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy)) THEN
-        RAISE EXCEPTION 'set_bar_clock: trades bars built on the % clock exist', bar_clock()
+    IF EXISTS (SELECT 1 FROM @extschema@.trades_staging)
+       OR (to_regclass('@extschema@.price_bars') IS NOT NULL AND price_bars_is_ready()
+           AND EXISTS (SELECT 1 FROM @extschema@.price_bars WHERE data_source = 'trades' AND NOT is_legacy)) THEN
+        RAISE EXCEPTION 'set_bar_clock: trades bars built on the % clock exist', tradebars_internal.bar_clock()
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'SELECT rollback_trades(include_staging => true); then set the clock and load the trades again';
     END IF;
-    INSERT INTO bar_settings AS s (id, clock) VALUES (1, set_bar_clock.clock)
+    INSERT INTO @extschema@.bar_settings AS s (id, clock) VALUES (1, set_bar_clock.clock)
         ON CONFLICT (id) DO UPDATE SET clock = EXCLUDED.clock;
     RETURN clock;
 END
@@ -93,18 +101,16 @@ $fn$;
 COMMENT ON FUNCTION set_bar_clock(text) IS
     'tradebars: choose the bar clock; only while no trades bar exists';
 
--- (A SQL-standard body, bound when created: names outside the extension's schema are
--- written out.)
 CREATE OR REPLACE FUNCTION set_identity_retention(keep interval) RETURNS interval
     LANGUAGE sql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-BEGIN ATOMIC
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+AS $fn$
     SELECT tradebars_internal.require_argument('set_identity_retention', 'keep', keep::text,
         keep BETWEEN interval '1 hour' AND interval '100 years', 'from 1 hour to 100 years');
-    INSERT INTO bar_settings AS s (id, identity_retention) VALUES (1, keep)
+    INSERT INTO @extschema@.bar_settings AS s (id, identity_retention) VALUES (1, keep)
         ON CONFLICT (id) DO UPDATE SET identity_retention = EXCLUDED.identity_retention
         RETURNING s.identity_retention;
-END;
+$fn$;
 COMMENT ON FUNCTION set_identity_retention(interval) IS
     'tradebars: how long trade identity is kept before the newest trade (default 7 days); prune_trade_identity() applies it';
 
@@ -115,24 +121,24 @@ COMMENT ON FUNCTION set_identity_retention(interval) IS
 -- rollup's own bound): one trade stamped in 2100 must not make every other trade old.
 CREATE OR REPLACE FUNCTION prune_trade_identity() RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
-    keep interval := coalesce((SELECT identity_retention FROM bar_settings), interval '7 days');
+    keep interval := coalesce((SELECT identity_retention FROM @extschema@.bar_settings), interval '7 days');
     newest bigint;
     cut_minute bigint;
     n bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(29794, 4);  -- no load reads or extends identity meanwhile
-    newest := (SELECT max(minute) FROM trade_coverage
+    newest := (SELECT max(minute) FROM @extschema@.trade_coverage
                WHERE minute < floor(extract(epoch FROM now()) / 60)::bigint + 24 * 60);
     IF newest IS NULL THEN
         RETURN 0;
     END IF;
     cut_minute := newest - floor(extract(epoch FROM keep) / 60)::bigint;
-    DELETE FROM trade_coverage WHERE minute < cut_minute;
+    DELETE FROM @extschema@.trade_coverage WHERE minute < cut_minute;
     GET DIAGNOSTICS n = ROW_COUNT;
-    INSERT INTO bar_settings AS s (id, identity_horizon) VALUES (1, cut_minute * 60000000000)
+    INSERT INTO @extschema@.bar_settings AS s (id, identity_horizon) VALUES (1, cut_minute * 60000000000)
         ON CONFLICT (id) DO UPDATE SET identity_horizon = greatest(s.identity_horizon, EXCLUDED.identity_horizon);
     RETURN n;
 END
@@ -142,8 +148,8 @@ COMMENT ON FUNCTION prune_trade_identity() IS
 
 CREATE OR REPLACE FUNCTION identity_horizon() RETURNS timestamptz
     LANGUAGE sql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-    RETURN to_timestamp(coalesce((SELECT identity_horizon FROM bar_settings), 0) / 1e9);
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+    AS $fn$ SELECT to_timestamp(coalesce((SELECT identity_horizon FROM @extschema@.bar_settings), 0) / 1e9) $fn$;
 COMMENT ON FUNCTION identity_horizon() IS
     'tradebars: before this time trade identity is no longer known';
 
@@ -152,10 +158,10 @@ COMMENT ON FUNCTION identity_horizon() IS
 -- trades bar could not be told apart from new ones.
 CREATE OR REPLACE FUNCTION tradebars_internal.identity_refusal(first_recv bigint) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
-    horizon bigint := coalesce((SELECT identity_horizon FROM bar_settings), 0);
+    horizon bigint := coalesce((SELECT identity_horizon FROM @extschema@.bar_settings), 0);
     since timestamptz;
 BEGIN
     IF first_recv IS NULL OR first_recv >= horizon THEN
@@ -163,7 +169,7 @@ BEGIN
     END IF;
     since := to_timestamp(first_recv / 1e9);
     IF price_bars_is_ready() AND EXISTS (
-            SELECT 1 FROM price_bars
+            SELECT 1 FROM @extschema@.price_bars
             WHERE data_source = 'trades' AND NOT is_legacy
               AND "timestamp" >= since - interval '1 minute'
               AND "timestamp" < to_timestamp(horizon / 1e9) + interval '1 minute') THEN

@@ -3,9 +3,9 @@
 -- bar that is not held in the archive or a named backup table, unless the DBA confirms.
 
 -- The columns of price_bars that can be written, quoted, in table order.
-CREATE OR REPLACE FUNCTION tradebars_internal.price_bars_columns(rel regclass DEFAULT 'price_bars') RETURNS text
+CREATE OR REPLACE FUNCTION tradebars_internal.price_bars_columns(rel regclass DEFAULT '@extschema@.price_bars') RETURNS text
     LANGUAGE sql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
     FROM pg_attribute
@@ -15,15 +15,25 @@ $fn$;
 -- Returns how many legacy bars it marked (`marked`, the column of SELECT * FROM it).
 CREATE OR REPLACE FUNCTION soft_delete_legacy(OUT marked bigint) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     PERFORM require_price_bars_ready('soft_delete_legacy');
-    UPDATE price_bars SET deleted_at = now() WHERE is_legacy AND deleted_at IS NULL;
+    UPDATE @extschema@.price_bars SET deleted_at = now() WHERE is_legacy AND deleted_at IS NULL;
     GET DIAGNOSTICS marked = ROW_COUNT;
     RAISE NOTICE 'soft_delete_legacy: % legacy bars marked deleted; restore_legacy() brings them back', marked;
 END
 $fn$;
+
+-- The owner of `rel` when it is neither the current user nor a superuser. Writing to a table,
+-- or reading one with row security, runs its owner's triggers and policies with the rights
+-- of whoever writes or reads: a table another role made where the archive belongs would
+-- take the DBA's rights the next time the legacy bars move.
+CREATE OR REPLACE FUNCTION tradebars_internal.foreign_owner(rel regclass) RETURNS regrole
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+AS $fn$ SELECT (SELECT c.relowner::regrole FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+        WHERE c.oid = rel AND r.rolname <> current_user AND NOT r.rolsuper) $fn$;
 
 -- What makes `backup` no real copy, or NULL: it must be a permanent table (not a view, not
 -- temporary or unlogged), other than price_bars and its partitions, with every column
@@ -32,7 +42,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION tradebars_internal.backup_table_flaw(backup regclass, refuse_for text DEFAULT NULL)
     RETURNS text
     LANGUAGE plpgsql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     rel record;
@@ -47,7 +57,7 @@ BEGIN
             UNION
             SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
         SELECT c.oid::regclass AS name, c.relkind AS kind, c.relpersistence AS persistence,
-               c.oid = backup::oid AS is_backup
+               c.oid = backup::oid AS is_backup, foreign_owner(c.oid::regclass) AS foreign_owner
         FROM tree t JOIN pg_class c ON c.oid = t.oid
         ORDER BY c.oid <> backup::oid, c.oid
     LOOP
@@ -56,7 +66,7 @@ BEGIN
             -- price_bars, its partitions and inheritance children: DELETE FROM price_bars
             -- deletes their rows too
             WHEN rel.name IN (WITH RECURSIVE bars(oid) AS (
-                                  SELECT 'price_bars'::regclass::oid
+                                  SELECT '@extschema@.price_bars'::regclass::oid
                                   UNION
                                   SELECT i.inhrelid FROM pg_inherits i JOIN bars b ON i.inhparent = b.oid)
                               SELECT oid::regclass FROM bars)
@@ -67,13 +77,16 @@ BEGIN
                                       WHEN 'f' THEN 'foreign table' ELSE 'relation of kind ' || rel.kind::text END)
             WHEN rel.persistence <> 'p'
             THEN format('%s %s: it would not survive a crash or the session', held_in,
-                        CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END) END;
+                        CASE rel.persistence WHEN 't' THEN 'temporary' ELSE 'unlogged' END)
+            WHEN rel.foreign_owner IS NOT NULL
+            THEN format('%s owned by %s: its triggers and policies would run with your rights (check them, then ALTER TABLE %s OWNER TO %s)',
+                        held_in, rel.foreign_owner, rel.name, quote_ident(current_user)) END;
         EXIT WHEN flaw IS NOT NULL;
     END LOOP;
     IF flaw IS NULL THEN  -- NULL again when no column is missing
         SELECT 'lacks columns of price_bars: ' || string_agg(quote_ident(p.attname), ', ' ORDER BY p.attnum) INTO flaw
         FROM pg_attribute p
-        WHERE p.attrelid = 'price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
+        WHERE p.attrelid = '@extschema@.price_bars'::regclass AND p.attnum > 0 AND NOT p.attisdropped
           AND NOT EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = backup AND b.attname = p.attname
                           AND b.attnum > 0 AND NOT b.attisdropped);
     END IF;
@@ -93,7 +106,7 @@ $fn$;
 -- (price_bars_legacy) nor `backup`. Names come from the catalog, quoted.
 CREATE OR REPLACE FUNCTION tradebars_internal.legacy_bars_unprotected(deleted_before timestamptz, backup regclass) RETURNS bigint
     LANGUAGE plpgsql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     cols text := price_bars_columns();
@@ -106,15 +119,15 @@ BEGIN
     SELECT string_agg(format('%I::%s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
       INTO typed
       FROM pg_attribute
-     WHERE attrelid = 'price_bars'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
-    FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('price_bars_legacy'), backup], NULL) LOOP
+     WHERE attrelid = '@extschema@.price_bars'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+    FOREACH copy IN ARRAY array_remove(ARRAY[to_regclass('@extschema@.price_bars_legacy'), backup], NULL) LOOP
         -- one that is no real copy (a view, temporary, unlogged, or an archive that predates
         -- a column) holds no bar whole for good
         IF backup_table_flaw(copy) IS NULL THEN
             copies := array_append(copies, format(' EXCEPT ALL SELECT %s FROM %s', typed, copy));
         END IF;
     END LOOP;
-    EXECUTE format('SELECT count(*) FROM (SELECT %s FROM price_bars WHERE is_legacy AND ($1 IS NULL OR deleted_at < $1)%s) d',
+    EXECUTE format('SELECT count(*) FROM (SELECT %s FROM @extschema@.price_bars WHERE is_legacy AND ($1 IS NULL OR deleted_at < $1)%s) d',
                    cols, array_to_string(copies, ''))
         INTO n USING deleted_before;
     RETURN n;
@@ -126,7 +139,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION tradebars_internal.delete_legacy_bars(caller text, deleted_before timestamptz, backup regclass,
                                    confirm boolean) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     unprotected bigint;
@@ -137,14 +150,14 @@ BEGIN
     IF backup IS NOT NULL THEN
         PERFORM backup_table_flaw(backup, refuse_for => caller);
     END IF;
-    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE @extschema@.price_bars IN SHARE ROW EXCLUSIVE MODE;
     unprotected := legacy_bars_unprotected(deleted_before, backup);
     IF unprotected > 0 AND NOT confirm THEN
         RAISE EXCEPTION '%: % legacy bars are held whole (every column equal) in no archive or backup table; nothing deleted', caller, unprotected
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'run archive_legacy(), or copy them (CREATE TABLE price_bars_backup AS SELECT * FROM price_bars) and pass backup_table => ''price_bars_backup'', or confirm => true';
     END IF;
-    DELETE FROM price_bars WHERE is_legacy AND (deleted_before IS NULL OR deleted_at < deleted_before);
+    DELETE FROM @extschema@.price_bars WHERE is_legacy AND (deleted_before IS NULL OR deleted_at < deleted_before);
     GET DIAGNOSTICS n = ROW_COUNT;
     RAISE NOTICE '%: deleted % legacy bars; VACUUM (FULL) price_bars returns the space', caller, n;
     RETURN n;
@@ -155,12 +168,12 @@ $fn$;
 CREATE OR REPLACE FUNCTION purge_deleted(older_than interval DEFAULT '7 days', backup_table regclass DEFAULT NULL,
                               confirm boolean DEFAULT false) RETURNS bigint
     LANGUAGE sql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-RETURN tradebars_internal.delete_legacy_bars('purge_deleted', now() - tradebars_internal.checked_age('purge_deleted: older_than', older_than), backup_table, confirm);
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+AS $fn$ SELECT tradebars_internal.delete_legacy_bars('purge_deleted', now() - tradebars_internal.checked_age('purge_deleted: older_than', older_than), backup_table, confirm) $fn$;
 
 CREATE OR REPLACE FUNCTION archive_legacy() RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     cols text;
@@ -170,33 +183,33 @@ DECLARE
     deleted bigint;
 BEGIN
     PERFORM require_price_bars_ready('archive_legacy');
-    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
-    IF to_regclass('price_bars_legacy') IS NULL THEN
+    LOCK TABLE @extschema@.price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('@extschema@.price_bars_legacy') IS NULL THEN
         -- in the extension's schema, beside price_bars (the search_path starts with the helpers')
-        CREATE TABLE @extschema@.price_bars_legacy (LIKE price_bars);
+        CREATE TABLE @extschema@.price_bars_legacy (LIKE @extschema@.price_bars);
         CREATE UNIQUE INDEX price_bars_legacy_symbol_timestamp_source
-            ON price_bars_legacy (symbol, "timestamp", data_source);
-        COMMENT ON TABLE price_bars_legacy IS 'tradebars: legacy bars moved out of price_bars by archive_legacy()';
+            ON @extschema@.price_bars_legacy (symbol, "timestamp", data_source);
+        COMMENT ON TABLE @extschema@.price_bars_legacy IS 'tradebars: legacy bars moved out of price_bars by archive_legacy()';
     END IF;
     -- bars moved into a view, a temporary or an unlogged table would not be kept for good
-    PERFORM backup_table_flaw('price_bars_legacy'::regclass, refuse_for => 'archive_legacy');
+    PERFORM backup_table_flaw('@extschema@.price_bars_legacy'::regclass, refuse_for => 'archive_legacy');
     cols := price_bars_columns();
     IF EXISTS (SELECT unnest(string_to_array(cols, ', '))
-               EXCEPT SELECT unnest(string_to_array(price_bars_columns('price_bars_legacy'), ', '))) THEN
+               EXCEPT SELECT unnest(string_to_array(price_bars_columns('@extschema@.price_bars_legacy'), ', '))) THEN
         RAISE EXCEPTION 'archive_legacy: price_bars_legacy lacks columns price_bars has; nothing moved'
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    SELECT count(*) INTO to_move FROM price_bars WHERE is_legacy;
-    EXECUTE format('INSERT INTO price_bars_legacy (%1$s) SELECT %1$s FROM price_bars WHERE is_legacy', cols);
+    SELECT count(*) INTO to_move FROM @extschema@.price_bars WHERE is_legacy;
+    EXECUTE format('INSERT INTO @extschema@.price_bars_legacy (%1$s) SELECT %1$s FROM @extschema@.price_bars WHERE is_legacy', cols);
     GET DIAGNOSTICS copied = ROW_COUNT;
-    EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars WHERE is_legacy
-                                          EXCEPT ALL SELECT %1$s FROM price_bars_legacy) d', cols)
+    EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM @extschema@.price_bars WHERE is_legacy
+                                          EXCEPT ALL SELECT %1$s FROM @extschema@.price_bars_legacy) d', cols)
         INTO differing;
     IF copied <> to_move OR differing <> 0 THEN
         RAISE EXCEPTION 'archive_legacy: copied % of % legacy bars (% differ); nothing moved', copied, to_move, differing
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    DELETE FROM price_bars WHERE is_legacy;
+    DELETE FROM @extschema@.price_bars WHERE is_legacy;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     IF deleted <> to_move THEN
         RAISE EXCEPTION 'archive_legacy: would delete % bars but verified %; nothing moved', deleted, to_move
@@ -209,7 +222,7 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION restore_legacy(undelete boolean DEFAULT true) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     archived bigint := 0;
@@ -220,24 +233,30 @@ DECLARE
 BEGIN
     PERFORM require_argument('restore_legacy', 'undelete', undelete::text, true, 'true or false');
     PERFORM require_price_bars_ready('restore_legacy');
-    LOCK TABLE price_bars IN SHARE ROW EXCLUSIVE MODE;
-    IF to_regclass('price_bars_legacy') IS NOT NULL THEN
-        LOCK TABLE price_bars_legacy IN SHARE ROW EXCLUSIVE MODE;
-        cols := price_bars_columns('price_bars_legacy');
-        SELECT count(*) INTO archived FROM price_bars_legacy;
-        EXECUTE format('INSERT INTO price_bars (%1$s) OVERRIDING SYSTEM VALUE SELECT %1$s FROM price_bars_legacy', cols);
+    LOCK TABLE @extschema@.price_bars IN SHARE ROW EXCLUSIVE MODE;
+    IF to_regclass('@extschema@.price_bars_legacy') IS NOT NULL THEN
+        LOCK TABLE @extschema@.price_bars_legacy IN SHARE ROW EXCLUSIVE MODE;
+        IF foreign_owner('@extschema@.price_bars_legacy') IS NOT NULL THEN
+            RAISE EXCEPTION 'restore_legacy: price_bars_legacy is owned by %: its triggers and policies would run with your rights; nothing changed',
+                foreign_owner('@extschema@.price_bars_legacy')
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = format('check them, then ALTER TABLE price_bars_legacy OWNER TO %s', quote_ident(current_user));
+        END IF;
+        cols := price_bars_columns('@extschema@.price_bars_legacy');
+        SELECT count(*) INTO archived FROM @extschema@.price_bars_legacy;
+        EXECUTE format('INSERT INTO @extschema@.price_bars (%1$s) OVERRIDING SYSTEM VALUE SELECT %1$s FROM @extschema@.price_bars_legacy', cols);
         GET DIAGNOSTICS restored = ROW_COUNT;
-        EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM price_bars_legacy
-                                              EXCEPT ALL SELECT %1$s FROM price_bars WHERE is_legacy) d', cols)
+        EXECUTE format('SELECT count(*) FROM (SELECT %1$s FROM @extschema@.price_bars_legacy
+                                              EXCEPT ALL SELECT %1$s FROM @extschema@.price_bars WHERE is_legacy) d', cols)
             INTO missing;
         IF restored <> archived OR missing <> 0 THEN
             RAISE EXCEPTION 'restore_legacy: restored % of % archived bars (% differ); nothing changed', restored, archived, missing
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
-        DELETE FROM price_bars_legacy;
+        DELETE FROM @extschema@.price_bars_legacy;
     END IF;
     IF undelete THEN
-        UPDATE price_bars SET deleted_at = NULL WHERE is_legacy AND deleted_at IS NOT NULL;
+        UPDATE @extschema@.price_bars SET deleted_at = NULL WHERE is_legacy AND deleted_at IS NOT NULL;
         GET DIAGNOSTICS undeleted = ROW_COUNT;
     END IF;
     RAISE NOTICE 'restore_legacy: % bars back from the archive, % soft-deleted bars undeleted', restored, undeleted;
@@ -248,13 +267,13 @@ $fn$;
 -- Option C: every legacy bar goes for good.
 CREATE OR REPLACE FUNCTION hard_delete_legacy(backup_table regclass DEFAULT NULL, confirm boolean DEFAULT false) RETURNS bigint
     LANGUAGE sql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
-RETURN tradebars_internal.delete_legacy_bars('hard_delete_legacy', NULL, backup_table, confirm);
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
+AS $fn$ SELECT tradebars_internal.delete_legacy_bars('hard_delete_legacy', NULL, backup_table, confirm) $fn$;
 
 -- The plan's rollback: trades bars go, legacy bars stay exactly as they are.
 CREATE OR REPLACE FUNCTION rollback_trades(include_staging boolean DEFAULT false) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     n bigint;
@@ -276,25 +295,25 @@ BEGIN
     END IF;
     -- Staged trades would become trades bars again after the rollback, and their identity
     -- goes with the ledger: roll them up first, or remove them with the bars.
-    IF NOT include_staging AND EXISTS (SELECT 1 FROM trades_staging) THEN
+    IF NOT include_staging AND EXISTS (SELECT 1 FROM @extschema@.trades_staging) THEN
         RAISE EXCEPTION 'rollback_trades: % trades are staged and not yet rolled up',
-            (SELECT count(*) FROM trades_staging)
+            (SELECT count(*) FROM @extschema@.trades_staging)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'SELECT bars_rollup(); first, or SELECT rollback_trades(include_staging => true);';
     END IF;
     -- Only bars tradebars wrote: those carry the order of their open and close trades.
-    DELETE FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
+    DELETE FROM @extschema@.price_bars WHERE data_source = 'trades' AND NOT is_legacy AND open_ts_ns IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM hour_bars_rebuild('-infinity', 'infinity');  -- official bars may remain
     -- What was loaded is forgotten with the bars, so the same files, chunks and live
     -- periods can be fed again and count once (0.3.0).
-    DELETE FROM ingest_ledger;
-    DELETE FROM live_positions;
-    DELETE FROM trade_coverage;
+    DELETE FROM @extschema@.ingest_ledger;
+    DELETE FROM @extschema@.live_positions;
+    DELETE FROM @extschema@.trade_coverage;
     -- No trades bar is left whose identity could be unknown: nothing before a horizon to refuse.
-    UPDATE bar_settings SET identity_horizon = 0;
+    UPDATE @extschema@.bar_settings SET identity_horizon = 0;
     IF include_staging THEN
-        TRUNCATE trades_staging_0, trades_staging_1, trades_rejected;
+        TRUNCATE @extschema@.trades_staging_0, @extschema@.trades_staging_1, @extschema@.trades_rejected;
         RAISE NOTICE 'rollback_trades: removed % trades bars, staged trades, the ingest ledger and trade identity', n;
     ELSE
         RAISE NOTICE 'rollback_trades: removed % trades bars, the ingest ledger and trade identity; legacy bars untouched', n;

@@ -6,17 +6,17 @@
 -- until mark_legacy() runs).
 CREATE OR REPLACE FUNCTION tradebars_internal.price_bars_is_ready() RETURNS boolean
     LANGUAGE sql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
-    SELECT to_regclass('price_bars') IS NOT NULL
+    SELECT to_regclass('@extschema@.price_bars') IS NOT NULL
        AND (SELECT count(*) FROM pg_attribute
-            WHERE attrelid = to_regclass('price_bars') AND attnum > 0 AND NOT attisdropped
+            WHERE attrelid = to_regclass('@extschema@.price_bars') AND attnum > 0 AND NOT attisdropped
               AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',
                               'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
                               'changed_in', 'trade_count')) = 12
        AND EXISTS (
             SELECT 1 FROM pg_index i
-            WHERE i.indrelid = to_regclass('price_bars') AND i.indisunique AND i.indpred IS NULL
+            WHERE i.indrelid = to_regclass('@extschema@.price_bars') AND i.indisunique AND i.indpred IS NULL
               AND i.indnatts = 3
               AND ARRAY(SELECT a.attname::text
                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
@@ -26,10 +26,10 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION tradebars_internal.require_price_bars_ready(caller text) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
-    IF to_regclass('price_bars') IS NULL THEN
+    IF to_regclass('@extschema@.price_bars') IS NULL THEN
         RAISE EXCEPTION '%: there is no price_bars table in schema %', caller, '@extschema@'
             USING ERRCODE = 'undefined_table';
     END IF;
@@ -46,7 +46,7 @@ $fn$;
 -- legacy 'mbp-1' bar.
 CREATE OR REPLACE FUNCTION tradebars_internal.protect_trades_bars() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     RAISE EXCEPTION 'price_bars: the bar of % at % is %; it cannot become legacy or another source',
@@ -63,13 +63,13 @@ $fn$;
 -- data_source can fire it: a rollup's merge and an official merge never do.
 CREATE OR REPLACE FUNCTION tradebars_internal.guard_trades_bars() RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'price_bars'::regclass
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = '@extschema@.price_bars'::regclass
                    AND tgname = 'price_bars_protect_trades_bars') THEN
         CREATE TRIGGER price_bars_protect_trades_bars
-            BEFORE UPDATE OF is_legacy, data_source ON price_bars
+            BEFORE UPDATE OF is_legacy, data_source ON @extschema@.price_bars
             FOR EACH ROW
             WHEN ((OLD.data_source = 'trades' AND NOT OLD.is_legacy AND OLD.open_ts_ns IS NOT NULL
                    AND (NEW.is_legacy OR NEW.data_source IS DISTINCT FROM 'trades'))
@@ -88,11 +88,11 @@ $fn$;
 -- Statements are built only from fixed column names and quoted catalog names.
 CREATE OR REPLACE FUNCTION prepare_price_bars() RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
     SET extra_float_digits = 1
 AS $fn$
 DECLARE
-    rel regclass := to_regclass('price_bars');
+    rel regclass := to_regclass('@extschema@.price_bars');
     changes text[] := '{}';
     col record;
     old_key record;
@@ -104,7 +104,7 @@ BEGIN
                           'notional', 'open_ts_ns', 'open_seq', 'close_ts_ns', 'close_seq',
                           'changed_in', 'trade_count')) < 12 THEN
     adopted := true;
-    ALTER TABLE price_bars
+    ALTER TABLE @extschema@.price_bars
         ADD COLUMN IF NOT EXISTS is_legacy   boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS data_source text,
         ADD COLUMN IF NOT EXISTS migrated_at timestamptz,
@@ -118,7 +118,7 @@ BEGIN
         ADD COLUMN IF NOT EXISTS changed_in  bigint,
         ADD COLUMN IF NOT EXISTS trade_count bigint NOT NULL DEFAULT 0;
     END IF;
-    UPDATE price_bars SET is_legacy = false WHERE is_legacy IS NULL;
+    UPDATE @extschema@.price_bars SET is_legacy = false WHERE is_legacy IS NULL;
 
     FOR col IN
         SELECT a.attname::text AS name, a.atttypid::regtype::text AS type, a.atttypmod AS typmod
@@ -137,7 +137,7 @@ BEGIN
         END IF;
     END LOOP;
     IF cardinality(changes) > 0 THEN
-        EXECUTE 'ALTER TABLE price_bars ' || array_to_string(changes, ', ');
+        EXECUTE 'ALTER TABLE @extschema@.price_bars ' || array_to_string(changes, ', ');
     END IF;
 
     -- A unique key on (symbol, timestamp) would make a trades bar overwrite a legacy bar.
@@ -154,37 +154,37 @@ BEGIN
                     ORDER BY 1) = ARRAY['symbol', 'timestamp']
     LOOP
         IF old_key.conname IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE price_bars DROP CONSTRAINT %I', old_key.conname);
+            EXECUTE format('ALTER TABLE @extschema@.price_bars DROP CONSTRAINT %I', old_key.conname);
         ELSE
             EXECUTE format('DROP INDEX %I.%I', old_key.nsp, old_key.indname);
         END IF;
         RAISE NOTICE 'mark_legacy: replaced unique key % on (symbol, timestamp) by one on (symbol, timestamp, data_source)',
             coalesce(old_key.conname, old_key.indname);
     END LOOP;
-    IF to_regclass('price_bars_symbol_timestamp_source') IS NULL THEN
-        CREATE UNIQUE INDEX price_bars_symbol_timestamp_source ON price_bars (symbol, "timestamp", data_source);
+    IF to_regclass('@extschema@.price_bars_symbol_timestamp_source') IS NULL THEN
+        CREATE UNIQUE INDEX price_bars_symbol_timestamp_source ON @extschema@.price_bars (symbol, "timestamp", data_source);
     END IF;
-    IF to_regclass('price_bars_legacy_idx') IS NULL THEN
+    IF to_regclass('@extschema@.price_bars_legacy_idx') IS NULL THEN
         -- Partial: legacy bars only, so writing trades bars does not pay for it.
-        CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
+        CREATE INDEX price_bars_legacy_idx ON @extschema@.price_bars (symbol, "timestamp") WHERE is_legacy;
     END IF;
-    IF to_regclass('price_bars_changed_in') IS NULL THEN
+    IF to_regclass('@extschema@.price_bars_changed_in') IS NULL THEN
         -- Partial: bars no rollup changed (legacy ones) are never asked for by it.
-        CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
+        CREATE INDEX price_bars_changed_in ON @extschema@.price_bars (changed_in) WHERE changed_in IS NOT NULL;
     END IF;
     PERFORM guard_trades_bars();
     IF adopted THEN
         -- bars it already held that bars() counts (a scanner's 'trades' bars) get their hours
         PERFORM hour_bars_rebuild('-infinity', 'infinity');
     END IF;
-    COMMENT ON COLUMN price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
-    COMMENT ON COLUMN price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
+    COMMENT ON COLUMN @extschema@.price_bars.is_legacy IS 'true = bar from the old quote feed (volume 0), kept until the DBA cleans up';
+    COMMENT ON COLUMN @extschema@.price_bars.data_source IS 'trades = built by tradebars from executions; anything else = legacy source (e.g. mbp-1)';
 END
 $fn$;
 
 CREATE OR REPLACE FUNCTION mark_legacy(source text DEFAULT 'mbp-1') RETURNS bigint
     LANGUAGE plpgsql VOLATILE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     marked bigint;
@@ -201,20 +201,20 @@ BEGIN
         RAISE EXCEPTION 'mark_legacy: ''%'' names bars of tradebars, of Databento or of the old scanner; give the legacy feed''s name, such as ''mbp-1''', source
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF to_regclass('price_bars') IS NULL THEN
+    IF to_regclass('@extschema@.price_bars') IS NULL THEN
         RAISE EXCEPTION 'mark_legacy: there is no price_bars table in schema %', '@extschema@'
             USING ERRCODE = 'undefined_table';
     END IF;
     -- One step for everyone else: no bar is written or read half-migrated.
-    LOCK TABLE price_bars IN ACCESS EXCLUSIVE MODE;
-    PERFORM prepare_price_bars();
+    LOCK TABLE @extschema@.price_bars IN ACCESS EXCLUSIVE MODE;
+    PERFORM @extschema@.prepare_price_bars();
     -- Bars the old scanner wrote after it switched to TRADES (the plan's phase 2) say
     -- 'trades' but tradebars never built them (it records the order of each bar's open and
     -- close trades): set apart under their own source, so no rollup merges into them and no
     -- rollback removes them, whether or not the plan's SQL already made them legacy, and
     -- also when the scanner wrote them after an earlier mark_legacy(). Their values stay as
     -- they are.
-    UPDATE price_bars
+    UPDATE @extschema@.price_bars
        SET is_legacy = true, data_source = 'scanner', migrated_at = coalesce(migrated_at, now())
      WHERE data_source = 'trades' AND open_ts_ns IS NULL;
     GET DIAGNOSTICS scanned = ROW_COUNT;
@@ -222,7 +222,7 @@ BEGIN
         PERFORM hour_bars_rebuild('-infinity', 'infinity');  -- no longer trades bars
         RAISE NOTICE 'mark_legacy: % bars the old scanner wrote from trades kept apart as source ''scanner''', scanned;
     END IF;
-    UPDATE price_bars
+    UPDATE @extschema@.price_bars
        SET is_legacy = true,
            data_source = coalesce(data_source, mark_legacy.source),
            migrated_at = now()
@@ -231,7 +231,7 @@ BEGIN
     GET DIAGNOSTICS marked = ROW_COUNT;
     IF marked = 0 THEN
         RAISE NOTICE 'mark_legacy: nothing to mark; % bars were already legacy',
-            (SELECT count(*) FROM price_bars WHERE is_legacy);
+            (SELECT count(*) FROM @extschema@.price_bars WHERE is_legacy);
     ELSE
         RAISE NOTICE 'mark_legacy: marked % bars legacy (source %)', marked, source;
     END IF;

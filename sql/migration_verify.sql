@@ -6,22 +6,30 @@ RETURNS TABLE (location text, data_source text, is_legacy boolean, soft_deleted 
                bars bigint, total_volume numeric, first_bar timestamptz, last_bar timestamptz,
                bar_clock text)
     LANGUAGE plpgsql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     PERFORM require_price_bars_ready('migration_status');
     RETURN QUERY
         SELECT 'price_bars', p.data_source, p.is_legacy, p.deleted_at IS NOT NULL, count(*),
                sum(p.volume)::numeric, min(p."timestamp"), max(p."timestamp"),
-               CASE WHEN p.data_source = 'trades' AND NOT p.is_legacy THEN bar_clock() END
-        FROM price_bars p
+               CASE WHEN p.data_source = 'trades' AND NOT p.is_legacy THEN tradebars_internal.bar_clock() END
+        FROM @extschema@.price_bars p
         GROUP BY 2, 3, 4
         ORDER BY 3 DESC, 2, 4;
-    IF to_regclass('price_bars_legacy') IS NOT NULL THEN
+    -- The archive is read only where it is a table of the caller's or a superuser's: a view
+    -- or a table's policies run their owner's code with the rights of whoever reads them.
+    IF (SELECT c.relkind NOT IN ('r', 'p')
+            OR foreign_owner(c.oid::regclass) IS NOT NULL
+        FROM pg_class c WHERE c.oid = to_regclass('@extschema@.price_bars_legacy')) THEN
+        RAISE WARNING 'migration_status: price_bars_legacy is not read: it is not a table of yours or a superuser''s (owner %, kind %)',
+            (SELECT relowner::regrole FROM pg_class WHERE oid = to_regclass('@extschema@.price_bars_legacy')),
+            (SELECT relkind FROM pg_class WHERE oid = to_regclass('@extschema@.price_bars_legacy'));
+    ELSIF to_regclass('@extschema@.price_bars_legacy') IS NOT NULL THEN
         RETURN QUERY EXECUTE
             'SELECT ''price_bars_legacy'', a.data_source, a.is_legacy, a.deleted_at IS NOT NULL, count(*),
                     sum(a.volume)::numeric, min(a."timestamp"), max(a."timestamp"), NULL::text
-             FROM price_bars_legacy a GROUP BY 2, 3, 4 ORDER BY 2, 4';
+             FROM @extschema@.price_bars_legacy a GROUP BY 2, 3, 4 ORDER BY 2, 4';
     END IF;
 END
 $fn$;
@@ -30,7 +38,7 @@ CREATE OR REPLACE FUNCTION migration_coverage(since interval DEFAULT '1 day')
 RETURNS TABLE (hour timestamptz, legacy_bars bigint, new_bars bigint, scanner_bars bigint,
                official_bars bigint)
     LANGUAGE plpgsql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     cutoff timestamptz := now() - checked_age('migration_coverage: since', since);
@@ -42,7 +50,7 @@ BEGIN
                count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'trades'),
                count(*) FILTER (WHERE p.data_source = 'scanner'),
                count(*) FILTER (WHERE NOT p.is_legacy AND p.data_source = 'ohlcv-1m')
-        FROM price_bars p
+        FROM @extschema@.price_bars p
         WHERE p."timestamp" > cutoff
         GROUP BY 1 ORDER BY 1;
 END
@@ -52,7 +60,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION migration_check()
 RETURNS TABLE (criterion text, passed boolean, measured text, expected text)
     LANGUAGE plpgsql STABLE
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     new_bars bigint;
@@ -70,7 +78,7 @@ BEGIN
     PERFORM require_price_bars_ready('migration_check');
     SELECT count(*), count(*) FILTER (WHERE volume <= 0), min("timestamp")
       INTO new_bars, zero_volume, first_new
-      FROM price_bars WHERE NOT is_legacy AND data_source = 'trades';
+      FROM @extschema@.price_bars WHERE NOT is_legacy AND data_source = 'trades';
 
     criterion := 'new bars have volume > 0';
     passed := new_bars > 0 AND zero_volume = 0;
@@ -88,7 +96,7 @@ BEGIN
     SELECT count(*) FILTER (WHERE NOT is_legacy AND data_source = 'trades'),
            count(*) FILTER (WHERE is_legacy)
       INTO new_minutes, legacy_minutes
-      FROM price_bars WHERE first_new IS NOT NULL AND "timestamp" >= first_new;
+      FROM @extschema@.price_bars WHERE first_new IS NOT NULL AND "timestamp" >= first_new;
     criterion := 'coverage matches or exceeds legacy';
     passed := new_bars > 0 AND new_minutes >= legacy_minutes;
     measured := format('%s new vs %s legacy symbol-minutes since %s', new_minutes, legacy_minutes,
@@ -96,12 +104,12 @@ BEGIN
     expected := 'new >= legacy';
     RETURN NEXT;
 
-    SELECT symbol INTO top_symbol FROM price_bars
+    SELECT symbol INTO top_symbol FROM @extschema@.price_bars
      WHERE NOT is_legacy AND data_source = 'trades'
      GROUP BY symbol ORDER BY max("timestamp") DESC, count(*) DESC LIMIT 1;
     SELECT count(*) INTO api_rows
-      FROM bars(top_symbol, (SELECT max("timestamp") FROM price_bars WHERE symbol = top_symbol) - interval '1 day',
-                (SELECT max("timestamp") FROM price_bars WHERE symbol = top_symbol) + interval '1 minute')
+      FROM @extschema@.bars(top_symbol, (SELECT max("timestamp") FROM @extschema@.price_bars WHERE symbol = top_symbol) - interval '1 day',
+                (SELECT max("timestamp") FROM @extschema@.price_bars WHERE symbol = top_symbol) + interval '1 minute')
      WHERE top_symbol IS NOT NULL;
     criterion := 'API returns data';
     passed := coalesce(api_rows, 0) > 0;
@@ -111,7 +119,7 @@ BEGIN
 
     SELECT count(*), count(*) FILTER (WHERE avg_volume <= 0)
       INTO board_symbols, board_without_volume
-      FROM (SELECT symbol, avg(volume) AS avg_volume FROM price_bars
+      FROM (SELECT symbol, avg(volume) AS avg_volume FROM @extschema@.price_bars
             WHERE NOT is_legacy AND data_source = 'trades'
             GROUP BY symbol ORDER BY count(*) DESC LIMIT 20) board;
     criterion := 'leaderboard shows volume';
@@ -120,7 +128,7 @@ BEGIN
     expected := 'every top symbol has volume';
     RETURN NEXT;
 
-    SELECT * INTO f FROM feeder_status;
+    SELECT * INTO f FROM @extschema@.feeder_status;
     criterion := 'no feeder errors in the last day';
     passed := f.last_error_at IS NULL OR f.last_error_at < now() - interval '1 day';
     measured := CASE WHEN f IS NULL THEN 'no feeder has reported'

@@ -27,7 +27,7 @@ COMMENT ON TABLE official_bars_staging IS
 CREATE OR REPLACE FUNCTION tradebars_internal.official_bars_merge(schema text)
 RETURNS TABLE (bars_written bigint, bars_rejected bigint)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 DECLARE
     staged bigint;
@@ -42,28 +42,28 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM require_price_bars_ready('official_bars_merge');
-    IF bar_clock() <> 'ts_recv' THEN
-        RAISE EXCEPTION 'official_bars_merge: this database builds its bars on the % clock; Databento''s bars are built on ts_recv and would not agree with its trades bars', bar_clock()
+    IF tradebars_internal.bar_clock() <> 'ts_recv' THEN
+        RAISE EXCEPTION 'official_bars_merge: this database builds its bars on the % clock; Databento''s bars are built on ts_recv and would not agree with its trades bars', tradebars_internal.bar_clock()
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'the README says how a database moves to the ts_recv clock (roll back the trades bars, set_bar_clock, load again)';
     END IF;
     -- One load at a time; the staged rows are this transaction's own.
-    LOCK TABLE official_bars_staging IN ACCESS EXCLUSIVE MODE;
+    LOCK TABLE @extschema@.official_bars_staging IN ACCESS EXCLUSIVE MODE;
     SELECT s.symbol, s.ts_event INTO twice
-    FROM official_bars_staging s WHERE s.symbol <> ''
+    FROM @extschema@.official_bars_staging s WHERE s.symbol <> ''
     GROUP BY s.symbol, s.ts_event HAVING count(*) > 1 LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'official_bars_merge: two % bars of % at %; nothing was loaded',
             schema, twice.symbol, to_timestamp(twice.ts_event / 1000000000)
             USING ERRCODE = 'unique_violation';
     END IF;
-    SELECT count(*) INTO staged FROM official_bars_staging;
-    INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
+    SELECT count(*) INTO staged FROM @extschema@.official_bars_staging;
+    INSERT INTO @extschema@.price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
                                  is_legacy, data_source)
     SELECT s.symbol, to_timestamp(s.ts_event / 1000000000),
            fixed_to_numeric(s.open), fixed_to_numeric(s.high), fixed_to_numeric(s.low),
            fixed_to_numeric(s.close), s.volume, 0, false, schema
-    FROM official_bars_staging s
+    FROM @extschema@.official_bars_staging s
     WHERE s.symbol <> '' AND s.ts_event % 60000000000 = 0
       AND s.ts_event >= 315532800000000000
       AND s.ts_event < (extract(epoch FROM now() + interval '1 day')::bigint * 1000000000)
@@ -75,7 +75,7 @@ BEGIN
         volume = EXCLUDED.volume;
     GET DIAGNOSTICS written = ROW_COUNT;
     PERFORM hour_bars_refresh('official');
-    TRUNCATE official_bars_staging;
+    TRUNCATE @extschema@.official_bars_staging;
     RETURN QUERY SELECT written, staged - written;
 END
 $fn$;

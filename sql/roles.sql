@@ -10,7 +10,7 @@ BEGIN
         -- Two databases may create the extension at once: the loser of that race finds it.
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role) THEN
             BEGIN
-                EXECUTE format('CREATE ROLE %I NOLOGIN', role);
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role);
             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
             END;
         END IF;

@@ -10,13 +10,13 @@ RETURNS TABLE (staged_trades bigint, oldest_staged_recv timestamptz, rollups big
                trades_rolled_up bigint, bars_written bigint, trades_rejected bigint,
                last_rollup_at timestamptz)
     LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
-    SELECT (SELECT count(*) FROM trades_staging),
+    SELECT (SELECT count(*) FROM @extschema@.trades_staging),
            -- a trade without ts_recv (staged as -1) is waiting too, but says nothing of since when
-           (SELECT to_timestamp(min(ts_recv) / 1e9) FROM trades_staging WHERE ts_recv >= 0),
+           (SELECT to_timestamp(min(ts_recv) / 1e9) FROM @extschema@.trades_staging WHERE ts_recv >= 0),
            s.rollups, s.trades, s.bars_written, s.rejected, s.last_rollup_at
-    FROM rollup_stats s
+    FROM @extschema@.rollup_stats s
 $fn$;
 
 -- Raised from the rollup's merge when a bar it would merge into says 'trades' but tradebars
@@ -24,7 +24,7 @@ $fn$;
 -- legacy. Merging would add to foreign volume and keep foreign open and close (0.3.0).
 CREATE OR REPLACE FUNCTION tradebars_internal.foreign_trades_bar(symbol text, at timestamptz) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path = tradebars_internal, @extschema@, pg_temp
+    SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
 BEGIN
     RAISE EXCEPTION 'bars_rollup: the bar of % at % says data_source ''trades'' but tradebars did not build it (another writer''s, or made legacy); nothing was rolled up',

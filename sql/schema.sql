@@ -2,6 +2,14 @@
 
 -- The extension's internal helpers live here, out of the user's schema: only the documented
 -- API is in the schema the extension is created in.
+--
+-- Every function of the extension runs with search_path = pg_catalog, tradebars_internal,
+-- pg_temp and names what lies in the extension's schema as @extschema@.name: other roles may
+-- be able to create in that schema (public), and a function, operator or temporary table of
+-- theirs must never stand in for a built-in or an extension table in code that runs as the
+-- extension's owner or the DBA. SQL bodies are text (AS $fn$ ... $fn$), parsed when called
+-- under that path, not SQL-standard bodies bound while this script runs. Calls this script
+-- makes itself are written pg_catalog.name.
 CREATE SCHEMA tradebars_internal;
 COMMENT ON SCHEMA tradebars_internal IS 'tradebars: internal helpers of the extension (not an API)';
 
@@ -34,7 +42,7 @@ COMMENT ON TABLE trades_staging_1 IS 'tradebars: staged trades, slot 1 (see stag
 -- The slot the feeder writes to is staging_epoch % 2. A sequence, because its value is
 -- seen by every session at once, without waiting for the rollup's transaction to commit.
 CREATE SEQUENCE staging_epoch MINVALUE 1 START 1;
-SELECT setval('staging_epoch', 1, true);
+SELECT pg_catalog.setval('@extschema@.staging_epoch', 1, true);
 
 CREATE VIEW trades_staging AS
     SELECT * FROM trades_staging_0
@@ -134,14 +142,14 @@ BEGIN
         CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;
         -- What bars_changed_since() reads: the bars of the latest rollups.
         CREATE INDEX price_bars_changed_in ON price_bars (changed_in) WHERE changed_in IS NOT NULL;
-        PERFORM pg_extension_config_dump('price_bars', '');
+        PERFORM pg_catalog.pg_extension_config_dump('@extschema@.price_bars', '');
     END IF;
 END
 $do$;
 
 -- pg_dump keeps the data of these extension tables.
-SELECT pg_extension_config_dump('trades_staging_0', '');
-SELECT pg_extension_config_dump('trades_staging_1', '');
-SELECT pg_extension_config_dump('trades_rejected', '');
-SELECT pg_extension_config_dump('ingest_ledger', '');
-SELECT pg_extension_config_dump('staging_epoch', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.trades_staging_0', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.trades_staging_1', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.trades_rejected', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ingest_ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.staging_epoch', '');

@@ -370,6 +370,12 @@ CREATE AGGREGATE ohlcv(bigint, bigint, integer, bigint, bigint) (
     ],
 );
 
+pgrx::extension_sql_file!(
+    "../../sql/rollup_aggregate.sql",
+    name = "rollup_aggregate",
+    requires = ["ohlcv_aggregate"],
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

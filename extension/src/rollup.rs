@@ -84,7 +84,7 @@ fn unusable(clock: Clock, recv_bounded: bool) -> String {
 /// database whose objects predate `rollup_bars`).
 fn census_sql(slot: &str, clock: Clock) -> String {
     format!(
-        "SELECT count(*), count(*) FILTER (WHERE {}) FROM {slot}",
+        "SELECT count(*), count(*) FILTER (WHERE {}) FROM @extschema@.{slot}",
         unusable(clock, false)
     )
 }
@@ -110,14 +110,14 @@ fn group_sql(slot: &str, clock: Clock) -> String {
     let (t, tiebreak, minute) = (clock.time(), clock.tiebreak(), minute_of(clock));
     format!(
         r#"
-INSERT INTO rollup_bars (symbol, minute, good, open_px, high_px, low_px, close_px, open_ts,
+INSERT INTO @extschema@.rollup_bars (symbol, minute, good, open_px, high_px, low_px, close_px, open_ts,
                          open_seq, close_ts, close_seq, volume, trade_count, notional_px, rejected)
 SELECT symbol, minute, symbol <> '' AND minute >= $1 AND minute < $2 AND (b).trade_count > 0,
        (b).open_px, (b).high_px, (b).low_px, (b).close_px, (b).open_ts, (b).open_seq,
        (b).close_ts, (b).close_seq, (b).volume, (b).trade_count, (b).notional_px, (b).rejected
 FROM (
-    SELECT symbol, {minute} AS minute, ohlcv({t}, {tiebreak}, publisher_id, price, size) AS b
-    FROM {slot}
+    SELECT symbol, {minute} AS minute, tradebars_internal.ohlcv({t}, {tiebreak}::bigint, publisher_id, price, size) AS b
+    FROM @extschema@.{slot}
     GROUP BY 1, 2
 ) agg
 "#
@@ -128,7 +128,7 @@ FROM (
 const GROUP_COUNTS: &str = "SELECT coalesce(sum(trade_count) FILTER (WHERE good), 0)::bigint, \
      coalesce(sum(rejected + CASE WHEN good THEN 0 ELSE trade_count END), 0)::bigint, \
      count(*) FILTER (WHERE good) \
-     FROM rollup_bars";
+     FROM @extschema@.rollup_bars";
 
 /// Where the merge takes its bars from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,10 +160,10 @@ enum Minutes {
 /// Joined on symbol alone, as Citus joins colocated shards. Read twice in one rollup (merged
 /// bars, then new ones): the merge writes no minute past the newest, so both reads split
 /// alike; `write_bars` checks that they did.
-const NEWEST_OF_SYMBOL: &str = r#"rollup_bars r
+const NEWEST_OF_SYMBOL: &str = r#"@extschema@.rollup_bars r
 JOIN (SELECT s.symbol, n.newest
-      FROM (SELECT symbol FROM rollup_bars WHERE good GROUP BY symbol) s
-      LEFT JOIN LATERAL (SELECT p."timestamp" AS newest FROM price_bars p
+      FROM (SELECT symbol FROM @extschema@.rollup_bars WHERE good GROUP BY symbol) s
+      LEFT JOIN LATERAL (SELECT p."timestamp" AS newest FROM @extschema@.price_bars p
                          WHERE p.symbol = s.symbol
                          ORDER BY p."timestamp" DESC LIMIT 1) n ON true) h ON h.symbol = r.symbol
 WHERE r.good AND "#;
@@ -192,8 +192,8 @@ fn bars_select(bars: Bars<'_>) -> String {
                 "(b).",
                 format!(
                     "(SELECT symbol, {t} / {NS_PER_MINUTE} AS minute, \
-                            ohlcv({t}, {tiebreak}, publisher_id, price, size) AS b \
-                      FROM {slot} \
+                            @extschema@.ohlcv({t}, {tiebreak}::bigint, publisher_id, price, size) AS b \
+                      FROM @extschema@.{slot} \
                       WHERE symbol <> '' AND ts_recv >= 0 AND {t} / {NS_PER_MINUTE} >= $1 \
                         AND {t} / {NS_PER_MINUTE} < $2 \
                       GROUP BY symbol, {t} / {NS_PER_MINUTE}) agg \
@@ -277,7 +277,7 @@ fn insert_sql(bars: Bars<'_>) -> String {
         ""
     };
     format!(
-        r#"INSERT INTO price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
+        r#"INSERT INTO @extschema@.price_bars AS p (symbol, "timestamp", open, high, low, close, volume, trade_count,
                              vwap, notional, open_ts_ns, open_seq, close_ts_ns, close_seq,
                              is_legacy, data_source{changed_in})
 {}"#,
@@ -306,7 +306,7 @@ fn reject_sql(slot: &str, clock: Clock, with_ord: bool, recv_bounded: bool) -> S
     );
     format!(
         r#"
-INSERT INTO trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
+INSERT INTO @extschema@.trades_rejected (symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence,
                              price, size, side, flags, {ord}reason)
 SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, size, side, flags, {ord}
        CASE WHEN symbol = '' THEN '{no_symbol}'
@@ -315,7 +315,7 @@ SELECT symbol, instrument_id, publisher_id, ts_event, ts_recv, sequence, price, 
             WHEN price = {UNDEF_PRICE} THEN '{no_price}'
             WHEN size <= 0 THEN '{size_neg}'
             ELSE '{size_big}' END
-FROM {slot}
+FROM @extschema@.{slot}
 WHERE {}
 "#,
         unusable(clock, recv_bounded)
@@ -329,7 +329,52 @@ pub struct RollupResult {
     pub rejected: i64,
 }
 
-type Client<'a> = pgrx::spi::SpiClient<'a>;
+/// The rollup's SPI connection. Its statements name the extension's objects as
+/// `@extschema@.name`, as the extension's SQL files do, and run with a search_path that holds
+/// no schema another role may create in (`bars_rollup()` runs as the extension's owner): a
+/// function or operator someone put in the extension's schema is never found unless named.
+/// The schema is the extension's own, read from the catalog, quoted.
+struct Client<'c, 'a> {
+    spi: &'c mut pgrx::spi::SpiClient<'a>,
+    schema: String,
+}
+
+impl<'a> Client<'_, 'a> {
+    fn qualified(&self, sql: &str) -> String {
+        sql.replace("@extschema@", &self.schema)
+    }
+
+    fn update(
+        &mut self,
+        sql: &str,
+        args: &[pgrx::datum::DatumWithOid],
+    ) -> pgrx::spi::SpiResult<pgrx::spi::SpiTupleTable<'a>> {
+        let sql = self.qualified(sql);
+        self.spi.update(&sql, None, args)
+    }
+
+    fn select(
+        &self,
+        sql: &str,
+        args: &[pgrx::datum::DatumWithOid],
+    ) -> pgrx::spi::SpiResult<pgrx::spi::SpiTupleTable<'a>> {
+        self.spi.select(&self.qualified(sql), None, args)
+    }
+}
+
+/// The extension's schema, quoted as an identifier.
+fn extension_schema(spi: &mut pgrx::spi::SpiClient<'_>) -> Step<String> {
+    let what = "finding the extension's schema";
+    spi.update(
+        "SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'tradebars'",
+        None,
+        &[],
+    )
+    .and_then(|t| t.first().get_one::<String>())
+    .map_err(|source| RollupError::Step { what, source })?
+    .ok_or(RollupError::NoSchema)
+}
 
 /// What stops a rollup. Each is raised as one PostgreSQL ERROR with its SQLSTATE, and the
 /// caller's transaction keeps nothing of the rollup (see the module's header).
@@ -351,6 +396,8 @@ enum RollupError {
     UnknownClock(String),
     /// XX000: `staging_epoch` answered NULL.
     NoEpoch,
+    /// XX000: pg_extension has no row for tradebars.
+    NoSchema,
     /// XX000: the aggregate and the SQL disagree on which trades cannot be counted.
     RejectsDisagree { unusable: i64, rejected: i64 },
     /// 40001: the bars written are not the bars grouped (another session wrote bars of these
@@ -379,6 +426,9 @@ impl std::fmt::Display for RollupError {
             ),
             RollupError::UnknownClock(name) => write!(f, "bars_rollup: unknown bar clock {name}"),
             RollupError::NoEpoch => f.write_str("bars_rollup: staging_epoch returned NULL"),
+            RollupError::NoSchema => {
+                f.write_str("bars_rollup: pg_extension has no row for tradebars, the schema of its objects is unknown")
+            }
             RollupError::BarsDisagree { bars, written } => write!(
                 f,
                 "bars_rollup: {bars} bars were grouped but {written} were written (another \
@@ -432,41 +482,41 @@ type Step<T> = Result<T, RollupError>;
 
 /// Runs `sql` with `params` ($1, $2, ...: the minute bounds, or the rollup's id); returns
 /// the rows it touched. A failure names the step `what`.
-fn run(client: &mut Client<'_>, sql: &str, params: &[i64], what: &'static str) -> Step<u64> {
+fn run(client: &mut Client<'_, '_>, sql: &str, params: &[i64], what: &'static str) -> Step<u64> {
     let args: Vec<pgrx::datum::DatumWithOid> = params.iter().map(|v| (*v).into()).collect();
     client
-        .update(sql, None, &args)
+        .update(sql, &args)
         .map(|t| t.len() as u64)
         .map_err(|source| RollupError::Step { what, source })
 }
 
 /// One value of a one-row query.
 fn value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
-    client: &mut Client<'_>,
+    client: &mut Client<'_, '_>,
     sql: &str,
     what: &'static str,
 ) -> Step<Option<T>> {
     client
-        .update(sql, None, &[])
+        .update(sql, &[])
         .and_then(|t| t.first().get_one::<T>())
         .map_err(|source| RollupError::Step { what, source })
 }
 
 /// A yes-or-no query; NULL is no.
-fn flag(client: &mut Client<'_>, sql: &str, what: &'static str) -> Step<bool> {
+fn flag(client: &mut Client<'_, '_>, sql: &str, what: &'static str) -> Step<bool> {
     Ok(value::<bool>(client, sql, what)?.unwrap_or(false))
 }
 
 /// The N bigint values of a one-row query, NULL read as 0.
 fn counts<const N: usize>(
-    client: &mut Client<'_>,
+    client: &mut Client<'_, '_>,
     sql: &str,
     args: &[i64],
     what: &'static str,
 ) -> Step<[i64; N]> {
     let args: Vec<pgrx::datum::DatumWithOid> = args.iter().map(|v| (*v).into()).collect();
     let step = |source| RollupError::Step { what, source };
-    let row = client.select(sql, None, &args).map_err(step)?.first();
+    let row = client.select(sql, &args).map_err(step)?.first();
     let mut values = [0; N];
     for (i, value) in values.iter_mut().enumerate() {
         *value = row.get::<i64>(i + 1).map_err(step)?.unwrap_or(0);
@@ -475,7 +525,7 @@ fn counts<const N: usize>(
 }
 
 /// Refuses to run where it could miss trades or has nowhere to write them.
-fn check_preconditions(client: &mut Client<'_>) -> Step<()> {
+fn check_preconditions(client: &mut Client<'_, '_>) -> Step<()> {
     let isolation: String = value(
         client,
         "SELECT current_setting('transaction_isolation')",
@@ -505,20 +555,20 @@ fn check_preconditions(client: &mut Client<'_>) -> Step<()> {
 /// The database's clock, pinned by the first rollup so that it never changes under bars.
 /// `None`: the database's objects are still 0.2.0's (the library was upgraded, ALTER
 /// EXTENSION ... UPDATE not yet run): it rolls up as 0.2.0 did, on the event clock.
-fn pinned_clock(client: &mut Client<'_>) -> Step<Option<Clock>> {
-    let settings = "SELECT to_regclass('bar_settings') IS NOT NULL";
+fn pinned_clock(client: &mut Client<'_, '_>) -> Step<Option<Clock>> {
+    let settings = "SELECT to_regclass('@extschema@.bar_settings') IS NOT NULL";
     if !flag(client, settings, "looking for bar_settings")? {
         return Ok(None);
     }
     run(
         client,
-        "INSERT INTO bar_settings (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO @extschema@.bar_settings (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
         &[],
         "pinning the bar clock",
     )?;
     let name: String = value(
         client,
-        "SELECT clock FROM bar_settings",
+        "SELECT clock FROM @extschema@.bar_settings",
         "reading the bar clock",
     )?
     .unwrap_or_default();
@@ -529,7 +579,7 @@ fn pinned_clock(client: &mut Client<'_>) -> Step<Option<Clock>> {
 
 /// Claim: moves the feeder to the other slot; returns the slot it left, then the one it
 /// writes.
-fn claim_slots(client: &mut Client<'_>) -> Step<[&'static str; 2]> {
+fn claim_slots(client: &mut Client<'_, '_>) -> Step<[&'static str; 2]> {
     run(
         client,
         &format!(
@@ -542,7 +592,7 @@ fn claim_slots(client: &mut Client<'_>) -> Step<[&'static str; 2]> {
     )?;
     let epoch: i64 = value(
         client,
-        "SELECT nextval('staging_epoch')",
+        "SELECT nextval('@extschema@.staging_epoch')",
         "moving the epoch",
     )?
     .ok_or(RollupError::NoEpoch)?;
@@ -554,10 +604,10 @@ fn claim_slots(client: &mut Client<'_>) -> Step<[&'static str; 2]> {
 /// Whether the slot the feeder now writes holds stragglers and nobody is writing there.
 /// (A batch that began before the switch, or a rolled-back rollup's trades: taking them
 /// too when it is idle makes one call roll up everything committed before it.)
-fn idle_with_stragglers(client: &mut Client<'_>, slot: &str) -> Step<bool> {
+fn idle_with_stragglers(client: &mut Client<'_, '_>, slot: &str) -> Step<bool> {
     let sql = format!(
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '{slot}'::regclass \
-         AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM {slot})"
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '@extschema@.{slot}'::regclass \
+         AND pid <> pg_backend_pid()) AND EXISTS (SELECT 1 FROM @extschema@.{slot})"
     );
     flag(client, &sql, "looking at the other slot")
 }
@@ -576,20 +626,20 @@ struct Plan {
 }
 
 /// The plan of this rollup, once the slots are claimed.
-fn plan(client: &mut Client<'_>) -> Step<Plan> {
+fn plan(client: &mut Client<'_, '_>) -> Step<Plan> {
     let clock = pinned_clock(client)?;
     let grouped = flag(
         client,
-        "SELECT to_regclass('rollup_bars') IS NOT NULL",
+        "SELECT to_regclass('@extschema@.rollup_bars') IS NOT NULL",
         "looking for rollup_bars",
     )?;
     // Past every id a bar carries: rollup_stats is not dumped, price_bars is, so ids go on
     // rising after a dump and restore (bars_changed_since() depends on it).
     let next_id = if grouped {
-        "SELECT greatest(s.rollups, coalesce((SELECT max(changed_in) FROM price_bars), 0)) + 1 \
-         FROM rollup_stats s"
+        "SELECT greatest(s.rollups, coalesce((SELECT max(changed_in) FROM @extschema@.price_bars), 0)) + 1 \
+         FROM @extschema@.rollup_stats s"
     } else {
-        "SELECT rollups + 1 FROM rollup_stats"
+        "SELECT rollups + 1 FROM @extschema@.rollup_stats"
     };
     Ok(Plan {
         id: value(client, next_id, "numbering the rollup")?.unwrap_or(1),
@@ -609,11 +659,11 @@ struct Job<'s> {
 
 /// Rolls up one slot and empties it. Waits for a COPY still writing to it; later writers of
 /// it wait for us.
-fn roll_slot(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
+fn roll_slot(client: &mut Client<'_, '_>, job: Job<'_>) -> Step<RollupResult> {
     let slot = job.slot;
     run(
         client,
-        &format!("LOCK TABLE {slot} IN ACCESS EXCLUSIVE MODE"),
+        &format!("LOCK TABLE @extschema@.{slot} IN ACCESS EXCLUSIVE MODE"),
         &[],
         "claiming staging",
     )?;
@@ -626,7 +676,7 @@ fn roll_slot(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
 
 /// Aggregates the slot into `rollup_bars`, merges its good bars, sets aside the trades it
 /// graded out, and empties both.
-fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
+fn roll_grouped(client: &mut Client<'_, '_>, job: Job<'_>) -> Step<RollupResult> {
     let Job { slot, plan, bounds } = job;
     let clock = plan.clock;
     let groups = run(
@@ -663,7 +713,7 @@ fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
     }
     run(
         client,
-        &format!("TRUNCATE {slot}, rollup_bars"),
+        &format!("TRUNCATE @extschema@.{slot}, @extschema@.rollup_bars"),
         &[],
         "consuming staging",
     )?;
@@ -676,7 +726,7 @@ fn roll_grouped(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
 
 /// Writes `rollup_bars`' `good` bars into price_bars as rollup `id`: merges those whose
 /// minute may hold a bar, then inserts the rest. Returns how many bars it wrote.
-fn write_bars(client: &mut Client<'_>, id: i64, good: i64) -> Step<i64> {
+fn write_bars(client: &mut Client<'_, '_>, id: i64, good: i64) -> Step<i64> {
     let merge = merge_sql(Bars::Grouped(Minutes::Known), true);
     let merged = run(client, &merge, &[id], "merging bars")? as i64;
     let inserted = insert_new(client, id)?;
@@ -696,7 +746,7 @@ fn write_bars(client: &mut Client<'_>, id: i64, good: i64) -> Step<i64> {
 /// session writes into one of those minutes meanwhile is a unique violation, where the merge
 /// would have waited for it and merged (or refused a foreign one): raised as 40001, so the
 /// feeder retries, and the retry merges.
-fn insert_new(client: &mut Client<'_>, id: i64) -> Step<i64> {
+fn insert_new(client: &mut Client<'_, '_>, id: i64) -> Step<i64> {
     let sql = insert_new_sql();
     PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
         run(client, &sql, &[id], "inserting bars")
@@ -717,7 +767,7 @@ fn insert_new(client: &mut Client<'_>, id: i64) -> Step<i64> {
 
 /// Reject: keeps the `unusable` trades in `trades_rejected`, in a statement of its own (a
 /// Citus worker runs it next to the slot's shard); returns how many it kept.
-fn reject(client: &mut Client<'_>, sql: &str, unusable: i64, bounds: [i64; 2]) -> Step<i64> {
+fn reject(client: &mut Client<'_, '_>, sql: &str, unusable: i64, bounds: [i64; 2]) -> Step<i64> {
     if unusable == 0 {
         return Ok(0);
     }
@@ -726,7 +776,7 @@ fn reject(client: &mut Client<'_>, sql: &str, unusable: i64, bounds: [i64; 2]) -
 
 /// The rollup of a database whose objects predate `rollup_bars` (the library is newer than
 /// its `ALTER EXTENSION ... UPDATE`): count, merge with each trade filtered, set aside.
-fn roll_inline(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
+fn roll_inline(client: &mut Client<'_, '_>, job: Job<'_>) -> Step<RollupResult> {
     let Job { slot, plan, bounds } = job;
     let (clock, with_ord) = (plan.clock, plan.v030);
     let census = census_sql(slot, clock);
@@ -752,7 +802,7 @@ fn roll_inline(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
     )?;
     run(
         client,
-        &format!("TRUNCATE {slot}"),
+        &format!("TRUNCATE @extschema@.{slot}"),
         &[],
         "consuming staging",
     )?;
@@ -762,7 +812,7 @@ fn roll_inline(client: &mut Client<'_>, job: Job<'_>) -> Step<RollupResult> {
 /// Raises work_mem for this transaction when it is below ROLLUP_WORK_MEM; returns the
 /// setting to put back. A day of trades makes a few hundred thousand bars: with the default
 /// 4MB the hash aggregate spills to disk.
-fn raise_work_mem(client: &mut Client<'_>) -> Step<String> {
+fn raise_work_mem(client: &mut Client<'_, '_>) -> Step<String> {
     let sql = format!(
         "SELECT current_setting('work_mem'), \
          CASE WHEN pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{ROLLUP_WORK_MEM}') \
@@ -771,7 +821,7 @@ fn raise_work_mem(client: &mut Client<'_>) -> Step<String> {
     Ok(value(client, &sql, "raising work_mem")?.unwrap_or_default())
 }
 
-fn restore_work_mem(client: &mut Client<'_>, work_mem: &str) -> Step<()> {
+fn restore_work_mem(client: &mut Client<'_, '_>, work_mem: &str) -> Step<()> {
     let restore = format!(
         "SELECT set_config('work_mem', {}, true)",
         pgrx::spi::quote_literal(work_mem)
@@ -781,7 +831,7 @@ fn restore_work_mem(client: &mut Client<'_>, work_mem: &str) -> Step<()> {
 
 /// Merge: the quiet slot, then the other one when it is idle with stragglers.
 fn merge_slots(
-    client: &mut Client<'_>,
+    client: &mut Client<'_, '_>,
     [quiet, other]: [&str; 2],
     plan: Plan,
 ) -> Step<RollupResult> {
@@ -817,7 +867,7 @@ fn merge_slots(
     if plan.grouped && result.bars > 0 {
         // A bar both slots merged into is one bar written.
         let sql = format!(
-            "SELECT count(*) FROM price_bars WHERE changed_in = {}",
+            "SELECT count(*) FROM @extschema@.price_bars WHERE changed_in = {}",
             plan.id
         );
         result.bars = value(client, &sql, "counting bars written")?.unwrap_or(result.bars);
@@ -826,9 +876,9 @@ fn merge_slots(
 }
 
 /// Record: the totals in `rollup_stats`, and the NOTIFY that bars changed.
-fn record(client: &mut Client<'_>, plan: Plan, result: RollupResult) -> Step<()> {
+fn record(client: &mut Client<'_, '_>, plan: Plan, result: RollupResult) -> Step<()> {
     let stats = format!(
-        "UPDATE rollup_stats SET rollups = greatest(rollups + 1, {id}), trades = trades + {t}, \
+        "UPDATE @extschema@.rollup_stats SET rollups = greatest(rollups + 1, {id}), trades = trades + {t}, \
          bars_written = bars_written + {b}, rejected = rejected + {r}, \
          last_rollup_at = clock_timestamp(), last_trades = {t}",
         t = result.trades,
@@ -851,7 +901,9 @@ fn record(client: &mut Client<'_>, plan: Plan, result: RollupResult) -> Step<()>
 
 /// The rollup's steps: claim, merge (which also rejects), record.
 fn run_rollup() -> Step<RollupResult> {
-    Spi::connect_mut(|client| {
+    Spi::connect_mut(|spi| {
+        let schema = extension_schema(spi)?;
+        let client = &mut Client { spi, schema };
         check_preconditions(client)?;
         let slots = claim_slots(client)?;
         let plan = plan(client)?;
@@ -864,8 +916,8 @@ fn run_rollup() -> Step<RollupResult> {
 }
 
 /// Rolls every staged trade into 1-minute bars. Returns what it did.
-#[pg_extern(volatile, security_definer, requires = ["tradebars_schema", "staging_functions", "migration_legacy", "ohlcv_aggregate", "tradebars_identity"])]
-#[search_path(tradebars_internal, @extschema@, pg_temp)]
+#[pg_extern(volatile, security_definer, requires = ["tradebars_schema", "staging_functions", "migration_legacy", "rollup_aggregate", "tradebars_identity"])]
+#[search_path(pg_catalog, tradebars_internal, pg_temp)]
 fn bars_rollup() -> TableIterator<
     'static,
     (
@@ -1008,7 +1060,7 @@ mod tests {
         Spi::run(
             "CREATE FUNCTION pg_temp.meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-                 INSERT INTO price_bars (symbol, \"timestamp\", open, high, low, close, data_source)
+                 INSERT INTO public.price_bars (symbol, \"timestamp\", open, high, low, close, data_source)
                  VALUES ('ESH4', '2023-11-14 23:00:00+00', 1, 1, 1, 1, 'trades');
                  RETURN NULL;
              END $$;
@@ -1029,7 +1081,7 @@ mod tests {
         Spi::run(
             "CREATE FUNCTION pg_temp.meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-                 INSERT INTO price_bars (symbol, \"timestamp\", open, high, low, close, data_source)
+                 INSERT INTO public.price_bars (symbol, \"timestamp\", open, high, low, close, data_source)
                  SELECT NEW.symbol, m, 1, 1, 1, 1, 'trades'
                  FROM unnest(ARRAY[TIMESTAMPTZ '2023-11-14 22:15:00+00', '2023-11-14 22:16:00+00']) m
                  WHERE m <> NEW.\"timestamp\"

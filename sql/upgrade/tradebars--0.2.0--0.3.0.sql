@@ -77,8 +77,10 @@ ALTER FUNCTION ohlcv_final(internal) SET SCHEMA tradebars_internal;
 ALTER FUNCTION ohlcv_combine(internal, internal) SET SCHEMA tradebars_internal;
 ALTER FUNCTION ohlcv_serialize(internal) SET SCHEMA tradebars_internal;
 ALTER FUNCTION ohlcv_deserialize(bytea, internal) SET SCHEMA tradebars_internal;
--- The rollup (a function in Rust) finds them there.
-ALTER FUNCTION bars_rollup() SET search_path = tradebars_internal, @extschema@, pg_temp;
+-- The rollup (a function in Rust) finds them there; it names the objects of the extension's schema,
+-- which is not on its path (a role that may create there cannot reach code run as the owner).
+ALTER FUNCTION bars_rollup() SET search_path = pg_catalog, tradebars_internal, pg_temp;
+--@include rollup_aggregate.sql
 
 --@include checks.sql
 --@include staging.sql
@@ -112,7 +114,7 @@ SELECT split_part(source, ':', 2),
        CASE WHEN s = 'ALL_SYMBOLS' THEN '*' ELSE s END,
        max(last_ts_recv)
 FROM ingest_ledger,
-     unnest(string_to_array(substring(source FROM '^live:[^:]*:[^:]*:(.*)$'), ',')) AS s
+     pg_catalog.unnest(string_to_array(substring(source FROM '^live:[^:]*:[^:]*:(.*)$'), ',')) AS s
 WHERE kind = 'live' AND last_ts_recv IS NOT NULL
 GROUP BY 1, 2;
 

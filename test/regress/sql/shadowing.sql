@@ -1,7 +1,7 @@
 -- Functions that others create in the extension's schema never stand in for its helpers: a
 -- role that may create objects in public (PostgreSQL 15 does not grant it; many sites do)
 -- writes functions with the names and arguments of internal helpers, and the DBA's calls
--- still reach the extension's own (tradebars_internal comes first in every search_path).
+-- still reach the extension's own (no search_path of the extension holds public; see planted.sql).
 CREATE EXTENSION tradebars;
 CREATE ROLE tradebars_shadow;
 GRANT CREATE ON SCHEMA public TO tradebars_shadow;
