@@ -116,7 +116,7 @@ SELECT symbol, minute, symbol <> '' AND minute >= $1 AND minute < $2 AND (b).tra
        (b).open_px, (b).high_px, (b).low_px, (b).close_px, (b).open_ts, (b).open_seq,
        (b).close_ts, (b).close_seq, (b).volume, (b).trade_count, (b).notional_px, (b).rejected
 FROM (
-    SELECT symbol, {minute} AS minute, tradebars_internal.ohlcv({t}, {tiebreak}::bigint, publisher_id, price, size) AS b
+    SELECT symbol, {minute} AS minute, @internal@.ohlcv({t}, {tiebreak}::bigint, publisher_id, price, size) AS b
     FROM @extschema@.{slot}
     GROUP BY 1, 2
 ) agg
@@ -204,11 +204,13 @@ fn bars_select(bars: Bars<'_>) -> String {
     };
     format!(
         "SELECT {k}symbol, to_timestamp({k}minute * 60), \
-                fixed_to_numeric({p}open_px), fixed_to_numeric({p}high_px), \
-                fixed_to_numeric({p}low_px), fixed_to_numeric({p}close_px), \
+                @internal@.fixed_to_numeric({p}open_px::numeric), \
+                @internal@.fixed_to_numeric({p}high_px::numeric), \
+                @internal@.fixed_to_numeric({p}low_px::numeric), \
+                @internal@.fixed_to_numeric({p}close_px::numeric), \
                 {p}volume, {p}trade_count, \
-                trim_scale(round(fixed_to_numeric({p}notional_px) / {p}volume, 9)), \
-                fixed_to_numeric({p}notional_px), \
+                trim_scale(round(@internal@.fixed_to_numeric({p}notional_px) / {p}volume, 9)), \
+                @internal@.fixed_to_numeric({p}notional_px), \
                 {p}open_ts, {p}open_seq, {p}close_ts, {p}close_seq, false, 'trades'{changed_in} \
          FROM {from}"
     )
@@ -226,7 +228,7 @@ fn merge_sql(bars: Bars<'_>, guarded: bool) -> String {
         // A bar tradebars did not build (no order of its open and close trades, or legacy)
         // is never merged into: the rollup fails whole, naming it.
         "CASE WHEN p.open_ts_ns IS NULL OR p.is_legacy \
-              THEN foreign_trades_bar(p.symbol, p.\"timestamp\") \
+              THEN @internal@.foreign_trades_bar(p.symbol, p.\"timestamp\") \
               ELSE p.volume + EXCLUDED.volume END"
     } else {
         "p.volume + EXCLUDED.volume"
@@ -330,18 +332,24 @@ pub struct RollupResult {
 }
 
 /// The rollup's SPI connection. Its statements name the extension's objects as
-/// `@extschema@.name`, as the extension's SQL files do, and run with a search_path that holds
-/// no schema another role may create in (`bars_rollup()` runs as the extension's owner): a
-/// function or operator someone put in the extension's schema is never found unless named.
-/// The schema is the extension's own, read from the catalog, quoted.
+/// `@extschema@.name` and its helpers as `@internal@.name`, and run with the search_path
+/// `pg_catalog, pg_temp` (`bars_rollup()` runs as the extension's owner): a function or
+/// operator someone put in the extension's schema is never found unless named, and
+/// `pg_temp` is never searched for functions. The rollup sets that path itself, because a
+/// database whose objects are older than this library still has their path (see
+/// `use_own_search_path`).
 struct Client<'c, 'a> {
     spi: &'c mut pgrx::spi::SpiClient<'a>,
+    /// The extension's schema, quoted.
     schema: String,
+    /// Where its helpers are: `tradebars_internal` since 0.3.0, the extension's schema before.
+    internal: String,
 }
 
 impl<'a> Client<'_, 'a> {
     fn qualified(&self, sql: &str) -> String {
         sql.replace("@extschema@", &self.schema)
+            .replace("@internal@", &self.internal)
     }
 
     fn update(
@@ -362,18 +370,47 @@ impl<'a> Client<'_, 'a> {
     }
 }
 
-/// The extension's schema, quoted as an identifier.
-fn extension_schema(spi: &mut pgrx::spi::SpiClient<'_>) -> Step<String> {
-    let what = "finding the extension's schema";
+/// Sets this call's search_path to `pg_catalog, pg_temp`; returns the one to put back. The
+/// function's own SET clause would do as well once `ALTER EXTENSION tradebars UPDATE` has
+/// run, but until then it is the older version's, which holds the extension's schema. (The
+/// older version's helpers this calls, such as its `price_bars_is_ready()`, keep their own
+/// path until that update: README, "Roles and the extension's schema".)
+fn use_own_search_path(spi: &mut pgrx::spi::SpiClient<'_>) -> Step<String> {
+    let what = "setting the search_path";
     spi.update(
-        "SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
-         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'tradebars'",
+        "SELECT pg_catalog.current_setting('search_path'), \
+                pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)",
         None,
         &[],
     )
     .and_then(|t| t.first().get_one::<String>())
-    .map_err(|source| RollupError::Step { what, source })?
-    .ok_or(RollupError::NoSchema)
+    .map(Option::unwrap_or_default)
+    .map_err(|source| RollupError::Step { what, source })
+}
+
+/// The extension's schema and that of its helpers, quoted as identifiers.
+fn extension_schemas(spi: &mut pgrx::spi::SpiClient<'_>) -> Step<(String, String)> {
+    let what = "finding the extension's schema";
+    let row = spi
+        .update(
+            "SELECT quote_ident(n.nspname), \
+                    CASE WHEN to_regnamespace('tradebars_internal') IS NULL THEN quote_ident(n.nspname) \
+                         ELSE 'tradebars_internal' END \
+             FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+             WHERE e.extname = 'tradebars'",
+            None,
+            &[],
+        )
+        .map_err(|source| RollupError::Step { what, source })?
+        .first();
+    let get = |i| {
+        row.get::<String>(i)
+            .map_err(|source| RollupError::Step { what, source })
+    };
+    match (get(1)?, get(2)?) {
+        (Some(schema), Some(internal)) => Ok((schema, internal)),
+        _ => Err(RollupError::NoSchema),
+    }
 }
 
 /// What stops a rollup. Each is raised as one PostgreSQL ERROR with its SQLSTATE, and the
@@ -544,7 +581,7 @@ fn check_preconditions(client: &mut Client<'_, '_>) -> Step<()> {
     }
     if !flag(
         client,
-        "SELECT price_bars_is_ready()",
+        "SELECT @internal@.price_bars_is_ready()",
         "checking price_bars",
     )? {
         return Err(RollupError::PriceBarsNotReady);
@@ -706,7 +743,7 @@ fn roll_grouped(client: &mut Client<'_, '_>, job: Job<'_>) -> Step<RollupResult>
         // long ranges from them.
         run(
             client,
-            "SELECT hour_bars_refresh('rollup')",
+            "SELECT @internal@.hour_bars_refresh('rollup'::text)",
             &[],
             "summing hours",
         )?;
@@ -821,12 +858,13 @@ fn raise_work_mem(client: &mut Client<'_, '_>) -> Step<String> {
     Ok(value(client, &sql, "raising work_mem")?.unwrap_or_default())
 }
 
-fn restore_work_mem(client: &mut Client<'_, '_>, work_mem: &str) -> Step<()> {
+/// Puts back a setting this call changed (`name` is one of this file's, never input).
+fn restore_setting(client: &mut Client<'_, '_>, name: &'static str, value: &str) -> Step<()> {
     let restore = format!(
-        "SELECT set_config('work_mem', {}, true)",
-        pgrx::spi::quote_literal(work_mem)
+        "SELECT set_config('{name}', {}, true)",
+        pgrx::spi::quote_literal(value)
     );
-    run(client, &restore, &[], "restoring work_mem").map(drop)
+    run(client, &restore, &[], "restoring a setting").map(drop)
 }
 
 /// Merge: the quiet slot, then the other one when it is idle with stragglers.
@@ -902,15 +940,21 @@ fn record(client: &mut Client<'_, '_>, plan: Plan, result: RollupResult) -> Step
 /// The rollup's steps: claim, merge (which also rejects), record.
 fn run_rollup() -> Step<RollupResult> {
     Spi::connect_mut(|spi| {
-        let schema = extension_schema(spi)?;
-        let client = &mut Client { spi, schema };
+        let search_path = use_own_search_path(spi)?;
+        let (schema, internal) = extension_schemas(spi)?;
+        let client = &mut Client {
+            spi,
+            schema,
+            internal,
+        };
         check_preconditions(client)?;
         let slots = claim_slots(client)?;
         let plan = plan(client)?;
         let work_mem = raise_work_mem(client)?;
         let result = merge_slots(client, slots, plan)?;
         record(client, plan, result)?;
-        restore_work_mem(client, &work_mem)?;
+        restore_setting(client, "work_mem", &work_mem)?;
+        restore_setting(client, "search_path", &search_path)?;
         Ok(result)
     })
 }
