@@ -97,7 +97,20 @@ DECLARE
     col record;
     old_key record;
     adopted boolean := false;  -- the table gets its columns now: its bars are new to hour_bars
+    taken text;
 BEGIN
+    -- The names of the indexes made below, held by anything but an index of price_bars: that
+    -- index would be skipped, and price_bars left without its key once the old one is gone.
+    SELECT string_agg(format('%s (%s)', c.oid::regclass, c.relkind), ', ') INTO taken
+    FROM unnest(ARRAY['price_bars_symbol_timestamp_source', 'price_bars_legacy_idx',
+                      'price_bars_changed_in']) AS n(name)
+    JOIN pg_class c ON c.oid = to_regclass('@extschema@.' || quote_ident(n.name))
+    WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid AND i.indrelid = rel);
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'mark_legacy: the names of price_bars'' indexes are taken by %; nothing changed', taken
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'drop or rename what holds them, then run mark_legacy() again';
+    END IF;
     IF (SELECT count(*) FROM pg_attribute
         WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
           AND attname IN ('is_legacy', 'data_source', 'migrated_at', 'deleted_at', 'vwap',

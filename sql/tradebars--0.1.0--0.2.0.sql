@@ -21,9 +21,11 @@ $fn$;
 
 DROP INDEX IF EXISTS price_bars_is_legacy_idx;
 DROP INDEX IF EXISTS price_bars_data_source_idx;
+-- (attrelid is compared as an oid: an `oid = regclass` operator another role may have put in
+-- the extension's schema must not run as the DBA updating. Patched after 0.2.0 shipped.)
 DO $do$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('price_bars')
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('price_bars')::oid
                AND attname = 'is_legacy' AND NOT attisdropped)
        AND to_regclass('price_bars_legacy_idx') IS NULL THEN
         CREATE INDEX price_bars_legacy_idx ON price_bars (symbol, "timestamp") WHERE is_legacy;

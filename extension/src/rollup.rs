@@ -408,6 +408,12 @@ fn extension_schemas(spi: &mut pgrx::spi::SpiClient<'_>) -> Step<(String, String
             .map_err(|source| RollupError::Step { what, source })
     };
     match (get(1)?, get(2)?) {
+        // Placed inside string literals too ('@extschema@.bar_settings'): PostgreSQL refuses
+        // such characters in an extension's schema when it creates or updates it, but the
+        // schema's owner may rename it later.
+        (Some(schema), _) if schema.contains(['$', '\'', '\\']) => {
+            Err(RollupError::UnsafeSchema(schema))
+        }
         (Some(schema), Some(internal)) => Ok((schema, internal)),
         _ => Err(RollupError::NoSchema),
     }
@@ -435,6 +441,8 @@ enum RollupError {
     NoEpoch,
     /// XX000: pg_extension has no row for tradebars.
     NoSchema,
+    /// 42602: the extension's schema was renamed to a name with `$`, `'` or `\`.
+    UnsafeSchema(String),
     /// XX000: the aggregate and the SQL disagree on which trades cannot be counted.
     RejectsDisagree { unusable: i64, rejected: i64 },
     /// 40001: the bars written are not the bars grouped (another session wrote bars of these
@@ -463,6 +471,12 @@ impl std::fmt::Display for RollupError {
             ),
             RollupError::UnknownClock(name) => write!(f, "bars_rollup: unknown bar clock {name}"),
             RollupError::NoEpoch => f.write_str("bars_rollup: staging_epoch returned NULL"),
+            RollupError::UnsafeSchema(name) => write!(
+                f,
+                "bars_rollup: the extension's schema is named {name}: a name with $, ' or \\ \
+                 is not one the rollup can use (PostgreSQL refuses it for an extension's schema); \
+                 rename the schema back"
+            ),
             RollupError::NoSchema => {
                 f.write_str("bars_rollup: pg_extension has no row for tradebars, the schema of its objects is unknown")
             }
@@ -503,6 +517,7 @@ impl RollupError {
             RollupError::PriceBarsNotReady => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            RollupError::UnsafeSchema(_) => PgSqlErrorCode::ERRCODE_INVALID_NAME,
             RollupError::BarsDisagree { .. } | RollupError::BarWrittenMeanwhile(_) => {
                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
             }

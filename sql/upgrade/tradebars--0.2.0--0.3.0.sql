@@ -31,6 +31,11 @@
 -- * The internal helpers (fixed_to_numeric(), price_bars_is_ready(), the ohlcv aggregate's
 --   support functions, ...) move to the schema tradebars_internal: the extension's schema
 --   keeps only the documented API.
+-- * Every function runs with search_path = pg_catalog, tradebars_internal, pg_temp and names
+--   the extension's objects; SQL bodies are text; this script calls none of 0.2.0's
+--   functions and reads price_bars only once it is ready, so it runs nothing another role
+--   put in the extension's schema and updates a database whose price_bars is still the old
+--   application's (test/regress/sql/planted.sql, tests/tests/lifecycle.rs).
 --
 -- This is the template of the upgrade script (see UPGRADING.md): `--@include FILE` lines are
 -- replaced by that sql/ file (from its first line starting with the quoted text, where one is
@@ -47,13 +52,17 @@ CREATE OR REPLACE VIEW trades_staging AS
     SELECT * FROM trades_staging_0 UNION ALL SELECT * FROM trades_staging_1;
 
 -- Live push (0.3.0): each bar says which rollup changed it last (bars_changed_since()).
--- A price_bars still the old application's gets the column from mark_legacy(). (This asks
--- 0.2.0's price_bars_is_ready(), which does not know the column yet.)
+-- A price_bars tradebars prepared (it has the order keys) gets the column now; one still the
+-- old application's gets it from mark_legacy(). (Asked here, not of 0.2.0's
+-- price_bars_is_ready(): that one's search_path holds the extension's schema, where another
+-- role may have put an operator it would run as the DBA running this update.)
 DO $do$
 BEGIN
-    IF to_regclass('price_bars') IS NOT NULL AND price_bars_is_ready() THEN
-        ALTER TABLE price_bars ADD COLUMN IF NOT EXISTS changed_in bigint;
-        CREATE INDEX IF NOT EXISTS price_bars_changed_in ON price_bars (changed_in)
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+               WHERE attrelid = pg_catalog.to_regclass('@extschema@.price_bars')::oid
+                 AND attname = 'open_ts_ns' AND NOT attisdropped) THEN
+        ALTER TABLE @extschema@.price_bars ADD COLUMN IF NOT EXISTS changed_in bigint;
+        CREATE INDEX IF NOT EXISTS price_bars_changed_in ON @extschema@.price_bars (changed_in)
             WHERE changed_in IS NOT NULL;
     END IF;
 END
@@ -88,22 +97,29 @@ ALTER FUNCTION bars_rollup() SET search_path = pg_catalog, tradebars_internal, p
 --@include identity.sql
 
 -- The clock of the bars already built, and where identity begins.
+-- (price_bars is read only once it is ready: the old application's table has no
+-- data_source until mark_legacy(), and a statement naming it would not even be planned.)
 DO $do$
 DECLARE
-    built boolean := tradebars_internal.price_bars_is_ready() AND EXISTS (
-        SELECT 1 FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy);
+    built boolean := false;
     horizon bigint;
 BEGIN
+    IF tradebars_internal.price_bars_is_ready() THEN
+        built := EXISTS (SELECT 1 FROM @extschema@.price_bars WHERE data_source = 'trades' AND NOT is_legacy);
+    END IF;
     SELECT greatest(
-               (SELECT max(greatest(last_ts_recv, last_ts_event)) + 1 FROM ingest_ledger),
-               (SELECT max(ts_recv) + 1 FROM trades_staging),
-               CASE WHEN built THEN (SELECT (extract(epoch FROM max("timestamp"))::bigint + 120) * 1000000000
-                                     FROM price_bars WHERE data_source = 'trades' AND NOT is_legacy) END)
+               (SELECT max(greatest(last_ts_recv, last_ts_event)) + 1 FROM @extschema@.ingest_ledger),
+               (SELECT max(ts_recv) + 1 FROM @extschema@.trades_staging))
         INTO horizon;
-    IF built OR EXISTS (SELECT 1 FROM trades_staging) THEN
-        INSERT INTO bar_settings (id, clock, identity_horizon) VALUES (1, 'ts_event', coalesce(horizon, 0));
+    IF built THEN
+        horizon := greatest(horizon,
+            (SELECT (extract(epoch FROM max("timestamp"))::bigint + 120) * 1000000000
+             FROM @extschema@.price_bars WHERE data_source = 'trades' AND NOT is_legacy));
+    END IF;
+    IF built OR EXISTS (SELECT 1 FROM @extschema@.trades_staging) THEN
+        INSERT INTO @extschema@.bar_settings (id, clock, identity_horizon) VALUES (1, 'ts_event', coalesce(horizon, 0));
     ELSIF horizon IS NOT NULL THEN
-        INSERT INTO bar_settings (id, identity_horizon) VALUES (1, horizon);
+        INSERT INTO @extschema@.bar_settings (id, identity_horizon) VALUES (1, horizon);
     END IF;
 END
 $do$;

@@ -487,3 +487,26 @@ fn after_a_rollback_nothing_is_refused_for_identity_pruned_before_it() {
     assert_eq!(stored_bars(&db), bars);
     assert_eq!(stored_bars(&db), oracle(&file));
 }
+
+#[test]
+fn the_rollup_refuses_a_schema_renamed_to_a_name_it_would_have_to_quote_in_a_literal() {
+    // The rollup writes the extension's schema into its statements, some inside string
+    // literals; PostgreSQL refuses such a name when the extension is created, but the
+    // schema's owner may rename it afterwards.
+    let db = empty_db("guard_schema_name");
+    let mut c = connect(&db);
+    c.batch_execute(
+        "CREATE SCHEMA tb; CREATE EXTENSION tradebars SCHEMA tb;
+         ALTER SCHEMA tb RENAME TO \"t'b\"",
+    )
+    .expect("a renamed schema");
+    refused(
+        &mut c,
+        "SELECT * FROM \"t'b\".bars_rollup()",
+        SqlState::INVALID_NAME,
+        "rename the schema back",
+    );
+    // and with its name back, the rollup runs
+    c.batch_execute("ALTER SCHEMA \"t'b\" RENAME TO tb; SELECT * FROM tb.bars_rollup()")
+        .expect("the rollup under the schema's own name");
+}

@@ -97,6 +97,41 @@ fn upgrading_from_0_1_0_gives_what_a_fresh_install_gives() {
     assert_same_objects(&old, &fresh);
 }
 
+#[test]
+fn a_0_2_0_database_whose_price_bars_is_still_the_old_applications_updates() {
+    // 0.2.0 installed over the old application's table, mark_legacy() not run yet: the
+    // update must not read columns the table does not have yet.
+    let db = empty_db("upgrade_unmarked");
+    connect(&db)
+        .batch_execute(
+            r#"CREATE TABLE price_bars (symbol text NOT NULL, "timestamp" timestamptz NOT NULL,
+                                       open float8, high float8, low float8, close float8,
+                                       volume bigint DEFAULT 0, UNIQUE (symbol, "timestamp"));
+               INSERT INTO price_bars VALUES ('WGRX', '2025-10-24 14:30+00', 1.5, 1.6, 1.4, 1.55, 0);
+               CREATE EXTENSION tradebars VERSION '0.2.0'"#,
+        )
+        .expect("0.2.0 over the old application's price_bars");
+    update_to_current(&db);
+    assert!(!one::<bool>(
+        &db,
+        "SELECT tradebars_internal.price_bars_is_ready()"
+    ));
+    connect(&db)
+        .batch_execute("SELECT mark_legacy()")
+        .expect("mark_legacy() after the update");
+    assert_eq!(
+        one::<i64>(
+            &db,
+            "SELECT count(*) FROM price_bars WHERE is_legacy AND data_source = 'mbp-1'"
+        ),
+        1
+    );
+    assert!(one::<bool>(
+        &db,
+        "SELECT tradebars_internal.price_bars_is_ready()"
+    ));
+}
+
 /// The bars of `file` on the ts_event clock, as 0.2.0 made them.
 fn event_bars(file: &Path) -> BTreeMap<BarKey, BarVal> {
     oracle_of(&trades_of(file), OracleClock::Event)

@@ -7,6 +7,8 @@
 -- extension's. Most are there before the DBA creates the extension, as a script that called
 -- them, or a SQL body bound to them then, would run them as the DBA. Every planted object
 -- writes to planted_log when it runs; one run as a superuser also makes the role one.
+-- The extension at its first release, before anything is planted: the DBA updates it later.
+CREATE EXTENSION tradebars VERSION '0.1.0';
 CREATE ROLE tradebars_planter LOGIN;
 GRANT CREATE ON SCHEMA public TO tradebars_planter;
 SET ROLE tradebars_planter;
@@ -68,6 +70,11 @@ CREATE FUNCTION public.bar_clock(x integer DEFAULT 0) RETURNS text LANGUAGE sql 
 CREATE FUNCTION public.ohlcv(bigint, bigint, integer, bigint, bigint, x integer DEFAULT 0) RETURNS text
     LANGUAGE sql AS $$ SELECT 'planted' $$;
 RESET ROLE;
+-- the DBA updates the extension with the plants in place (0.1.0 to 0.2.0 to this version),
+-- then creates it afresh with them in place
+ALTER EXTENSION tradebars UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'tradebars';
+DROP EXTENSION tradebars;
 CREATE EXTENSION tradebars;
 SET TimeZone = 'UTC';
 GRANT tradebars_feeder, tradebars_reader TO tradebars_planter;
@@ -210,6 +217,25 @@ SELECT (SELECT count(*) FROM expected) AS expected_bars,
 
 DROP FUNCTION stage_planted(int);
 DROP TABLE planted_trades;
+
+-- The old application's price_bars, and a name mark_legacy() gives one of its indexes taken
+-- beforehand: refused whole, the old key kept (taken, the new key would have been skipped)
+DROP EXTENSION tradebars;
+CREATE TABLE price_bars (symbol text NOT NULL, "timestamp" timestamptz NOT NULL, open numeric,
+                         high numeric, low numeric, close numeric, volume bigint,
+                         PRIMARY KEY (symbol, "timestamp"));
+CREATE EXTENSION tradebars;
+GRANT CREATE ON SCHEMA public TO tradebars_planter;  -- DROP OWNED took it
+SET ROLE tradebars_planter;
+CREATE TABLE public.price_bars_symbol_timestamp_source ();
+RESET ROLE;
+SELECT error_of('SELECT mark_legacy()');
+SELECT conname FROM pg_constraint WHERE conrelid = 'price_bars'::regclass AND contype = 'p';
+DROP TABLE price_bars_symbol_timestamp_source;
+SELECT mark_legacy();
+SELECT tradebars_internal.price_bars_is_ready() AS ready;
+
 REVOKE CREATE ON SCHEMA public FROM tradebars_planter;
 DROP ROLE tradebars_planter;
-DROP EXTENSION tradebars;
+DROP EXTENSION tradebars CASCADE;
+DROP TABLE price_bars;
