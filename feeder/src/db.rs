@@ -156,7 +156,29 @@ pub fn parse(
     })?;
     let tls = tls_settings(given, env)?;
     config.ssl_mode(driver_ssl_mode(&config, tls.mode));
+    keepalive_unless_given(&mut config, &rest);
     Ok((config, tls))
+}
+
+/// TCP keepalive probes of an idle connection, unless the URL sets them: tokio-postgres waits
+/// 2 hours before the first, so a feeder whose database vanished without a reset (a failover,
+/// a NAT that forgot the flow) would wait that long to notice and reconnect. After 30 s idle,
+/// every 10 s, 3 unanswered: a dead peer is found in about a minute. `keepalives=0` in the
+/// URL still turns them off.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+fn keepalive_unless_given(config: &mut Config, url: &str) {
+    if !url.contains("keepalives_idle") {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if !url.contains("keepalives_interval") {
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if !url.contains("keepalives_retries") {
+        config.keepalives_retries(KEEPALIVE_RETRIES);
+    }
 }
 
 /// The TLS settings from the URL's TLS keys (`given`), else the environment, else libpq's
@@ -698,6 +720,36 @@ mod tests {
             "{url}"
         );
         (config, tls)
+    }
+
+    #[test]
+    fn an_idle_connection_is_probed_after_30_s_unless_the_url_says_otherwise() {
+        let secs = std::time::Duration::from_secs;
+        let (config, _) = parse("postgres://app@db.example/bars", &no_env).expect("parse");
+        assert_eq!(
+            (
+                config.get_keepalives(),
+                config.get_keepalives_idle(),
+                config.get_keepalives_interval(),
+                config.get_keepalives_retries()
+            ),
+            (true, secs(30), Some(secs(10)), Some(3))
+        );
+        let (config, _) = parse(
+            "postgres://app@db.example/bars?keepalives_idle=600&keepalives_retries=9",
+            &no_env,
+        )
+        .expect("parse");
+        assert_eq!(
+            (
+                config.get_keepalives_idle(),
+                config.get_keepalives_interval(),
+                config.get_keepalives_retries()
+            ),
+            (secs(600), Some(secs(10)), Some(9))
+        );
+        let (config, _) = parse("host=db.example user=app keepalives=0", &no_env).expect("parse");
+        assert!(!config.get_keepalives());
     }
 
     #[test]
