@@ -230,15 +230,17 @@ DECLARE
     undeleted bigint := 0;
     missing bigint;
     cols text;
+    owner regrole;
 BEGIN
     PERFORM require_argument('restore_legacy', 'undelete', undelete::text, true, 'true or false');
     PERFORM require_price_bars_ready('restore_legacy');
     LOCK TABLE @extschema@.price_bars IN SHARE ROW EXCLUSIVE MODE;
     IF to_regclass('@extschema@.price_bars_legacy') IS NOT NULL THEN
         LOCK TABLE @extschema@.price_bars_legacy IN SHARE ROW EXCLUSIVE MODE;
-        IF foreign_owner('@extschema@.price_bars_legacy') IS NOT NULL THEN
+        owner := foreign_owner('@extschema@.price_bars_legacy');
+        IF owner IS NOT NULL THEN
             RAISE EXCEPTION 'restore_legacy: price_bars_legacy is owned by %: its triggers and policies would run with your rights; nothing changed',
-                foreign_owner('@extschema@.price_bars_legacy')
+                owner
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = format('check them, then ALTER TABLE price_bars_legacy OWNER TO %s', quote_ident(current_user));
         END IF;

@@ -8,6 +8,8 @@ RETURNS TABLE (location text, data_source text, is_legacy boolean, soft_deleted 
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, tradebars_internal, pg_temp
 AS $fn$
+DECLARE
+    archive record;  -- price_bars_legacy's kind and owner, where there is one
 BEGIN
     PERFORM require_price_bars_ready('migration_status');
     RETURN QUERY
@@ -19,13 +21,14 @@ BEGIN
         ORDER BY 3 DESC, 2, 4;
     -- The archive is read only where it is a table of the caller's or a superuser's: a view
     -- or a table's policies run their owner's code with the rights of whoever reads them.
-    IF (SELECT c.relkind NOT IN ('r', 'p')
-            OR foreign_owner(c.oid::regclass) IS NOT NULL
-        FROM pg_class c WHERE c.oid = to_regclass('@extschema@.price_bars_legacy')) THEN
+    SELECT c.relkind AS kind, c.relowner::regrole AS owner,
+           c.relkind IN ('r', 'p') AND foreign_owner(c.oid::regclass) IS NULL AS readable
+      INTO archive
+      FROM pg_class c WHERE c.oid = to_regclass('@extschema@.price_bars_legacy');
+    IF archive.kind IS NOT NULL AND NOT archive.readable THEN
         RAISE WARNING 'migration_status: price_bars_legacy is not read: it is not a table of yours or a superuser''s (owner %, kind %)',
-            (SELECT relowner::regrole FROM pg_class WHERE oid = to_regclass('@extschema@.price_bars_legacy')),
-            (SELECT relkind FROM pg_class WHERE oid = to_regclass('@extschema@.price_bars_legacy'));
-    ELSIF to_regclass('@extschema@.price_bars_legacy') IS NOT NULL THEN
+            archive.owner, archive.kind;
+    ELSIF archive.kind IS NOT NULL THEN
         RETURN QUERY EXECUTE
             'SELECT ''price_bars_legacy'', a.data_source, a.is_legacy, a.deleted_at IS NOT NULL, count(*),
                     sum(a.volume)::numeric, min(a."timestamp"), max(a."timestamp"), NULL::text

@@ -192,7 +192,7 @@ fn bars_select(bars: Bars<'_>) -> String {
                 "(b).",
                 format!(
                     "(SELECT symbol, {t} / {NS_PER_MINUTE} AS minute, \
-                            @extschema@.ohlcv({t}, {tiebreak}::bigint, publisher_id, price, size) AS b \
+                            @internal@.ohlcv({t}, {tiebreak}::bigint, publisher_id, price, size) AS b \
                       FROM @extschema@.{slot} \
                       WHERE symbol <> '' AND ts_recv >= 0 AND {t} / {NS_PER_MINUTE} >= $1 \
                         AND {t} / {NS_PER_MINUTE} < $2 \
